@@ -1,0 +1,82 @@
+"""Memory budgets: parsing "2GiB" at the edge, and measuring the peak that the budget bounds.
+
+The budget bounds the measured peak memory of the computation:
+- on CPU, the process's resident set size (RSS) above its baseline, the baseline being the RSS
+  once the model and inputs are open;
+- on a GPU, the device's peak allocation as reported by TensorFlow.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from dask.utils import parse_bytes
+
+from jacengine.errors import BudgetError
+
+BUDGET_DEFINITION = (
+    "budget = peak memory of the computation: on CPU the process's resident memory above its "
+    "baseline once the model and inputs are open; on GPU the device's peak allocation"
+)
+
+
+def parse_budget(budget: int | str) -> int:
+    """Bytes from an int or a string such as "512MiB", "2GiB", "1.5GB"."""
+    if isinstance(budget, bool):
+        raise BudgetError(f"budget must be a byte count or a string like '2GiB', got {budget!r}.")
+    if isinstance(budget, int):
+        value = budget
+    elif isinstance(budget, str):
+        try:
+            value = parse_bytes(budget)
+        except (ValueError, TypeError) as exc:
+            raise BudgetError(f"cannot read budget {budget!r}; write it like '512MiB' or '2GiB'.") from exc
+    else:
+        raise BudgetError(f"budget must be a byte count or a string like '2GiB', got {type(budget).__name__}.")
+    if value <= 0:
+        raise BudgetError(f"budget must be positive, got {budget!r}.")
+    return int(value)
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class ProcessMemory:
+    """Peak resident memory of this process, resettable between measurements (Linux).
+
+    ``reset()`` returns freed heap memory to the OS and restarts the kernel's high-water mark, so
+    ``peak_above_baseline()`` is the peak of what ran since, relative to the RSS at the reset.
+    """
+
+    status_path: Path = Path("/proc/self/status")
+    clear_refs_path: Path = Path("/proc/self/clear_refs")
+    baseline: int = 0
+
+    def _read(self, field: str) -> int:
+        match = re.search(rf"{field}:\s+(\d+)\s+kB", self.status_path.read_text())
+        if match is None:
+            raise OSError(f"{field} not found in {self.status_path}")
+        return int(match.group(1)) * 1024
+
+    def reset(self) -> None:
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:
+            pass
+        try:
+            self.clear_refs_path.write_text("5")
+        except OSError:
+            pass
+        self.baseline = self._read("VmRSS")
+
+    def peak_above_baseline(self) -> int:
+        return max(0, self._read("VmHWM") - self.baseline)

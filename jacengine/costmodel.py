@@ -1,0 +1,116 @@
+"""Predict a block's peak memory and run time, and choose the chunk grid and block sizes.
+
+A pfor-vectorised reverse-mode block differentiates ``rows = n_t_out * n_f_out`` outputs for
+``batch`` samples over ``watch`` input steps; pfor keeps one copy of the backward pass'
+intermediates per (sample, row), so memory and time grow with the "work" batch*rows*watch.
+The model is linear in that work plus a fixed cost (TensorFlow's tracing and runtime):
+
+    peak_bytes = fixed_bytes + bytes_per_work * batch * rows * watch
+    seconds    = trace_seconds * n_shapes + seconds_per_work * sum(batch * rows * watch)
+
+The coefficients start from a prior derived from the model's size and are calibrated by
+measuring a probe block on the actual model (see ``jacengine.tf.calibrate``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from jacengine.budget import format_bytes
+from jacengine.errors import BudgetError
+from jacengine.plan import Block, Plan, default_time_chunk, make_plan, watch_buckets
+from jacengine.spec import JacobianSpec
+
+
+@dataclass(frozen=True)
+class CostModel:
+    fixed_bytes: float
+    bytes_per_work: float
+    trace_seconds: float
+    seconds_per_work: float
+
+    def work(self, spec: JacobianSpec, block: Block) -> int:
+        return block.n_batch * block.n_rows * len(spec.f_out) * block.watch_steps
+
+    def peak_bytes(self, batch: int, rows: int, watch: int) -> float:
+        return self.fixed_bytes + self.bytes_per_work * batch * rows * watch
+
+    def block_seconds(self, spec: JacobianSpec, block: Block) -> float:
+        return self.seconds_per_work * self.work(spec, block)
+
+    def plan_seconds(self, spec: JacobianSpec, plan: Plan) -> float:
+        compute = sum(self.block_seconds(spec, b) for b in plan.blocks)
+        return self.trace_seconds * len(plan.shape_keys) + compute
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+BUCKET_CHOICES = (1, 2, 4, 8)
+
+
+def choose_plan(spec: JacobianSpec, cost: CostModel, budget_bytes: int) -> Plan:
+    """The fastest predicted plan whose blocks all fit ``budget_bytes``.
+
+    More prefix buckets skip more of a causal upper triangle but cost one trace each, so the
+    candidates with 1, 2, 4 and 8 buckets are compared by predicted run time.
+    """
+    candidates = [plan_for_buckets(spec, cost, budget_bytes, n) for n in BUCKET_CHOICES if n == 1 or spec.causal]
+    return min(candidates, key=lambda plan: cost.plan_seconds(spec, plan))
+
+
+def plan_for_buckets(spec: JacobianSpec, cost: CostModel, budget_bytes: int, n_buckets: int) -> Plan:
+    """The plan with the largest blocks whose predicted peak fits ``budget_bytes``.
+
+    Tries the whole batch per block first (fewest blocks, fewest traces), halving the batch chunk
+    and then the time chunk until the smallest block fits; raises :class:`BudgetError` naming the
+    minimum budget when even one sample times one output step does not fit.
+    """
+    n_rows = len(spec.t_out)
+    n_f_out = len(spec.f_out)
+    t_in_chunk = default_time_chunk(spec.input_steps)
+    t_out_chunk = 1 if spec.sequence_to_one else default_time_chunk(n_rows)
+    longest_watch = spec.input_steps
+    if spec.causal:
+        longest_watch = next(n for n in watch_buckets(spec, t_in_chunk, n_buckets) if n > spec.t_out[-1])
+
+    smallest = cost.peak_bytes(1, n_f_out, longest_watch)
+    if smallest > budget_bytes:
+        raise BudgetError(
+            f"the budget of {format_bytes(budget_bytes)} is below the minimum for this model and "
+            f"shape: one sample and one output step over {longest_watch} input steps is predicted "
+            f"to need {format_bytes(smallest)}. Raise the budget to at least {format_bytes(math.ceil(smallest * 1.1))}."
+        )
+    batch_chunk = spec.batch
+    while batch_chunk > 1 and cost.peak_bytes(batch_chunk, t_out_chunk * n_f_out, longest_watch) > budget_bytes:
+        batch_chunk = math.ceil(batch_chunk / 2)
+    while t_out_chunk > 1 and cost.peak_bytes(batch_chunk, t_out_chunk * n_f_out, longest_watch) > budget_bytes:
+        t_out_chunk = math.ceil(t_out_chunk / 2)
+
+    def chunks_per_block(watch: int) -> int:
+        room = (budget_bytes - cost.fixed_bytes) / (cost.bytes_per_work * batch_chunk * t_out_chunk * n_f_out * watch)
+        return max(1, int(room))
+
+    return make_plan(
+        spec,
+        batch_chunk=batch_chunk,
+        t_out_chunk=t_out_chunk,
+        t_in_chunk=t_in_chunk,
+        chunks_per_block=chunks_per_block,
+        n_buckets=n_buckets,
+    )
+
+
+def predicted_peak(spec: JacobianSpec, plan: Plan, cost: CostModel) -> float:
+    """The largest predicted peak over the plan's blocks."""
+    return max(cost.peak_bytes(b.n_batch, b.n_rows * len(spec.f_out), b.watch_steps) for b in plan.blocks)
+
+
+def predicted_store_bytes(spec: JacobianSpec, plan: Plan) -> int:
+    """Bytes written to disk: the written extent of every block (uncompressed)."""
+    itemsize = 8 if spec.store_dtype == "float64" else 4
+    per_entry = len(spec.f_out) * len(spec.f_in) * itemsize
+    return sum(b.n_batch * b.n_rows * b.t_in_stop * per_entry for b in plan.blocks)

@@ -1,0 +1,41 @@
+"""One exception hierarchy for everything jacengine raises on purpose.
+
+Every message says what is wrong, why it matters and how to fix it, so that a user reading a
+traceback in a job log can act without reading our source.
+"""
+
+from __future__ import annotations
+
+
+class JacengineError(Exception):
+    """Base class of every error jacengine raises deliberately."""
+
+
+class InputError(JacengineError, ValueError):
+    """The inputs (array, path, selection) are unusable: wrong rank, dtype, NaN, out of range."""
+
+
+class ModelError(JacengineError, ValueError):
+    """The model cannot be differentiated safely (stateful RNN, disconnected output, ...)."""
+
+
+class BudgetError(JacengineError, ValueError):
+    """The memory budget is malformed or too small for the smallest possible block."""
+
+
+class StoreError(JacengineError):
+    """The store path is unusable: foreign data, unwritable, incomplete or corrupt."""
+
+
+class StoreMismatchError(StoreError):
+    """An existing store was produced by a different model, inputs or settings."""
+
+
+class BlockError(JacengineError):
+    """A block produced an unusable result (NaN/Inf); the block is not marked done."""
+
+
+class RunInterrupted(JacengineError):
+    """A run stopped cleanly between blocks (SIGTERM/SIGINT); rerunning the same command resumes."""
+
+    exit_status = 75  # EX_TEMPFAIL: job scripts requeue on it

@@ -1,0 +1,38 @@
+"""The local executor: a plain loop in this process; the default and the debugging path."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from jacengine.plan import Block
+from jacengine.store import JacobianStore
+
+ComputeBlock = Callable[[Block], np.ndarray]
+
+
+class LocalExecutor:
+    """Compute each pending block, write it, record it as done; stop between blocks on request.
+
+    ``should_stop`` is polled between blocks (a signal handler sets the flag it reads), so an
+    interrupted run leaves only whole, recorded blocks behind and a rerun resumes from there.
+    """
+
+    def __init__(self, progress: bool = True, should_stop: Callable[[], bool] = lambda: False) -> None:
+        self.progress = progress
+        self.should_stop = should_stop
+
+    def run(self, store: JacobianStore, blocks: Sequence[Block], compute_block: ComputeBlock) -> int:
+        """Returns the number of blocks completed."""
+        from tqdm.auto import tqdm
+
+        done = 0
+        with tqdm(total=len(blocks), unit="block", disable=not self.progress or not blocks, desc="jacobian") as bar:
+            for block in blocks:
+                if self.should_stop():
+                    break
+                store.write_block(block, compute_block(block))
+                done += 1
+                bar.update()
+        return done

@@ -1,0 +1,179 @@
+"""How to compute: the chunk grid and the list of blocks. Pure Python, no TensorFlow/zarr/dask.
+
+A block is a batch range times a run of whole t_out chunks. It writes the t_in chunks
+[0, t_in_stop) of its rows and nothing else, so blocks never share a chunk and may run in any
+order, in any process, any number of times.
+
+For a causal model the outputs of a block ending at step t cannot depend on inputs after t, so
+its Jacobian is taken with respect to the input prefix x[:, :watch_steps] only, and chunks of the
+upper triangle beyond ``t_in_stop`` are never written (zarr returns the fill value 0 for them).
+``watch_steps`` is rounded up to one of a few bucket lengths so that the number of distinct block
+shapes, and with it the number of TensorFlow traces, stays small.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from jacengine.errors import BudgetError
+from jacengine.spec import JacobianSpec
+
+
+@dataclass(frozen=True)
+class Block:
+    """One unit of work: J[batch_start:batch_stop, row_start:row_stop, :, :t_in_stop, :].
+
+    ``row_*`` index the stored t_out axis (the selection), not model time steps.
+    ``watch_steps`` is the input prefix differentiated; ``forward_steps`` the input length fed
+    to the model (equal to ``watch_steps`` when the model accepts truncated sequences).
+    """
+
+    index: int
+    batch_start: int
+    batch_stop: int
+    row_start: int
+    row_stop: int
+    t_in_stop: int
+    watch_steps: int
+    forward_steps: int
+
+    @property
+    def shape_key(self) -> tuple[int, int, int, int]:
+        """Blocks with equal keys share one compiled TensorFlow function."""
+        return (
+            self.batch_stop - self.batch_start,
+            self.row_stop - self.row_start,
+            self.watch_steps,
+            self.forward_steps,
+        )
+
+    @property
+    def n_rows(self) -> int:
+        return self.row_stop - self.row_start
+
+    @property
+    def n_batch(self) -> int:
+        return self.batch_stop - self.batch_start
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The chunk grid of the stored array and the blocks that fill it."""
+
+    batch_chunk: int
+    t_out_chunk: int
+    t_in_chunk: int
+    blocks: tuple[Block, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "blocks", tuple(b if isinstance(b, Block) else Block(**b) for b in self.blocks)
+        )
+        if any(b.index != i for i, b in enumerate(self.blocks)):
+            raise ValueError("block indices must be 0..n-1 in order")
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """(batch, t_out, t_in) chunk sizes: everything the store layout depends on."""
+        return (self.batch_chunk, self.t_out_chunk, self.t_in_chunk)
+
+    def chunks(self, spec: JacobianSpec) -> tuple[int, int, int, int, int]:
+        """The zarr chunk shape of the ``jacobian`` array for ``spec``."""
+        return (self.batch_chunk, self.t_out_chunk, len(spec.f_out), self.t_in_chunk, len(spec.f_in))
+
+    @property
+    def shape_keys(self) -> list[tuple[int, int, int, int]]:
+        """The distinct block shapes, in order of first use."""
+        return list(dict.fromkeys(b.shape_key for b in self.blocks))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "batch_chunk": self.batch_chunk,
+            "t_out_chunk": self.t_out_chunk,
+            "t_in_chunk": self.t_in_chunk,
+            "blocks": [dataclasses.asdict(b) for b in self.blocks],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        return cls(**data)
+
+
+def default_time_chunk(steps: int, target_chunks: int = 16) -> int:
+    """A time chunk length giving about ``target_chunks`` chunks, fine enough to skip most of
+    a causal upper triangle and coarse enough to keep the number of files moderate."""
+    return max(1, math.ceil(steps / target_chunks))
+
+
+def watch_buckets(spec: JacobianSpec, t_in_chunk: int, n_buckets: int) -> list[int]:
+    """The few prefix lengths a causal block may differentiate, each a multiple of the t_in
+    chunk (or the full length): about evenly spaced so the extra work of rounding a prefix up
+    stays near 1/(2 n_buckets) of the total."""
+    steps = spec.input_steps
+    lengths = {min(steps, math.ceil(k * steps / n_buckets / t_in_chunk) * t_in_chunk) for k in range(1, n_buckets + 1)}
+    return sorted(lengths | {steps})
+
+
+def make_plan(
+    spec: JacobianSpec,
+    *,
+    batch_chunk: int,
+    t_out_chunk: int,
+    t_in_chunk: int,
+    chunks_per_block: Callable[[int], int],
+    n_buckets: int = 4,
+) -> Plan:
+    """Lay out blocks for ``spec`` on the given chunk grid.
+
+    ``chunks_per_block(watch_steps)`` says how many t_out chunks fit in one block whose prefix has
+    that length (the budget-aware part lives in :mod:`jacengine.costmodel`). Blocks never straddle
+    two prefix buckets, so every block of a bucket has the same shape except possibly the last.
+    """
+    n_rows = len(spec.t_out)
+    if min(batch_chunk, t_out_chunk, t_in_chunk) < 1:
+        raise ValueError(f"chunk sizes must be positive, got {(batch_chunk, t_out_chunk, t_in_chunk)}")
+    buckets = watch_buckets(spec, t_in_chunk, n_buckets)
+
+    def prefix_of_chunk(j: int) -> tuple[int, int]:
+        """(t_in_stop, watch_steps) needed by t_out chunk j."""
+        if not spec.causal:
+            return spec.input_steps, spec.input_steps
+        last_row = min(n_rows, (j + 1) * t_out_chunk) - 1
+        needed = spec.t_out[last_row] + 1
+        t_in_stop = min(spec.input_steps, math.ceil(needed / t_in_chunk) * t_in_chunk)
+        return t_in_stop, next(length for length in buckets if length >= needed)
+
+    n_chunks = math.ceil(n_rows / t_out_chunk)
+    row_runs: list[tuple[int, int, int, int]] = []  # (row_start, row_stop, t_in_stop, watch)
+    j = 0
+    while j < n_chunks:
+        watch = prefix_of_chunk(j)[1]
+        per_block = chunks_per_block(watch)
+        if per_block < 1:
+            raise BudgetError(f"no block with a prefix of {watch} steps fits the budget")
+        stop = j
+        while stop < n_chunks and stop - j < per_block and prefix_of_chunk(stop)[1] == watch:
+            stop += 1
+        row_runs.append((j * t_out_chunk, min(n_rows, stop * t_out_chunk), prefix_of_chunk(stop - 1)[0], watch))
+        j = stop
+
+    blocks = []
+    for row_start, row_stop, t_in_stop, watch in row_runs:
+        for batch_start in range(0, spec.batch, batch_chunk):
+            blocks.append(
+                Block(
+                    index=len(blocks),
+                    batch_start=batch_start,
+                    batch_stop=min(spec.batch, batch_start + batch_chunk),
+                    row_start=row_start,
+                    row_stop=row_stop,
+                    t_in_stop=t_in_stop,
+                    watch_steps=watch,
+                    forward_steps=watch if spec.truncatable else spec.input_steps,
+                )
+            )
+    return Plan(batch_chunk=batch_chunk, t_out_chunk=t_out_chunk, t_in_chunk=t_in_chunk, blocks=tuple(blocks))

@@ -1,0 +1,47 @@
+"""Normalise user selections (int, slice, sequence) of time steps and features to index tuples."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from jacengine.errors import InputError
+
+Selection = int | slice | Sequence[int] | None
+
+
+def normalise_selection(selection: Selection, size: int, name: str) -> tuple[int, ...]:
+    """Return the selected indices of an axis of length ``size`` as a strictly increasing tuple.
+
+    ``None`` selects everything; negative integers count from the end as in numpy. The result is
+    sorted because blocks are contiguous runs of the selection: an unsorted or repeated selection
+    is refused rather than silently reordered, so stored coordinates always match the request.
+    """
+    if selection is None:
+        return tuple(range(size))
+    if isinstance(selection, slice):
+        indices = tuple(range(size)[selection])
+        if not indices:
+            raise InputError(f"{name}={selection!r} selects nothing from an axis of length {size}.")
+        if any(b <= a for a, b in zip(indices, indices[1:])):
+            raise InputError(f"{name}={selection!r} must select increasing indices (use a positive step).")
+        return indices
+    if isinstance(selection, (int, np.integer)):
+        selection = [int(selection)]
+    try:
+        raw = [int(i) for i in selection]  # type: ignore[union-attr]
+    except TypeError as exc:
+        raise InputError(f"{name} must be an int, a slice or a sequence of ints, got {selection!r}.") from exc
+    if not raw:
+        raise InputError(f"{name} is an empty selection; pass None to select all {size} indices.")
+    for i in raw:
+        if not -size <= i < size:
+            raise InputError(f"{name} index {i} is out of range for an axis of length {size}.")
+    indices = tuple(i % size for i in raw)
+    if any(b <= a for a, b in zip(indices, indices[1:])):
+        raise InputError(
+            f"{name}={list(raw)} must be strictly increasing without repeats "
+            f"(write it as sorted(set(...)))."
+        )
+    return indices

@@ -1,0 +1,264 @@
+"""The on-disk Jacobian store (format version 1, a public contract described in README.md).
+
+One zarr v3 group holding the ``jacobian`` array, 1-D coordinate arrays named like its
+dimensions, a ``block_manifest`` array recording which blocks are done (and their checksums),
+and the group attribute ``jacengine`` with the spec, plan and fingerprint that produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Iterable
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from jacengine._version import __version__
+from jacengine.errors import StoreError, StoreMismatchError
+from jacengine.plan import Block, Plan
+from jacengine.spec import JacobianSpec
+
+FORMAT_VERSION = 1
+ATTRIBUTE = "jacengine"
+DIMS_FULL = ("batch", "t_out", "f_out", "t_in", "f_in")
+MANIFEST = "block_manifest"  # (n_blocks, 2) uint64: [1 when done, checksum of the block's bytes]
+
+
+def block_checksum(data: np.ndarray) -> int:
+    """A 63-bit checksum of a block's bytes in C order (fits zarr's uint64 and JSON)."""
+    digest = hashlib.blake2b(np.ascontiguousarray(data).tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def is_jacengine_store(path: str | Path) -> bool:
+    """True when ``path`` is a zarr group carrying jacengine's group attribute."""
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        return False
+    try:
+        return ATTRIBUTE in zarr.open_group(str(path), mode="r").attrs
+    except Exception:  # an unreadable zarr.json is not a store of ours
+        return False
+
+
+def describe_mismatch(stored: dict[str, Any], requested: dict[str, Any]) -> list[str]:
+    """Names of the fingerprint components that differ, with both values shortened."""
+    differences = []
+    for key in sorted(set(stored) | set(requested)):
+        if stored.get(key) != requested.get(key):
+            differences.append(f"{key}: store has {_short(stored.get(key))}, this run has {_short(requested.get(key))}")
+    return differences
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class JacobianStore:
+    """A handle on a Jacobian store; cheap to open, safe to share between processes.
+
+    Open existing stores with :func:`open_store`; create them with :meth:`create`.
+    """
+
+    def __init__(self, path: str | Path, mode: str = "r") -> None:
+        self.path = Path(path)
+        if not is_jacengine_store(self.path):
+            raise StoreError(f"{self.path} is not a jacengine store (no zarr group with a '{ATTRIBUTE}' attribute).")
+        self._group = zarr.open_group(str(self.path), mode=mode)  # type: ignore[arg-type]
+
+    # -- creation ---------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        spec: JacobianSpec,
+        plan: Plan,
+        fingerprint: dict[str, Any],
+        *,
+        overwrite: bool = False,
+    ) -> JacobianStore:
+        """Create an empty store; refuses to touch anything that is not a jacengine store."""
+        path = Path(path)
+        check_writable_target(path, overwrite=overwrite)
+        if path.exists() and overwrite:
+            shutil.rmtree(path)
+        group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+        group.create_array(
+            "jacobian",
+            shape=spec.shape,
+            chunks=plan.chunks(spec),
+            dtype=spec.store_dtype,
+            fill_value=0,
+            dimension_names=DIMS_FULL,
+            compressors=None,
+        )
+        coordinates = {
+            "t_out": spec.t_out_coordinate,
+            "f_out": spec.f_out,
+            "t_in": tuple(range(spec.input_steps)),
+            "f_in": spec.f_in,
+        }
+        for name, values in coordinates.items():
+            coordinate = group.create_array(name, shape=(len(values),), dtype="int64", dimension_names=(name,))
+            coordinate[:] = np.asarray(values, dtype="int64")
+        group.create_array(
+            MANIFEST,
+            shape=(len(plan.blocks), 2),
+            chunks=(1, 2),
+            dtype="uint64",
+            fill_value=0,
+            dimension_names=("block", "field"),
+        )
+        # The attribute goes last: a directory without it is not (yet) a jacengine store, so a
+        # creation interrupted half-way is never mistaken for a valid empty store.
+        group.attrs[ATTRIBUTE] = {
+            "format": FORMAT_VERSION,
+            "version": __version__,
+            "layout": spec.layout,
+            "causal": spec.causal,
+            "spec": spec.to_dict(),
+            "plan": plan.to_dict(),
+            "fingerprint": fingerprint,
+        }
+        return cls(path, mode="r+")
+
+    # -- metadata ---------------------------------------------------------------------------
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The ``jacengine`` group attribute (format, version, layout, causal, spec, plan, fingerprint)."""
+        return dict(self._group.attrs[ATTRIBUTE])  # type: ignore[arg-type]
+
+    @cached_property
+    def spec(self) -> JacobianSpec:
+        return JacobianSpec.from_dict(self.attrs["spec"])
+
+    @cached_property
+    def plan(self) -> Plan:
+        return Plan.from_dict(self.attrs["plan"])
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        return dict(self.attrs["fingerprint"])
+
+    @property
+    def array(self) -> zarr.Array:
+        return self._group["jacobian"]  # type: ignore[return-value]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        return tuple(self.array.metadata.dimension_names or DIMS_FULL)  # type: ignore[union-attr]
+
+    def coordinate(self, name: str) -> np.ndarray:
+        return np.asarray(self._group[name][:])  # type: ignore[index]
+
+    def check_fingerprint(self, requested: dict[str, Any]) -> None:
+        """Raise :class:`StoreMismatchError` naming every component that differs."""
+        differences = describe_mismatch(self.fingerprint, requested)
+        if differences:
+            raise StoreMismatchError(
+                f"The store {self.path} was produced by a different run; refusing to mix results.\n  "
+                + "\n  ".join(differences)
+                + "\nUse a new store path, or pass overwrite=True (--overwrite) to replace this store."
+            )
+
+    # -- completion -------------------------------------------------------------------------
+    @property
+    def _manifest(self) -> zarr.Array:
+        return self._group[MANIFEST]  # type: ignore[return-value]
+
+    def manifest(self) -> np.ndarray:
+        """(n_blocks, 2) array of [done flag, checksum] per block."""
+        return np.asarray(self._manifest[:])
+
+    def done_blocks(self) -> set[int]:
+        return {int(i) for i in np.flatnonzero(self.manifest()[:, 0] == 1)}
+
+    def pending_blocks(self) -> list[Block]:
+        done = self.done_blocks()
+        return [b for b in self.plan.blocks if b.index not in done]
+
+    @property
+    def is_complete(self) -> bool:
+        return not self.pending_blocks()
+
+    def write_block(self, block: Block, data: np.ndarray) -> None:
+        """Write a block's values (whole chunks only), then record it as done.
+
+        The manifest entry is written after the data, so a crash in between leaves the block
+        pending and a resume recomputes it; rewriting a block leaves identical bytes.
+        """
+        expected = (block.n_batch, block.n_rows, len(self.spec.f_out), block.t_in_stop, len(self.spec.f_in))
+        if data.shape != expected:
+            raise ValueError(f"block {block.index} data has shape {data.shape}, expected {expected}")
+        data = np.ascontiguousarray(data, dtype=self.array.dtype)
+        self.array[block.batch_start : block.batch_stop, block.row_start : block.row_stop, :, : block.t_in_stop, :] = data
+        self._manifest[block.index : block.index + 1, :] = np.array([[1, block_checksum(data)]], dtype="uint64")
+
+    def read_block(self, block: Block) -> np.ndarray:
+        return np.asarray(
+            self.array[block.batch_start : block.batch_stop, block.row_start : block.row_stop, :, : block.t_in_stop, :]
+        )
+
+    def forget_blocks(self, indices: Iterable[int]) -> None:
+        """Mark blocks pending again (e.g. after verify found them corrupt)."""
+        for index in indices:
+            self._manifest[index : index + 1, :] = np.zeros((1, 2), dtype="uint64")
+
+    def remove_partial_files(self) -> int:
+        """Delete temporary files left by writes interrupted mid-way; returns how many."""
+        leftovers = list(self.path.rglob("*.partial"))
+        for leftover in leftovers:
+            leftover.unlink(missing_ok=True)
+        return len(leftovers)
+
+    # -- reading ----------------------------------------------------------------------------
+    def to_dask(self) -> Any:
+        """The Jacobian as a lazy dask array, one dask chunk per zarr chunk."""
+        import dask.array as da
+
+        return da.from_zarr(self.array)
+
+    def to_numpy(self) -> np.ndarray:
+        """Materialise the whole Jacobian (only for Jacobians that fit in memory)."""
+        return np.asarray(self.array[...])
+
+    def nbytes_on_disk(self) -> int:
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+    def __repr__(self) -> str:
+        done = len(self.done_blocks())
+        return f"JacobianStore({str(self.path)!r}, shape={self.shape}, dims={self.dims}, blocks {done}/{len(self.plan.blocks)} done)"
+
+
+def check_writable_target(path: Path, *, overwrite: bool) -> None:
+    """Refuse a target that would destroy foreign data, before anything is written."""
+    if path.exists():
+        if not path.is_dir():
+            raise StoreError(f"{path} exists and is a file, not a store directory; choose another path.")
+        if is_jacengine_store(path):
+            if not overwrite:
+                raise StoreError(f"{path} is already a jacengine store; pass overwrite=True to replace it.")
+        elif (path / "zarr.json").exists():
+            raise StoreError(f"{path} is a zarr store that jacengine did not write; refusing to touch it.")
+        elif any(path.iterdir()):
+            raise StoreError(f"{path} is a non-empty directory that is not a jacengine store; refusing to touch it.")
+    parent = path.parent if not path.exists() else path
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise StoreError(f"cannot write to {parent}: permission denied; choose a writable store path.")
+
+
+def open_store(path: str | Path, mode: str = "r") -> JacobianStore:
+    """Open an existing Jacobian store (``mode="r+"`` to resume writing into it)."""
+    return JacobianStore(path, mode=mode)

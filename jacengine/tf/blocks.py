@@ -1,0 +1,120 @@
+"""Compute one block of the Jacobian with a compiled, pfor-vectorised GradientTape.
+
+One ``tf.function`` serves every block; TensorFlow traces it once per distinct input shape, and
+the planner keeps the set of block shapes small. Shapes are always static: Keras'
+``TimeDistributed`` computes wrong results inside ``tf.function`` when the time axis is dynamic
+(see DESIGN.md, "Known traps"), so the first call of every new shape is also checked against an
+eager forward pass of the same inputs before its results are trusted.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from jacengine.errors import BlockError, ModelError
+from jacengine.plan import Block
+from jacengine.spec import JacobianSpec
+
+
+class _DropRetracingWarnings(logging.Filter):
+    """Retracing once per block shape is by design; TensorFlow's warning about it is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+tf.get_logger().addFilter(_DropRetracingWarnings())
+
+
+class BlockComputer:
+    """Turns a :class:`Block` and its input rows into the block's slice of J (numpy)."""
+
+    def __init__(self, model: keras.Model, spec: JacobianSpec) -> None:
+        self.model = model
+        self.spec = spec
+        self.dtype = tf.as_dtype(spec.compute_dtype)
+        self.trace_count = 0
+        self._checked_shapes: set[tuple[int, ...]] = set()
+        self._f_out = tf.constant(spec.f_out, dtype=tf.int32)
+        self._f_in = tf.constant(spec.f_in, dtype=tf.int32)
+        self._compiled = tf.function(self._jacobian, reduce_retracing=False, autograph=False)
+
+    def _outputs(self, x: tf.Tensor) -> tf.Tensor:
+        """Model outputs as (B, T_out, F_out); sequence-to-one outputs get a time axis of 1."""
+        y = self.model(x, training=False)
+        return y[:, None, :] if self.spec.sequence_to_one else y
+
+    def _jacobian(self, x_watch: tf.Tensor, x_rest: tf.Tensor, rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        self.trace_count += 1  # runs at trace time only
+        with tf.GradientTape() as tape:
+            tape.watch(x_watch)
+            y = self._outputs(tf.concat([x_watch, x_rest], axis=1))
+            y_rows = tf.gather(tf.gather(y, rows, axis=1), self._f_out, axis=2)
+        jacobian = tape.batch_jacobian(y_rows, x_watch, experimental_use_pfor=True)
+        if jacobian is None:
+            raise ModelError(
+                "the selected outputs do not depend on the inputs (TensorFlow returned no gradient); "
+                "check the model's wiring and the f_out/t_out selection."
+            )
+        return y_rows, tf.gather(jacobian, self._f_in, axis=4)
+
+    def compute(self, block: Block, x: np.ndarray) -> np.ndarray:
+        """J for ``block`` given x = inputs[batch_start:batch_stop, :forward_steps].
+
+        Returns an array of shape (n_batch, n_rows, |f_out|, t_in_stop, |f_in|) in the store dtype.
+        """
+        samples = x.shape[0]
+        x = tf.constant(x, dtype=self.dtype)
+        if samples == 1:
+            # TensorFlow 2.21's oneDNN kernels corrupt the heap on pfor Jacobians of attention
+            # with a batch of one; a duplicated sample avoids that and is dropped below.
+            x = tf.concat([x, x], axis=0)
+        x_watch, x_rest = x[:, : block.watch_steps], x[:, block.watch_steps :]
+        rows = tf.constant(self.spec.t_out[block.row_start : block.row_stop], dtype=tf.int32)
+        if self.spec.sequence_to_one:
+            rows = tf.zeros_like(rows)
+        y_rows, jacobian = self._compiled(x_watch, x_rest, rows)
+        if block.shape_key not in self._checked_shapes:
+            self._check_against_eager(x, rows, y_rows)
+            self._checked_shapes.add(block.shape_key)
+        values = jacobian.numpy()[:samples]
+        self._check_finite(block, values)
+        return _fit_t_in(values, block.t_in_stop).astype(self.spec.store_dtype, copy=False)
+
+    def _check_against_eager(self, x: tf.Tensor, rows: tf.Tensor, compiled: tf.Tensor) -> None:
+        eager = tf.gather(tf.gather(self._outputs(x), rows, axis=1), self._f_out, axis=2).numpy()
+        compiled = compiled.numpy()
+        scale = max(float(np.max(np.abs(eager))), 1.0)
+        tolerance = (1e-10 if self.dtype == tf.float64 else 1e-5) * scale
+        if compiled.shape != eager.shape or np.max(np.abs(compiled - eager)) > tolerance:
+            raise ModelError(
+                "the compiled forward pass disagrees with an eager call of the same model on the "
+                f"same inputs (shapes {compiled.shape} vs {eager.shape}); some layer computes "
+                "differently inside tf.function (e.g. TimeDistributed with a dynamic time axis). "
+                "Please report this model to the jacengine developers."
+            )
+
+    def _check_finite(self, block: Block, values: np.ndarray) -> None:
+        bad = ~np.isfinite(values)
+        if bad.any():
+            b, row = np.argwhere(bad)[0][:2]
+            step = self.spec.t_out[block.row_start + row]
+            raise BlockError(
+                f"block {block.index} produced a non-finite derivative for sample "
+                f"{block.batch_start + b}, output step {step}; the block was not stored. "
+                "The model overflows at these inputs: check their scale, or compute in float64."
+            )
+
+
+def _fit_t_in(values: np.ndarray, t_in_stop: int) -> np.ndarray:
+    """Cut or zero-pad the t_in axis to the block's write extent (zeros are exact: causality)."""
+    watched = values.shape[3]
+    if watched >= t_in_stop:
+        return values[:, :, :, :t_in_stop]
+    padding = [(0, 0)] * values.ndim
+    padding[3] = (0, t_in_stop - watched)
+    return np.pad(values, padding)

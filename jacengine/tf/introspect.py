@@ -1,0 +1,98 @@
+"""Build a :class:`JacobianSpec` from a Keras model and its inputs (shapes, causality, dtypes)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import keras
+import numpy as np
+
+from jacengine.errors import InputError, ModelError
+from jacengine.inputs import Inputs
+from jacengine.selection import Selection, normalise_selection
+from jacengine.spec import JacobianSpec
+from jacengine.tf.causality import probe_is_causal, why_not_causal
+from jacengine.tf.model import check_model
+
+Causal = Literal["auto"] | bool
+
+_PROBE_SAMPLES = 2
+
+
+def build_spec(
+    model: keras.Model,
+    inputs: Inputs,
+    *,
+    t_out: Selection = None,
+    f_out: Selection = None,
+    f_in: Selection = None,
+    causal: Causal = "auto",
+    method: str = "auto",
+    store_dtype: str = "float32",
+) -> tuple[JacobianSpec, str]:
+    """Return the spec and a one-line explanation of the causality decision."""
+    dtype = check_model(model)
+    batch, steps, features = inputs.shape
+    expected = tuple(model.inputs[0].shape)
+    if len(expected) != 3:
+        raise ModelError(f"the model takes inputs of shape {expected}; jacengine needs (batch, time, features).")
+    if expected[2] is not None and expected[2] != features:
+        raise InputError(f"the model expects {expected[2]} input features, the inputs have {features}.")
+    if expected[1] is not None and expected[1] != steps:
+        raise InputError(f"the model expects sequences of length {expected[1]}, the inputs have {steps}.")
+    truncatable = expected[1] is None
+
+    probe = inputs.read(0, min(batch, _PROBE_SAMPLES)).astype(dtype.as_numpy_dtype)
+    y = np.asarray(model(probe, training=False))
+    if y.ndim == 2:
+        sequence_to_one, output_steps, output_features = True, 1, y.shape[1]
+    elif y.ndim == 3:
+        sequence_to_one, output_steps, output_features = False, y.shape[1], y.shape[2]
+    else:
+        raise ModelError(f"the model returns shape {y.shape}; jacengine needs (B, T, F) or (B, F).")
+
+    decided, reason = _decide_causal(model, probe, causal, sequence_to_one, output_steps == steps)
+    spec = JacobianSpec(
+        batch=batch,
+        input_steps=steps,
+        input_features=features,
+        output_steps=output_steps,
+        output_features=output_features,
+        t_out=normalise_selection(t_out, output_steps, "t_out"),
+        f_out=normalise_selection(f_out, output_features, "f_out"),
+        f_in=normalise_selection(f_in, features, "f_in"),
+        causal=decided,
+        truncatable=truncatable,
+        sequence_to_one=sequence_to_one,
+        method="reverse" if method == "auto" else method,
+        compute_dtype=dtype.name,
+        store_dtype=store_dtype,
+    )
+    return spec, reason
+
+
+def _decide_causal(
+    model: keras.Model, probe: np.ndarray, causal: Causal, sequence_to_one: bool, aligned: bool
+) -> tuple[bool, str]:
+    if causal not in ("auto", True, False):
+        raise InputError(f"causal must be 'auto', True or False, got {causal!r}.")
+    if causal is False:
+        return False, "non-causal (as requested): every input step is differentiated"
+    if sequence_to_one or not aligned:
+        if causal is True:
+            raise ModelError("causal=True needs one output step per input step; this model has no such alignment.")
+        return False, "non-causal: the output time axis does not align with the input's"
+    probe_ok = probe_is_causal(model, probe)
+    if causal is True:
+        if not probe_ok:
+            raise ModelError(
+                "causal=True, but perturbing later inputs changed earlier outputs: the model is "
+                "not causal. Use causal='auto' or causal=False."
+            )
+        return True, "causal (as requested; a probe found no dependence on future inputs)"
+    structural = why_not_causal(model)
+    if structural is not None:
+        return False, f"non-causal: {structural}"
+    if not probe_ok:
+        return False, "non-causal: perturbing later inputs changed earlier outputs"
+    return True, "causal: every layer is causal by construction, and a probe agrees"

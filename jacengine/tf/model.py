@@ -1,0 +1,92 @@
+"""Load and vet Keras models before any work is planned."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from jacengine.errors import ModelError  # noqa: E402
+
+ModelLike = Any  # keras.Model or path to a .keras file
+
+
+def load_model(model: ModelLike, *, trust_model: bool = False) -> keras.Model:
+    """Return a Keras model from a model object or a ``.keras`` path.
+
+    Files are loaded in Keras safe mode: a model that carries Python code (Lambda layers) runs
+    arbitrary code when loaded, so it is refused unless ``trust_model=True``.
+    """
+    if isinstance(model, keras.Model):
+        return model
+    if not isinstance(model, (str, Path)):
+        raise ModelError(f"model must be a keras.Model or a path to a .keras file, got {type(model).__name__}.")
+    path = Path(model)
+    if not path.exists():
+        raise ModelError(f"model file {path} does not exist.")
+    if path.suffix != ".keras":
+        raise ModelError(f"{path} is not a .keras file; save the model with model.save('model.keras').")
+    try:
+        return keras.saving.load_model(str(path), safe_mode=not trust_model, compile=False)
+    except ValueError as exc:
+        if "safe_mode" in str(exc) or "lambda" in str(exc).lower():
+            raise ModelError(
+                f"{path} contains Python code (e.g. a Lambda layer), which runs arbitrary code when "
+                "loaded. If you trust its author, pass trust_model=True (--trust-model)."
+            ) from exc
+        raise ModelError(f"cannot load {path}: {exc}") from exc
+
+
+def iter_layers(model: keras.layers.Layer) -> list[keras.layers.Layer]:
+    """Every layer inside ``model``, nested models and wrappers included."""
+    found = []
+    stack = list(getattr(model, "layers", []))
+    while stack:
+        layer = stack.pop()
+        found.append(layer)
+        stack.extend(getattr(layer, "layers", []))
+        for attribute in ("layer", "forward_layer", "backward_layer", "cell"):
+            inner = getattr(layer, attribute, None)
+            if isinstance(inner, keras.layers.Layer):
+                stack.append(inner)
+    return found
+
+
+def check_model(model: keras.Model) -> tf.DType:
+    """Refuse models that cannot be differentiated block by block; return the compute dtype."""
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ModelError(
+            f"the model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; jacengine "
+            "needs exactly one of each (wrap the model to select them)."
+        )
+    stateful = [layer.name for layer in iter_layers(model) if getattr(layer, "stateful", False)]
+    if stateful:
+        raise ModelError(
+            f"stateful recurrent layers {stateful} carry state between calls, so blocks would "
+            "depend on the order they run in. Rebuild the model with stateful=False (weights "
+            "transfer with set_weights)."
+        )
+    dtype = tf.as_dtype(model.compute_dtype)
+    if not dtype.is_floating:
+        raise ModelError(f"the model computes in {dtype.name}; a Jacobian needs a floating-point model.")
+    return dtype
+
+
+def model_hash(model: keras.Model) -> str:
+    """SHA-256 over the model's architecture (config) and every weight's bytes."""
+    digest = hashlib.sha256()
+    config = model.get_config()
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for weight in model.weights:
+        value = np.ascontiguousarray(weight.numpy())
+        digest.update(f"{weight.path}|{value.dtype.str}|{value.shape}".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
