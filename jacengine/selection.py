@@ -27,11 +27,13 @@ def normalise_selection(selection: Selection, size: int, name: str) -> tuple[int
         if any(b <= a for a, b in zip(indices, indices[1:])):
             raise InputError(f"{name}={selection!r} must select increasing indices (use a positive step).")
         return indices
+    if isinstance(selection, str):
+        raise InputError(f"{name} must be an int, a slice or a sequence of ints, got {selection!r}.")
     if isinstance(selection, (int, np.integer)):
         selection = [int(selection)]
     try:
         raw = [int(i) for i in selection]  # type: ignore[union-attr]
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise InputError(f"{name} must be an int, a slice or a sequence of ints, got {selection!r}.") from exc
     if not raw:
         raise InputError(f"{name} is an empty selection; pass None to select all {size} indices.")

@@ -1,0 +1,163 @@
+"""End-to-end behaviour of compute(): the seed problem, selections, skipped chunks, tracing,
+resume and fingerprints, bad input. One small model per module (TensorFlow is slow to start)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+import jacengine  # noqa: E402
+from helpers import compute_with_blocks, reference_jacobian  # noqa: E402
+from jacengine.errors import BudgetError, InputError, ModelError, StoreError, StoreMismatchError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model():
+    from jacengine.tf.zoo import seed_model
+
+    return seed_model(units=6, features_in=2, features_out=2, seed=5)
+
+
+@pytest.fixture(scope="module")
+def x():
+    return np.random.default_rng(6).normal(size=(4, 16, 2)).astype("float32")
+
+
+@pytest.fixture(scope="module")
+def full(model, x):
+    return reference_jacobian(model, x)
+
+
+def store_hash(path: Path) -> str:
+    """SHA-256 over every chunk file of the jacobian array, with its relative path."""
+    digest = hashlib.sha256()
+    for chunk in sorted((path / "jacobian").rglob("*")):
+        if chunk.is_file() and chunk.name != "zarr.json":
+            digest.update(str(chunk.relative_to(path)).encode())
+            digest.update(chunk.read_bytes())
+    return digest.hexdigest()
+
+
+def test_seed_problem_equals_batch_jacobian(tmp_path) -> None:
+    """The seed model (LSTM(32) + TimeDistributed(Dense(1))) at (10, 100, 1), two block sizes."""
+    from jacengine.tf.zoo import seed_model
+
+    seed = seed_model()
+    x = np.random.default_rng(0).normal(size=(10, 100, 1)).astype("float32")
+    expected = reference_jacobian(seed, x)
+    default = jacengine.compute(seed, x, tmp_path / "default.zarr", progress=False)
+    blocked = compute_with_blocks(seed, x, tmp_path / "blocked.zarr", chunks_per_block=2, t_chunk=10, batch_chunk=5)
+    assert len(blocked.plan.blocks) > len(default.plan.blocks) or len(default.plan.blocks) > 1
+    for store in (default, blocked):
+        assert store.attrs["causal"] is True
+        np.testing.assert_allclose(store.to_numpy(), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+def test_selections_equal_slices_of_the_full_jacobian(model, x, full, tmp_path) -> None:
+    store = jacengine.compute(model, x, tmp_path / "s.zarr", t_out=[3, 7, 15], f_out=1, f_in=[0], progress=False)
+    assert store.shape == (4, 3, 1, 16, 1)
+    expected = full[:, [3, 7, 15]][:, :, [1]][..., [0]]
+    np.testing.assert_allclose(store.to_numpy(), expected, rtol=0, atol=1e-5 * np.abs(full).max())
+    np.testing.assert_array_equal(store.coordinate("t_out"), [3, 7, 15])
+    np.testing.assert_array_equal(store.coordinate("f_out"), [1])
+
+
+def test_causal_store_has_no_upper_triangle_chunks_and_few_traces(model, x, full, tmp_path) -> None:
+    store = compute_with_blocks(model, x, tmp_path / "c.zarr", chunks_per_block=1, t_chunk=2, batch_chunk=2)
+    plan = store.plan
+    assert len(plan.blocks) == 16
+    written = {tuple(int(i) for i in p.relative_to(tmp_path / "c.zarr/jacobian/c").parts)
+               for p in (tmp_path / "c.zarr/jacobian/c").rglob("*") if p.is_file()}
+    assert written, "no chunk files at all"
+    for b, t_out_chunk, _, t_in_chunk, _ in written:
+        assert t_in_chunk <= t_out_chunk, f"upper-triangle chunk {(b, t_out_chunk, t_in_chunk)} written"
+    np.testing.assert_allclose(store.to_numpy(), full, rtol=0, atol=1e-5 * np.abs(full).max())
+
+
+def test_traces_once_per_block_shape(model, x, tmp_path) -> None:
+    from jacengine.api import prepare
+    from jacengine.plan import make_plan
+
+    prepared = prepare(model, x, calibrate=False)
+    plan = make_plan(prepared.spec, batch_chunk=1, t_out_chunk=1, t_in_chunk=1, chunks_per_block=lambda w: 2)
+    assert len(plan.blocks) == 32
+    for block in plan.blocks:
+        prepared.computer.compute(block, x[block.batch_start : block.batch_stop, : block.forward_steps])
+    assert prepared.computer.trace_count == len(plan.shape_keys) <= 8
+
+
+def test_resume_computes_only_missing_blocks_bit_identically(model, x, tmp_path) -> None:
+    path = tmp_path / "r.zarr"
+    store = jacengine.compute(model, x, path, budget="2GiB", progress=False)
+    reference = store_hash(path)
+    forgotten = [b.index for b in store.plan.blocks][-1:]
+    store.forget_blocks(forgotten)
+    (path / "jacobian" / "c" / "junk.partial").write_bytes(b"half a chunk")
+    assert not jacengine.open_store(path).is_complete
+    resumed = jacengine.compute(model, x, path, budget="2GiB", progress=False)
+    assert resumed.is_complete
+    assert not list(path.rglob("*.partial"))
+    assert store_hash(path) == reference
+
+
+def test_resume_with_other_inputs_or_settings_is_refused(model, x, tmp_path) -> None:
+    path = tmp_path / "f.zarr"
+    jacengine.compute(model, x, path, progress=False)
+    before = store_hash(path)
+    with pytest.raises(StoreMismatchError, match="inputs"):
+        jacengine.compute(model, x + 1, path, progress=False)
+    with pytest.raises(StoreMismatchError, match="spec"):
+        jacengine.compute(model, x, path, t_out=3, progress=False)
+    other = keras.models.clone_model(model)
+    with pytest.raises(StoreMismatchError, match="model"):
+        jacengine.compute(other, x, path, progress=False)
+    assert store_hash(path) == before
+    jacengine.compute(model, x + 1, path, overwrite=True, progress=False)
+
+
+def test_foreign_directories_are_never_touched(model, x, tmp_path) -> None:
+    foreign = tmp_path / "data"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("precious")
+    with pytest.raises(StoreError, match="not a jacengine store"):
+        jacengine.compute(model, x, foreign, overwrite=True, progress=False)
+    assert (foreign / "keep.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (lambda x: np.where(np.arange(x.size).reshape(x.shape) == 37, np.nan, x), r"non-finite.*\[1, 2, 1\]"),
+        (lambda x: x.astype("int32"), "floating-point"),
+        (lambda x: x[0], "rank 3"),
+        (lambda x: x[..., :1], "input features"),
+    ],
+)
+def test_bad_inputs_are_refused_before_anything_is_written(model, x, tmp_path, bad, message) -> None:
+    with pytest.raises(InputError, match=message):
+        jacengine.compute(model, bad(x), tmp_path / "bad.zarr", progress=False)
+    assert not (tmp_path / "bad.zarr").exists()
+
+
+def test_stateful_rnn_and_tiny_budget_are_refused(x, model, tmp_path) -> None:
+    stateful = keras.Sequential([keras.Input((16, 2), batch_size=4), keras.layers.LSTM(3, stateful=True, return_sequences=True)])
+    with pytest.raises(ModelError, match="stateful"):
+        jacengine.compute(stateful, x, tmp_path / "s.zarr", progress=False)
+    with pytest.raises(BudgetError, match="minimum"):
+        jacengine.compute(model, x, tmp_path / "b.zarr", budget="1MiB", progress=False)
+    assert not (tmp_path / "s.zarr").exists() and not (tmp_path / "b.zarr").exists()
+
+
+def test_store_opens_in_xarray_with_labels(model, x, tmp_path) -> None:
+    xr = pytest.importorskip("xarray")
+    jacengine.compute(model, x, tmp_path / "x.zarr", t_out=slice(2, 10, 4), progress=False)
+    dataset = xr.open_zarr(tmp_path / "x.zarr", consolidated=False)
+    jacobian = dataset["jacobian"]
+    assert jacobian.dims == ("batch", "t_out", "f_out", "t_in", "f_in")
+    np.testing.assert_array_equal(jacobian["t_out"].values, [2, 6])
+    np.testing.assert_array_equal(jacobian["t_in"].values, np.arange(16))

@@ -1,0 +1,95 @@
+"""The planner (pure Python): blocks tile the Jacobian exactly once, on the chunk grid."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jacengine.costmodel import CostModel, choose_plan
+from jacengine.errors import BudgetError, InputError
+from jacengine.plan import Plan, make_plan
+from jacengine.selection import normalise_selection
+from jacengine.spec import JacobianSpec
+
+
+def make_spec(batch: int, steps: int, t_out: tuple[int, ...], causal: bool, truncatable: bool = True) -> JacobianSpec:
+    return JacobianSpec(
+        batch=batch, input_steps=steps, input_features=2, output_steps=steps, output_features=1,
+        t_out=t_out, f_out=(0,), f_in=(0, 1), causal=causal, truncatable=truncatable,
+    )
+
+
+@st.composite
+def specs_and_grids(draw):
+    steps = draw(st.integers(1, 40))
+    batch = draw(st.integers(1, 9))
+    t_out = tuple(sorted(draw(st.sets(st.integers(0, steps - 1), min_size=1))))
+    spec = make_spec(batch, steps, t_out, draw(st.booleans()), draw(st.booleans()))
+    grid = dict(
+        batch_chunk=draw(st.integers(1, batch)),
+        t_out_chunk=draw(st.integers(1, len(t_out))),
+        t_in_chunk=draw(st.integers(1, steps)),
+    )
+    return spec, grid, draw(st.integers(1, 5)), draw(st.integers(1, 8))
+
+
+@settings(max_examples=200, deadline=None)
+@given(specs_and_grids())
+def test_blocks_cover_every_entry_once_on_chunk_boundaries(case) -> None:
+    spec, grid, per_block, n_buckets = case
+    plan = make_plan(spec, chunks_per_block=lambda watch: per_block, n_buckets=n_buckets, **grid)
+    cover = np.zeros((spec.batch, len(spec.t_out)), dtype=int)
+    for block in plan.blocks:
+        cover[block.batch_start : block.batch_stop, block.row_start : block.row_stop] += 1
+        assert block.batch_start % grid["batch_chunk"] == 0
+        assert block.row_start % grid["t_out_chunk"] == 0
+        assert block.row_stop % grid["t_out_chunk"] == 0 or block.row_stop == len(spec.t_out)
+        assert block.t_in_stop % grid["t_in_chunk"] == 0 or block.t_in_stop == spec.input_steps
+        last_step = spec.t_out[block.row_stop - 1]
+        if spec.causal:
+            # every input step an output of the block can depend on is watched and written
+            assert block.watch_steps > last_step and block.t_in_stop > last_step
+            assert block.forward_steps == (block.watch_steps if spec.truncatable else spec.input_steps)
+        else:
+            assert block.watch_steps == block.t_in_stop == block.forward_steps == spec.input_steps
+    assert (cover == 1).all()
+    # bounded tracing: at most two shapes (full and remainder) per bucket and batch remainder
+    assert len(plan.shape_keys) <= 4 * (n_buckets + 1)
+    assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+def test_causal_plan_skips_the_upper_triangle() -> None:
+    spec = make_spec(4, 100, tuple(range(100)), causal=True)
+    plan = make_plan(spec, batch_chunk=4, t_out_chunk=10, t_in_chunk=10, chunks_per_block=lambda w: 1, n_buckets=10)
+    assert [b.t_in_stop for b in plan.blocks] == list(range(10, 101, 10))
+    assert len(plan.shape_keys) == 10
+
+
+def test_budget_shrinks_blocks_and_names_the_minimum() -> None:
+    spec = make_spec(32, 500, tuple(range(500)), causal=True)
+    cost = CostModel(fixed_bytes=100e6, bytes_per_work=400.0, trace_seconds=2.0, seconds_per_work=1e-7)
+    big, small = choose_plan(spec, cost, 4 * 2**30), choose_plan(spec, cost, 256 * 2**20)
+    assert len(small.blocks) > len(big.blocks)
+    for plan, budget in ((big, 4 * 2**30), (small, 256 * 2**20)):
+        for block in plan.blocks:
+            assert cost.peak_bytes(block.n_batch, block.n_rows, block.watch_steps) <= budget
+    with pytest.raises(BudgetError, match="Raise the budget to at least"):
+        choose_plan(spec, cost, int(100e6))
+
+
+@pytest.mark.parametrize(
+    ("selection", "expected"),
+    [(None, (0, 1, 2, 3, 4)), (2, (2,)), (-1, (4,)), (slice(1, None, 2), (1, 3)), ([0, 3], (0, 3))],
+)
+def test_selections(selection, expected) -> None:
+    assert normalise_selection(selection, 5, "t_out") == expected
+
+
+@pytest.mark.parametrize("selection", [[3, 1], [1, 1], [7], [], slice(3, 1), "a"])
+def test_bad_selections_are_refused(selection) -> None:
+    with pytest.raises(InputError, match="t_out"):
+        normalise_selection(selection, 5, "t_out")
