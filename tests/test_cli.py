@@ -1,0 +1,56 @@
+"""The command line on files: compute, status (exit 3 while incomplete), plan --json."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+keras = pytest.importorskip("keras")
+
+from helpers import reference_jacobian  # noqa: E402
+from jacengine.cli import main  # noqa: E402
+
+
+def test_compute_status_plan_on_files(tmp_path) -> None:
+    keras.utils.set_random_seed(7)
+    model = keras.Sequential([keras.Input((None, 1)), keras.layers.GRU(4, return_sequences=True), keras.layers.Dense(1)])
+    model.save(tmp_path / "model.keras")
+    x = np.random.default_rng(8).normal(size=(3, 10, 1)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    runner = CliRunner()
+    files = ["--model", str(tmp_path / "model.keras"), "--inputs", str(tmp_path / "x.npy")]
+
+    result = runner.invoke(main, ["plan", *files, "--budget", "512MiB", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["shape"] == [3, 10, 1, 10, 1]
+    assert summary["budget_bytes"] == 512 * 2**20 and summary["predicted_peak_bytes"] <= summary["budget_bytes"]
+
+    out = tmp_path / "j.zarr"
+    result = runner.invoke(main, ["compute", *files, "--out", str(out), "--t-out", "2:10:3", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    import jacengine
+
+    store = jacengine.open_store(out)
+    expected = reference_jacobian(model, x)[:, 2:10:3]
+    np.testing.assert_allclose(store.to_numpy(), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+    result = runner.invoke(main, ["status", str(out), "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)["complete"] is True
+    jacengine.open_store(out, mode="r+").forget_blocks([0])
+    assert runner.invoke(main, ["status", str(out)]).exit_code == 3
+
+    result = runner.invoke(main, ["compute", *files, "--out", str(out), "--t-out", "1", "--no-progress"])
+    assert result.exit_code == 2 and "different run" in result.output
+
+
+def test_selection_parsing() -> None:
+    from jacengine.cli import parse_selection
+
+    assert parse_selection("10") == 10
+    assert parse_selection("0:50:2") == slice(0, 50, 2)
+    assert parse_selection("1,5,9") == [1, 5, 9]
+    assert parse_selection(None) is None
