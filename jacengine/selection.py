@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import numpy as np
 
 from jacengine.errors import InputError
 
 Selection = int | slice | Sequence[int] | None
+
+
+def is_strictly_increasing(indices: Sequence[int]) -> bool:
+    return all(a < b for a, b in pairwise(indices))
 
 
 def normalise_selection(selection: Selection, size: int, name: str) -> tuple[int, ...]:
@@ -24,7 +29,7 @@ def normalise_selection(selection: Selection, size: int, name: str) -> tuple[int
         indices = tuple(range(size)[selection])
         if not indices:
             raise InputError(f"{name}={selection!r} selects nothing from an axis of length {size}.")
-        if any(b <= a for a, b in zip(indices, indices[1:])):
+        if not is_strictly_increasing(indices):
             raise InputError(f"{name}={selection!r} must select increasing indices (use a positive step).")
         return indices
     if isinstance(selection, str):
@@ -41,7 +46,7 @@ def normalise_selection(selection: Selection, size: int, name: str) -> tuple[int
         if not -size <= i < size:
             raise InputError(f"{name} index {i} is out of range for an axis of length {size}.")
     indices = tuple(i % size for i in raw)
-    if any(b <= a for a, b in zip(indices, indices[1:])):
+    if not is_strictly_increasing(indices):
         raise InputError(
             f"{name}={list(raw)} must be strictly increasing without repeats "
             f"(write it as sorted(set(...)))."

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jacengine.errors import InputError
+from jacengine.selection import is_strictly_increasing
 
 LAYOUTS = ("full",)
 METHODS = ("auto", "reverse")
@@ -68,7 +69,7 @@ class JacobianSpec:
         for name, indices, size in checks:
             if not indices or any(not 0 <= i < size for i in indices):
                 raise InputError(f"{name}={indices} must be non-empty indices into an axis of length {size}.")
-            if any(b <= a for a, b in zip(indices, indices[1:])):
+            if not is_strictly_increasing(indices):
                 raise InputError(f"{name}={indices} must be strictly increasing.")
         if self.causal and (self.sequence_to_one or self.output_steps != self.input_steps):
             raise InputError(

@@ -236,8 +236,8 @@ class JacobianStore:
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
 
     def __repr__(self) -> str:
-        done = len(self.done_blocks())
-        return f"JacobianStore({str(self.path)!r}, shape={self.shape}, dims={self.dims}, blocks {done}/{len(self.plan.blocks)} done)"
+        done, total = len(self.done_blocks()), len(self.plan.blocks)
+        return f"JacobianStore({str(self.path)!r}, shape={self.shape}, dims={self.dims}, blocks {done}/{total} done)"
 
 
 def check_writable_target(path: Path, *, overwrite: bool) -> None:

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 keras = pytest.importorskip("keras")
 
 from helpers import reference_jacobian  # noqa: E402
+
 from jacengine.cli import main  # noqa: E402
 
 

@@ -11,8 +11,9 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-import jacengine  # noqa: E402
 from helpers import compute_with_blocks, reference_jacobian  # noqa: E402
+
+import jacengine  # noqa: E402
 from jacengine.errors import BudgetError, InputError, ModelError, StoreError, StoreMismatchError  # noqa: E402
 
 
