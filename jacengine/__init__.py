@@ -17,6 +17,7 @@ from jacengine.errors import (
     StoreMismatchError,
 )
 from jacengine.store import JacobianStore, open_store
+from jacengine.verify import VerifyReport, verify
 
 __all__ = [
     "BlockError",
@@ -32,4 +33,6 @@ __all__ = [
     "compute",
     "open_store",
     "plan",
+    "verify",
+    "VerifyReport",
 ]

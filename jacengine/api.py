@@ -165,10 +165,14 @@ def compute(
         model, inputs, budget=budget, t_out=t_out, f_out=f_out, f_in=f_in, causal=causal,
         method=method, store_dtype=store_dtype, trust_model=trust_model, calibrate=not resume,
     )
-    return execute(prepared, path, resume=resume, overwrite=overwrite, progress=progress)
+    sources = {name: str(Path(value).resolve()) for name, value in (("model", model), ("inputs", inputs))
+               if isinstance(value, (str, Path))}
+    return execute(prepared, path, resume=resume, overwrite=overwrite, progress=progress, sources=sources)
 
 
-def execute(prepared: Prepared, path: Path, *, resume: bool, overwrite: bool, progress: bool) -> JacobianStore:
+def execute(
+    prepared: Prepared, path: Path, *, resume: bool, overwrite: bool, progress: bool, sources: dict[str, str] | None = None
+) -> JacobianStore:
     """Create (or reopen and check) the store at ``path`` and compute its pending blocks."""
     if resume:
         target = JacobianStore(path, mode="r+")
@@ -178,7 +182,9 @@ def execute(prepared: Prepared, path: Path, *, resume: bool, overwrite: bool, pr
         if removed:
             log.info("removed %d temporary files of interrupted writes", removed)
     else:
-        target = JacobianStore.create(path, prepared.spec, prepared.plan, prepared.fingerprint, overwrite=overwrite)
+        target = JacobianStore.create(
+            path, prepared.spec, prepared.plan, prepared.fingerprint, overwrite=overwrite, sources=sources
+        )
         if prepared.probe_result is not None:
             target.write_block(prepared.plan.blocks[0], prepared.probe_result)
     pending = target.pending_blocks()

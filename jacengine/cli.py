@@ -157,6 +157,42 @@ def status(store: str, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), help="default: the path recorded in the store")
+@click.option("--inputs", "inputs_path", type=click.Path(exists=True), help="default: the path recorded in the store")
+@click.option("--samples", default=16, show_default=True, help="random rows recomputed independently")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--no-repair", is_flag=True, help="only report; do not mark corrupt blocks pending")
+@click.option("--trust-model", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+def verify(store: str, model_path: str | None, inputs_path: str | None, samples: int, seed: int, no_repair: bool,
+           trust_model: bool, as_json: bool) -> None:
+    """Check block checksums and recompute sampled entries; exits 1 on any problem.
+
+    Corrupt blocks are marked pending (unless --no-repair): rerun compute to recompute them.
+    """
+    from jacengine.verify import verify as verify_api
+
+    report = run_guarded(lambda: verify_api(store, model_path, inputs_path, samples=samples, seed=seed,
+                                            repair=not no_repair, trust_model=trust_model))
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo(f"blocks: {report.blocks_total - len(report.missing)}/{report.blocks_total} done, "
+                   f"missing {report.missing or 'none'}, corrupt {report.corrupt or 'none'}")
+        if report.max_gradient_error is not None:
+            click.echo(f"{report.rows_checked} rows vs eager gradients: max error {report.max_gradient_error:.2e} of max |J|")
+        if report.max_finite_difference_error is not None:
+            click.echo(f"{report.entries_checked} entries vs float64 finite differences: "
+                       f"max error {report.max_finite_difference_error:.2e} of max |J|")
+        for note in report.notes:
+            click.echo(note)
+        click.echo("OK" if report.ok else f"PROBLEMS FOUND (tolerance {report.tolerance:g})")
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.command()
 @click.option("--out", "store", default="jacengine-demo.zarr", show_default=True, type=click.Path())
 @click.option("--batch", default=10, show_default=True)
 @click.option("--steps", default=100, show_default=True)

@@ -8,8 +8,8 @@ and the group attribute ``jacengine`` with the spec, plan and fingerprint that p
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
+import tempfile
 from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
@@ -82,8 +82,13 @@ class JacobianStore:
         fingerprint: dict[str, Any],
         *,
         overwrite: bool = False,
+        sources: dict[str, str] | None = None,
     ) -> JacobianStore:
-        """Create an empty store; refuses to touch anything that is not a jacengine store."""
+        """Create an empty store; refuses to touch anything that is not a jacengine store.
+
+        ``sources`` records the model and inputs file paths (when they were files), so that
+        ``jacengine verify`` can find them again; they are not part of the fingerprint.
+        """
         path = Path(path)
         check_writable_target(path, overwrite=overwrite)
         if path.exists() and overwrite:
@@ -125,6 +130,7 @@ class JacobianStore:
             "spec": spec.to_dict(),
             "plan": plan.to_dict(),
             "fingerprint": fingerprint,
+            "sources": sources or {},
         }
         return cls(path, mode="r+")
 
@@ -252,11 +258,16 @@ def check_writable_target(path: Path, *, overwrite: bool) -> None:
             raise StoreError(f"{path} is a zarr store that jacengine did not write; refusing to touch it.")
         elif any(path.iterdir()):
             raise StoreError(f"{path} is a non-empty directory that is not a jacengine store; refusing to touch it.")
-    parent = path.parent if not path.exists() else path
-    while not parent.exists():
-        parent = parent.parent
-    if not os.access(parent, os.W_OK):
-        raise StoreError(f"cannot write to {parent}: permission denied; choose a writable store path.")
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise StoreError(f"cannot create {path}: {ancestor} is a file, not a directory.")
+    try:  # os.access says yes to root even on read-only file systems: really try a write
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as exc:
+        raise StoreError(f"cannot write to {ancestor} ({exc.strerror}); choose a writable store path.") from exc
 
 
 def open_store(path: str | Path, mode: str = "r") -> JacobianStore:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from jacengine.api import Prepared, execute, prepare
-from jacengine.costmodel import CostModel, plan_for_buckets
 from jacengine.plan import make_plan
 from jacengine.store import JacobianStore
 
@@ -27,10 +27,10 @@ def reference_jacobian(model: Any, x: np.ndarray) -> np.ndarray:
     return tape.batch_jacobian(y, xt).numpy()
 
 
-def compute_with_blocks(
-    model: Any, x: np.ndarray, path: Path, *, chunks_per_block: int, t_chunk: int, batch_chunk: int, **options: Any
-) -> JacobianStore:
-    """Run the engine with a forced block size (independent of any cost calibration)."""
+def prepare_with_blocks(
+    model: Any, x: Any, *, chunks_per_block: int, t_chunk: int, batch_chunk: int, n_buckets: int = 4, **options: Any
+) -> Prepared:
+    """Prepare a run with a forced block size (independent of any cost calibration)."""
     prepared: Prepared = prepare(model, x, calibrate=False, **options)
     plan = make_plan(
         prepared.spec,
@@ -38,13 +38,30 @@ def compute_with_blocks(
         t_out_chunk=t_chunk,
         t_in_chunk=t_chunk,
         chunks_per_block=lambda watch: chunks_per_block,
+        n_buckets=n_buckets,
     )
-    prepared = dataclasses.replace(prepared, plan=plan, fingerprint=dict(prepared.fingerprint, grid=list(plan.grid)))
-    return execute(prepared, path, resume=False, overwrite=False, progress=False)
+    return dataclasses.replace(prepared, plan=plan, fingerprint=dict(prepared.fingerprint, grid=list(plan.grid)))
 
 
-def tiny_cost() -> CostModel:
-    return CostModel(fixed_bytes=1e6, bytes_per_work=100.0, trace_seconds=1.0, seconds_per_work=1e-7)
+def compute_with_blocks(model: Any, x: Any, path: Path, **options: Any) -> JacobianStore:
+    """Run the engine with a forced block size; options as for :func:`prepare_with_blocks`."""
+    return execute(prepare_with_blocks(model, x, **options), path, resume=False, overwrite=False, progress=False)
 
 
-__all__ = ["compute_with_blocks", "plan_for_buckets", "reference_jacobian", "tiny_cost"]
+def create_with_blocks(model: Any, x: Any, path: Path, **options: Any) -> JacobianStore:
+    """Create the store of a forced-block-size run without computing anything (like an init)."""
+    prepared = prepare_with_blocks(model, x, **options)
+    return JacobianStore.create(path, prepared.spec, prepared.plan, prepared.fingerprint)
+
+
+def store_hash(path: Path) -> str:
+    """SHA-256 over every chunk file of the jacobian array, with its relative path."""
+    digest = hashlib.sha256()
+    for chunk in sorted((path / "jacobian").rglob("*")):
+        if chunk.is_file() and chunk.name != "zarr.json":
+            digest.update(str(chunk.relative_to(path)).encode())
+            digest.update(chunk.read_bytes())
+    return digest.hexdigest()
+
+
+

@@ -3,15 +3,12 @@ resume and fingerprints, bad input. One small model per module (TensorFlow is sl
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
 
-from helpers import compute_with_blocks, reference_jacobian  # noqa: E402
+from helpers import compute_with_blocks, reference_jacobian, store_hash  # noqa: E402
 
 import jacengine  # noqa: E402
 from jacengine.errors import BudgetError, InputError, ModelError, StoreError, StoreMismatchError  # noqa: E402
@@ -32,16 +29,6 @@ def x():
 @pytest.fixture(scope="module")
 def full(model, x):
     return reference_jacobian(model, x)
-
-
-def store_hash(path: Path) -> str:
-    """SHA-256 over every chunk file of the jacobian array, with its relative path."""
-    digest = hashlib.sha256()
-    for chunk in sorted((path / "jacobian").rglob("*")):
-        if chunk.is_file() and chunk.name != "zarr.json":
-            digest.update(str(chunk.relative_to(path)).encode())
-            digest.update(chunk.read_bytes())
-    return digest.hexdigest()
 
 
 def test_seed_problem_equals_batch_jacobian(tmp_path) -> None:

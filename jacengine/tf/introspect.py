@@ -68,7 +68,31 @@ def build_spec(
         compute_dtype=dtype.name,
         store_dtype=store_dtype,
     )
+    check_connected(model, probe[:1], spec)
     return spec, reason
+
+
+def check_connected(model: keras.Model, probe: np.ndarray, spec: JacobianSpec) -> None:
+    """Raise when a selected output feature does not depend on the inputs at all.
+
+    TensorFlow's pfor Jacobian silently returns zeros for a disconnected output (and a plain
+    gradient returns None with only a warning); storing those zeros would be a silent lie.
+    """
+    import tensorflow as tf
+
+    x = tf.constant(probe)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y = model(x, training=False)
+        sums = {feature: tf.reduce_sum(y[..., feature]) for feature in spec.f_out}
+    for feature, total in sums.items():
+        if tape.gradient(total, x) is None:
+            raise ModelError(
+                f"output feature {feature} is not connected to the inputs (TensorFlow returns no "
+                "gradient: a stop_gradient, a constant or an unused branch); its Jacobian would be "
+                "all zeros. Select connected outputs with f_out, or fix the model."
+            )
+    del tape
 
 
 def _decide_causal(

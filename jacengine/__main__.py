@@ -1,0 +1,5 @@
+"""``python -m jacengine`` is the ``jacengine`` command."""
+
+from jacengine.cli import main
+
+main()

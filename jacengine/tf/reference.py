@@ -1,0 +1,56 @@
+"""Independent references for verification: single-row gradients and central finite differences
+on a float64 copy of the model. Deliberately simple and eager: no pfor, no tf.function, no blocks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def _output(model: keras.Model, x: tf.Tensor, step: int | None, feature: int) -> tf.Tensor:
+    y = model(x, training=False)
+    return y[0, feature] if step is None else y[0, step, feature]
+
+
+def gradient_row(model: keras.Model, sample: np.ndarray, step: int | None, feature: int) -> np.ndarray:
+    """d y[0, step, feature] / d x[0] for one sample (1, T, F) -> (T, F); step None = seq-to-one."""
+    x = tf.constant(sample, dtype=model.compute_dtype)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        target = _output(model, x, step, feature)
+    return tape.gradient(target, x).numpy()[0]
+
+
+def float64_copy(model: keras.Model) -> keras.Model:
+    """The same architecture and weights computing in float64 (Sequential/functional models)."""
+    config = _to_float64(model.get_config())
+    copy = model.__class__.from_config(config)
+    copy.set_weights([np.asarray(w, dtype="float64") for w in model.get_weights()])
+    return copy
+
+
+def _to_float64(config: Any) -> Any:
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy":
+            return {**config, "config": {**config["config"], "name": "float64"}}
+        return {k: ("float64" if k == "dtype" and v in ("float32", "float16", "bfloat16") else _to_float64(v))
+                for k, v in config.items()}
+    if isinstance(config, list):
+        return [_to_float64(v) for v in config]
+    return config
+
+
+def central_difference(
+    model64: keras.Model, sample: np.ndarray, step: int | None, feature: int, t_in: int, f_in: int, h: float = 1e-5
+) -> float:
+    """(y(x + h e) - y(x - h e)) / 2h in float64 for the input entry (t_in, f_in)."""
+    x = np.asarray(sample, dtype="float64")
+    plus, minus = x.copy(), x.copy()
+    plus[0, t_in, f_in] += h
+    minus[0, t_in, f_in] -= h
+    up = float(_output(model64, tf.constant(plus), step, feature))
+    down = float(_output(model64, tf.constant(minus), step, feature))
+    return (up - down) / (2 * h)
