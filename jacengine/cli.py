@@ -193,6 +193,39 @@ def verify(store: str, model_path: str | None, inputs_path: str | None, samples:
 
 
 @main.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--op", "ops", multiple=True, required=True,
+              type=click.Choice(["saliency", "lag-profile", "feature-importance", "window-sum", "top-k", "std", "quantiles"]),
+              help="reduction to run (repeatable); results go to STORE/reductions/<op>")
+@click.option("--window", default="0:10", show_default=True, help="window-sum: input steps start:stop")
+@click.option("--k", default=5, show_default=True, help="top-k: entries per output step")
+@click.option("--fraction", default=0.9, show_default=True, help="lag-profile: share of influence for the quantile lag")
+@click.option("--partial", is_flag=True, help="reduce the completed blocks of an incomplete store")
+@click.option("--plot", type=click.Path(dir_okay=False), help="also write a summary figure (PNG)")
+def reduce(store: str, ops: tuple[str, ...], window: str, k: int, fraction: float, partial: bool, plot: str | None) -> None:
+    """Reduce a store out of core and write the results into it."""
+    from jacengine.reductions import reduce as reduce_api
+    from jacengine.store import open_store
+
+    window_slice = parse_selection(window)
+    if not isinstance(window_slice, slice):
+        raise click.BadParameter("--window takes start:stop")
+    options = {"window-sum": {"start": window_slice.start or 0, "stop": window_slice.stop},
+               "top-k": {"k": k}, "lag-profile": {"fraction": fraction}}
+    opened = run_guarded(lambda: open_store(store, mode="r+"))
+    for op in ops:
+        result = run_guarded(lambda op=op: reduce_api(opened, op, partial=partial, **options.get(op, {})))
+        coverage = result.attrs.get("coverage", 1.0)
+        click.echo(f"{op}: wrote reductions/{result.name} ({', '.join(result.arrays)}), coverage {coverage:.0%}")
+        if op == "lag-profile":
+            click.echo(f"  {fraction:.0%} of the influence lies within lag {int(result['quantile_lag'].max())}")
+    if plot:
+        from jacengine.plots import plot_summary
+
+        click.echo(f"figure: {run_guarded(lambda: plot_summary(opened, plot, partial=partial))}")
+
+
+@main.command()
 @click.option("--out", "store", default="jacengine-demo.zarr", show_default=True, type=click.Path())
 @click.option("--batch", default=10, show_default=True)
 @click.option("--steps", default=100, show_default=True)

@@ -1,0 +1,112 @@
+"""Every reduction equals numpy on the materialised J (full layout, with selections); an
+incomplete store is refused unless partial; results open in xarray with labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from helpers import compute_with_blocks  # noqa: E402
+from jacengine.errors import StoreError  # noqa: E402
+from jacengine.reductions import custom, reduce, write_reduction  # noqa: E402
+
+B, T = 5, 14
+
+
+@pytest.fixture(scope="module", params=["causal", "noncausal_selected"])
+def store(request, tmp_path_factory):
+    keras.utils.set_random_seed(21)
+    path = tmp_path_factory.mktemp("r") / "j.zarr"
+    x = np.random.default_rng(22).normal(size=(B, T, 3)).astype("float32")
+    if request.param == "causal":
+        model = keras.Sequential([keras.Input((None, 3)), keras.layers.GRU(5, return_sequences=True), keras.layers.Dense(2)])
+        return compute_with_blocks(model, x, path, chunks_per_block=1, t_chunk=3, batch_chunk=2)
+    model = keras.Sequential([keras.Input((None, 3)), keras.layers.Conv1D(4, 5, padding="same"), keras.layers.Dense(2)])
+    return compute_with_blocks(model, x, path, chunks_per_block=2, t_chunk=2, batch_chunk=3,
+                               t_out=[1, 4, 5, 9, 13], f_out=[1], f_in=[0, 2])
+
+
+def close(actual, expected) -> None:
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+
+
+def test_saliency_feature_importance_window_sum(store) -> None:
+    J = store.to_numpy().astype("float64")
+    close(reduce(store, "saliency")["mean_abs"], np.abs(J).mean(axis=0))
+    close(reduce(store, "saliency")["mean"], J.mean(axis=0))
+    close(reduce(store, "feature-importance")["sum_abs"], np.abs(J).sum(axis=3).mean(axis=0))
+    close(reduce(store, "window-sum", start=0, stop=10)["sum"], J[:, :, :, :10].sum(axis=3))
+
+
+def test_lag_profile(store) -> None:
+    J = store.to_numpy().astype("float64")
+    mean_abs = np.abs(J).mean(axis=0)
+    t_out, t_in = store.coordinate("t_out"), store.coordinate("t_in")
+    result = reduce(store, "lag-profile", fraction=0.9)
+    lags = result.coords["lag"]
+    for j, lag in enumerate(lags):
+        entries = [mean_abs[i, :, step - lag, :] for i, step in enumerate(t_out) if 0 <= step - lag < t_in.size]
+        expected = np.mean(entries, axis=0) if entries else np.zeros(mean_abs[0, :, 0, :].shape)
+        close(result["mean_abs"][j], expected)
+    past = result["total_abs"][lags >= 0]
+    share = np.cumsum(past, axis=0) / past.sum(axis=0)
+    quantile = result["quantile_lag"]
+    for fo in range(quantile.shape[0]):
+        for fi in range(quantile.shape[1]):
+            q = quantile[fo, fi]
+            assert share[q, fo, fi] >= 0.9 - 1e-9 and (q == 0 or share[q - 1, fo, fi] < 0.9)
+    if store.attrs["causal"]:
+        assert lags.min() == 0
+
+
+def test_top_k_std_quantiles(store) -> None:
+    J = store.to_numpy().astype("float64")
+    mean_abs = np.abs(J).mean(axis=0)
+    result = reduce(store, "top-k", k=3)
+    fi = mean_abs.shape[3]
+    for i in range(mean_abs.shape[0]):
+        for fo in range(mean_abs.shape[1]):
+            flat = mean_abs[i, fo].reshape(-1)
+            best = np.sort(flat)[::-1][:3]
+            close(result["mean_abs"][i, fo], best)
+            positions = np.searchsorted(store.coordinate("t_in"), result["t_in"][i, fo]) * fi + np.searchsorted(
+                store.coordinate("f_in"), result["f_in"][i, fo])
+            close(flat[positions], best)
+    close(reduce(store, "std")["std"], J.std(axis=0))
+    close(reduce(store, "quantiles")["quantile_values"], np.quantile(J, [0.1, 0.5, 0.9], axis=0))
+
+
+def test_custom_reduction_and_xarray(store) -> None:
+    xr = pytest.importorskip("xarray")
+    J = store.to_numpy()
+    result = custom(store, "max-abs-per-sample", lambda j: abs(j).max(axis=(1, 2, 3, 4)), ("batch",))
+    write_reduction(store, result)
+    close(result["values"], np.abs(J).max(axis=(1, 2, 3, 4)))
+    reduce(store, "saliency")
+    dataset = xr.open_zarr(store.path, group="reductions/saliency", consolidated=False)
+    assert dataset["mean_abs"].dims == ("t_out", "f_out", "t_in", "f_in")
+    np.testing.assert_array_equal(dataset["t_out"].values, store.coordinate("t_out"))
+    np.testing.assert_array_equal(dataset["f_in"].values, store.coordinate("f_in"))
+
+
+def test_incomplete_store_is_refused_unless_partial(store, tmp_path) -> None:
+    import shutil
+
+    from jacengine.store import JacobianStore
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(store.path, copy)
+    incomplete = JacobianStore(copy, mode="r+")
+    missing = incomplete.plan.blocks[1]
+    incomplete.forget_blocks([missing.index])
+    with pytest.raises(StoreError, match=rf"1 of {len(incomplete.plan.blocks)} blocks missing \({missing.index}\)"):
+        reduce(incomplete, "saliency")
+    J = incomplete.to_numpy().astype("float64")
+    present = np.ones(J.shape[:2], dtype=bool)
+    present[missing.batch_start : missing.batch_stop, missing.row_start : missing.row_stop] = False
+    masked = np.where(present[:, :, None, None, None], np.abs(J), np.nan)
+    result = reduce(incomplete, "saliency", partial=True)
+    close(np.nan_to_num(result["mean_abs"]), np.nan_to_num(np.nanmean(masked, axis=0)))
+    assert result.attrs["coverage"] == pytest.approx(present.mean())
