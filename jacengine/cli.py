@@ -230,8 +230,10 @@ def reduce(store: str, ops: tuple[str, ...], window: str, k: int, fraction: floa
 @click.option("--batch", default=10, show_default=True)
 @click.option("--steps", default=100, show_default=True)
 @click.option("--budget", default="2GiB", show_default=True)
-def demo(store: str, batch: int, steps: int, budget: str) -> None:
-    """The seed problem on a built-in LSTM: no files needed."""
+@click.option("--epochs", default=40, show_default=True, help="training epochs before the Jacobian (0: untrained)")
+@click.option("--plot", type=click.Path(dir_okay=False), help="write a summary figure (PNG; needs matplotlib)")
+def demo(store: str, batch: int, steps: int, budget: str, epochs: int, plot: str | None) -> None:
+    """The seed problem on a built-in LSTM trained on data with known lags; no files needed."""
     from jacengine.demo import run_demo
 
-    run_guarded(lambda: run_demo(store, batch=batch, steps=steps, budget=budget, echo=click.echo))
+    run_guarded(lambda: run_demo(store, batch=batch, steps=steps, budget=budget, epochs=epochs, plot=plot, echo=click.echo))
