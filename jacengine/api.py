@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from jacengine.budget import BUDGET_DEFINITION, format_bytes, parse_budget
+from jacengine.budget import BUDGET_DEFINITION, ProcessMemory, format_bytes, parse_budget
 from jacengine.costmodel import CostModel, choose_plan, predicted_peak, predicted_store_bytes
 from jacengine.errors import RunInterrupted
 from jacengine.executors import LocalExecutor
@@ -76,19 +76,29 @@ def prepare(
     method: str = "auto",
     store_dtype: str = "float32",
     trust_model: bool = False,
+    gpu_memory_limit: int | str | None = None,
     calibrate: bool = True,
 ) -> Prepared:
     """Validate everything, build the spec, calibrate the cost model and plan the blocks."""
     budget_bytes = parse_budget(budget)
+    from jacengine.tf.memory import configure_gpus
+
+    configure_gpus(parse_budget(gpu_memory_limit) if gpu_memory_limit is not None else None)
     from jacengine.tf.blocks import BlockComputer
     from jacengine.tf.calibrate import calibrate as run_probe
     from jacengine.tf.calibrate import prior_cost
     from jacengine.tf.introspect import build_spec
+    from jacengine.tf.memory import TensorMemory, compute_device
     from jacengine.tf.model import load_model, model_hash
     from jacengine.tf.rewrite import without_time_distributed_dense
 
     keras_model = load_model(model, trust_model=trust_model)
     source = Inputs(inputs)
+    device = compute_device()
+    tensors = TensorMemory(device)
+    process = ProcessMemory() if device.startswith("CPU") else None
+    if process is not None:
+        process.set_baseline()  # the budget counts from here: model and inputs are open
     source.check_finite()
     spec, reason = build_spec(
         keras_model, source, t_out=t_out, f_out=f_out, f_in=f_in, causal=causal, method=method, store_dtype=store_dtype
@@ -96,12 +106,23 @@ def prepare(
     probe_inputs = source.read(0, min(spec.batch, 2)).astype(spec.compute_dtype)
     computer = BlockComputer(without_time_distributed_dense(keras_model, probe_inputs), spec)
     cost = prior_cost(keras_model, spec)
-    plan = choose_plan(spec, cost, budget_bytes)
+    plan = choose_plan(spec, cost, budget_bytes, fallback_to_smallest=True)
     probe_result = None
     if calibrate:
+        # Measure a probe block, plan, and measure again on the planned shape when it differs:
+        # a trace's memory depends on the shape, and the first block of the plan is the one
+        # whose peak matters. The cost model keeps the most pessimistic fixed term seen.
         probe = plan.blocks[0]
-        cost, probe_result = run_probe(computer, source, probe)
+        cost, probe_result = run_probe(computer, source, probe, tensors, process)
         plan = choose_plan(spec, cost, budget_bytes)
+        for _ in range(2):
+            if plan.blocks[0].shape_key == probe.shape_key:
+                break
+            computer.release()  # the probe's compiled graph will not be used again: free it
+            probe = plan.blocks[0]
+            measured, probe_result = run_probe(computer, source, probe, tensors, process)
+            cost = replace(measured, fixed_bytes=max(cost.fixed_bytes, measured.fixed_bytes))
+            plan = choose_plan(spec, cost, budget_bytes)
         if plan.blocks[0] != probe:
             probe_result = None
     fingerprint = {
@@ -136,6 +157,7 @@ def compute(
     overwrite: bool = False,
     progress: bool = True,
     trust_model: bool = False,
+    gpu_memory_limit: int | str | None = None,
 ) -> JacobianStore:
     """Compute J[b, t_out, f_out, t_in, f_in] = dy/dx of ``model`` at ``inputs`` into ``store``.
 
@@ -152,6 +174,8 @@ def compute(
         overwrite: replace an existing jacengine store instead of resuming it.
         progress: show a progress bar.
         trust_model: allow loading ``.keras`` files that carry Python code (Lambda layers).
+        gpu_memory_limit: cap TensorFlow's GPU memory (a logical device of this size); by
+            default memory growth is enabled instead. Ignored on machines without a GPU.
 
     Returns the opened :class:`JacobianStore`. Rerunning the same call on an interrupted store
     computes only the missing blocks; a store from a different model, inputs or settings is
@@ -163,7 +187,8 @@ def compute(
         check_writable_target(path, overwrite=overwrite)
     prepared = prepare(
         model, inputs, budget=budget, t_out=t_out, f_out=f_out, f_in=f_in, causal=causal,
-        method=method, store_dtype=store_dtype, trust_model=trust_model, calibrate=not resume,
+        method=method, store_dtype=store_dtype, trust_model=trust_model, gpu_memory_limit=gpu_memory_limit,
+        calibrate=not resume,
     )
     sources = {name: str(Path(value).resolve()) for name, value in (("model", model), ("inputs", inputs))
                if isinstance(value, (str, Path))}

@@ -49,12 +49,22 @@ def format_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+def release_free_heap() -> None:
+    """Return the C heap's free memory to the OS (glibc ``malloc_trim``), so that resident
+    memory reflects what is in use; a no-op where glibc is absent."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 @dataclass
 class ProcessMemory:
-    """Peak resident memory of this process, resettable between measurements (Linux).
+    """Resident memory of this process above a baseline, and its peak (Linux /proc).
 
-    ``reset()`` returns freed heap memory to the OS and restarts the kernel's high-water mark, so
-    ``peak_above_baseline()`` is the peak of what ran since, relative to the RSS at the reset.
+    ``set_baseline()`` records the RSS the budget is measured from (once the model and inputs are
+    open); ``reset_peak()`` returns freed heap memory to the OS and restarts the kernel's
+    high-water mark, so ``peak_above_baseline()`` is the peak of what ran since.
     """
 
     status_path: Path = Path("/proc/self/status")
@@ -67,16 +77,16 @@ class ProcessMemory:
             raise OSError(f"{field} not found in {self.status_path}")
         return int(match.group(1)) * 1024
 
-    def reset(self) -> None:
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except OSError:
-            pass
+    def set_baseline(self) -> None:
+        self.reset_peak()
+        self.baseline = self._read("VmRSS")
+
+    def reset_peak(self) -> None:
+        release_free_heap()
         try:
             self.clear_refs_path.write_text("5")
         except OSError:
             pass
-        self.baseline = self._read("VmRSS")
 
     def peak_above_baseline(self) -> int:
         return max(0, self._read("VmHWM") - self.baseline)

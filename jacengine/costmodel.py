@@ -32,11 +32,17 @@ class CostModel:
     trace_seconds: float
     seconds_per_work: float
 
-    def work(self, spec: JacobianSpec, block: Block) -> int:
-        return block.n_batch * block.n_rows * len(spec.f_out) * block.watch_steps
+    @staticmethod
+    def work(spec: JacobianSpec, block: Block) -> int:
+        """The work a block is computed at (padded shape; one sample runs as two, see
+        ``jacengine.tf.blocks``: a TensorFlow bug)."""
+        return max(block.compute_batch, 2) * block.compute_rows * len(spec.f_out) * block.watch_steps
 
     def peak_bytes(self, batch: int, rows: int, watch: int) -> float:
-        return self.fixed_bytes + self.bytes_per_work * batch * rows * watch
+        return self.fixed_bytes + self.bytes_per_work * max(batch, 2) * rows * watch
+
+    def block_peak_bytes(self, spec: JacobianSpec, block: Block) -> float:
+        return self.fixed_bytes + self.bytes_per_work * self.work(spec, block)
 
     def block_seconds(self, spec: JacobianSpec, block: Block) -> float:
         return self.seconds_per_work * self.work(spec, block)
@@ -52,12 +58,20 @@ class CostModel:
 BUCKET_CHOICES = (1, 2, 4, 8)
 
 
-def choose_plan(spec: JacobianSpec, cost: CostModel, budget_bytes: int) -> Plan:
+def choose_plan(spec: JacobianSpec, cost: CostModel, budget_bytes: int, fallback_to_smallest: bool = False) -> Plan:
     """The fastest predicted plan whose blocks all fit ``budget_bytes``.
 
     More prefix buckets skip more of a causal upper triangle but cost one trace each, so the
-    candidates with 1, 2, 4 and 8 buckets are compared by predicted run time.
+    candidates with 1, 2, 4 and 8 buckets are compared by predicted run time. With
+    ``fallback_to_smallest``, a budget below the predicted minimum gives the plan of smallest
+    blocks instead of an error (used to pick a probe block before the cost model is measured).
     """
+    if fallback_to_smallest:
+        try:
+            return choose_plan(spec, cost, budget_bytes)
+        except BudgetError:
+            smallest_anywhere = cost.peak_bytes(1, len(spec.f_out), spec.input_steps)
+            return choose_plan(spec, cost, math.ceil(smallest_anywhere))
     candidates = [plan_for_buckets(spec, cost, budget_bytes, n) for n in BUCKET_CHOICES if n == 1 or spec.causal]
     return min(candidates, key=lambda plan: cost.plan_seconds(spec, plan))
 
@@ -106,7 +120,7 @@ def plan_for_buckets(spec: JacobianSpec, cost: CostModel, budget_bytes: int, n_b
 
 def predicted_peak(spec: JacobianSpec, plan: Plan, cost: CostModel) -> float:
     """The largest predicted peak over the plan's blocks."""
-    return max(cost.peak_bytes(b.n_batch, b.n_rows * len(spec.f_out), b.watch_steps) for b in plan.blocks)
+    return max(cost.block_peak_bytes(spec, b) for b in plan.blocks)
 
 
 def predicted_store_bytes(spec: JacobianSpec, plan: Plan) -> int:

@@ -30,6 +30,10 @@ class Block:
     ``row_*`` index the stored t_out axis (the selection), not model time steps.
     ``watch_steps`` is the input prefix differentiated; ``forward_steps`` the input length fed
     to the model (equal to ``watch_steps`` when the model accepts truncated sequences).
+    ``compute_batch`` x ``compute_rows`` is the shape the block is computed at: a smaller
+    remainder block is padded (repeated samples/rows, discarded afterwards) to the size of the
+    other blocks with the same prefix, so that it reuses their compiled function instead of
+    paying another trace and holding another graph in memory.
     """
 
     index: int
@@ -40,16 +44,13 @@ class Block:
     t_in_stop: int
     watch_steps: int
     forward_steps: int
+    compute_batch: int
+    compute_rows: int
 
     @property
     def shape_key(self) -> tuple[int, int, int, int]:
         """Blocks with equal keys share one compiled TensorFlow function."""
-        return (
-            self.batch_stop - self.batch_start,
-            self.row_stop - self.row_start,
-            self.watch_steps,
-            self.forward_steps,
-        )
+        return (self.compute_batch, self.compute_rows, self.watch_steps, self.forward_steps)
 
     @property
     def n_rows(self) -> int:
@@ -161,6 +162,9 @@ def make_plan(
         row_runs.append((j * t_out_chunk, min(n_rows, stop * t_out_chunk), prefix_of_chunk(stop - 1)[0], watch))
         j = stop
 
+    rows_per_watch: dict[int, int] = {}
+    for row_start, row_stop, _, watch in row_runs:
+        rows_per_watch[watch] = max(rows_per_watch.get(watch, 0), row_stop - row_start)
     blocks = []
     for row_start, row_stop, t_in_stop, watch in row_runs:
         for batch_start in range(0, spec.batch, batch_chunk):
@@ -174,6 +178,8 @@ def make_plan(
                     t_in_stop=t_in_stop,
                     watch_steps=watch,
                     forward_steps=watch if spec.truncatable else spec.input_steps,
+                    compute_batch=min(batch_chunk, spec.batch),
+                    compute_rows=rows_per_watch[watch],
                 )
             )
     return Plan(batch_chunk=batch_chunk, t_out_chunk=t_out_chunk, t_in_chunk=t_in_chunk, blocks=tuple(blocks))

@@ -149,3 +149,31 @@ def test_store_opens_in_xarray_with_labels(model, x, tmp_path) -> None:
     assert jacobian.dims == ("batch", "t_out", "f_out", "t_in", "f_in")
     np.testing.assert_array_equal(jacobian["t_out"].values, [2, 6])
     np.testing.assert_array_equal(jacobian["t_in"].values, np.arange(16))
+
+
+def test_time_distributed_dense_is_rewritten_and_equivalent() -> None:
+    from jacengine.tf.rewrite import without_time_distributed_dense
+    from jacengine.tf.zoo import seed_model
+
+    x = np.random.default_rng(1).normal(size=(2, 9, 1)).astype("float32")
+    inputs = keras.Input((None, 1))
+    hidden = keras.layers.GRU(3, return_sequences=True)(inputs)
+    functional = keras.Model(inputs, keras.layers.TimeDistributed(keras.layers.Dense(2))(hidden))
+    for model in (seed_model(units=4), functional):
+        rewritten = without_time_distributed_dense(model, x)
+        kinds = [type(layer).__name__ for layer in rewritten.layers]
+        assert "TimeDistributed" not in kinds and "Dense" in kinds
+        np.testing.assert_allclose(np.asarray(rewritten(x)), np.asarray(model(x)), rtol=0, atol=1e-6)
+
+
+def test_compiled_forward_that_disagrees_with_eager_is_refused(model, x) -> None:
+    import tensorflow as tf
+
+    from jacengine.api import prepare
+
+    computer = prepare(model, x, calibrate=False).computer
+    rows = tf.constant([0, 1], dtype=tf.int32)
+    eager = tf.gather(tf.gather(model(x), rows, axis=1), [0, 1], axis=2)
+    computer._check_against_eager(tf.constant(x), rows, eager)  # agreeing: no error
+    with pytest.raises(ModelError, match="compiled forward pass disagrees"):
+        computer._check_against_eager(tf.constant(x), rows, eager + 1e-3)

@@ -56,9 +56,10 @@ def test_blocks_cover_every_entry_once_on_chunk_boundaries(case) -> None:
             assert block.forward_steps == (block.watch_steps if spec.truncatable else spec.input_steps)
         else:
             assert block.watch_steps == block.t_in_stop == block.forward_steps == spec.input_steps
+        assert block.compute_batch >= block.n_batch and block.compute_rows >= block.n_rows
     assert (cover == 1).all()
-    # bounded tracing: at most two shapes (full and remainder) per bucket and batch remainder
-    assert len(plan.shape_keys) <= 4 * (n_buckets + 1)
+    # bounded tracing: one compiled shape per prefix bucket
+    assert len(plan.shape_keys) <= len({b.watch_steps for b in plan.blocks}) <= n_buckets + 1
     assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
 
 
@@ -76,7 +77,7 @@ def test_budget_shrinks_blocks_and_names_the_minimum() -> None:
     assert len(small.blocks) > len(big.blocks)
     for plan, budget in ((big, 4 * 2**30), (small, 256 * 2**20)):
         for block in plan.blocks:
-            assert cost.peak_bytes(block.n_batch, block.n_rows, block.watch_steps) <= budget
+            assert cost.block_peak_bytes(spec, block) <= budget
     with pytest.raises(BudgetError, match="Raise the budget to at least"):
         choose_plan(spec, cost, int(100e6))
 

@@ -12,6 +12,14 @@ from jacengine.store import JacobianStore
 ComputeBlock = Callable[[Block], np.ndarray]
 
 
+def first_use(blocks: Sequence[Block]) -> dict[tuple[int, ...], int]:
+    """Position of each block shape's first appearance: the order shapes are computed in."""
+    order: dict[tuple[int, ...], int] = {}
+    for block in blocks:
+        order.setdefault(block.shape_key, len(order))
+    return order
+
+
 class LocalExecutor:
     """Compute each pending block, write it, record it as done; stop between blocks on request.
 
@@ -24,7 +32,10 @@ class LocalExecutor:
         self.should_stop = should_stop
 
     def run(self, store: JacobianStore, blocks: Sequence[Block], compute_block: ComputeBlock) -> int:
-        """Returns the number of blocks completed."""
+        """Returns the number of blocks completed. Blocks run grouped by shape (each compiled
+        shape is traced once and released before the next), in plan order within a shape."""
+        order = first_use(blocks)
+        blocks = sorted(blocks, key=lambda b: (order[b.shape_key], b.index))
         from tqdm.auto import tqdm
 
         done = 0

@@ -9,12 +9,15 @@ eager forward pass of the same inputs before its results are trusted.
 
 from __future__ import annotations
 
+import gc
 import logging
+from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from jacengine.budget import release_free_heap
 from jacengine.errors import BlockError, ModelError
 from jacengine.plan import Block
 from jacengine.spec import JacobianSpec
@@ -41,7 +44,25 @@ class BlockComputer:
         self._checked_shapes: set[tuple[int, ...]] = set()
         self._f_out = tf.constant(spec.f_out, dtype=tf.int32)
         self._f_in = tf.constant(spec.f_in, dtype=tf.int32)
-        self._compiled = tf.function(self._jacobian, reduce_retracing=False, autograph=False)
+        self._shape: tuple[int, ...] | None = None
+        self._compiled: Any = None
+
+    def _function_for(self, shape_key: tuple[int, ...]) -> Any:
+        """The compiled function for one block shape. A traced graph holds tens of MB that
+        TensorFlow never frees while its function lives, so the function of the previous shape is
+        dropped (and the heap trimmed) when the shape changes: executors run blocks grouped by
+        shape, so each shape is traced once and at most one graph is alive."""
+        if shape_key != self._shape:
+            self.release()
+            self._compiled = tf.function(self._jacobian, reduce_retracing=False, autograph=False)
+            self._shape = shape_key
+        return self._compiled
+
+    def release(self) -> None:
+        """Drop the compiled function (and its graph's memory); the next block retraces."""
+        self._compiled, self._shape = None, None
+        gc.collect()
+        release_free_heap()
 
     def _outputs(self, x: tf.Tensor) -> tf.Tensor:
         """Model outputs as (B, T_out, F_out); sequence-to-one outputs get a time axis of 1."""
@@ -62,21 +83,21 @@ class BlockComputer:
 
         Returns an array of shape (n_batch, n_rows, |f_out|, t_in_stop, |f_in|) in the store dtype.
         """
+        # Pad to the block's compute shape by repeating the last sample / row (the copies are
+        # dropped below). At least two samples: TensorFlow 2.21's oneDNN kernels corrupt the
+        # heap on pfor Jacobians of attention with a batch of one.
         samples = x.shape[0]
-        x = tf.constant(x, dtype=self.dtype)
-        if samples == 1:
-            # TensorFlow 2.21's oneDNN kernels corrupt the heap on pfor Jacobians of attention
-            # with a batch of one; a duplicated sample avoids that and is dropped below.
-            x = tf.concat([x, x], axis=0)
+        x = tf.constant(_pad_axis0(np.asarray(x), max(block.compute_batch, 2)), dtype=self.dtype)
         x_watch, x_rest = x[:, : block.watch_steps], x[:, block.watch_steps :]
-        rows = tf.constant(self.spec.t_out[block.row_start : block.row_stop], dtype=tf.int32)
+        steps = np.asarray(self.spec.t_out[block.row_start : block.row_stop])
         if self.spec.sequence_to_one:
-            rows = tf.zeros_like(rows)
-        y_rows, jacobian = self._compiled(x_watch, x_rest, rows)
+            steps = np.zeros_like(steps)
+        rows = tf.constant(_pad_axis0(steps, block.compute_rows), dtype=tf.int32)
+        y_rows, jacobian = self._function_for(block.shape_key)(x_watch, x_rest, rows)
         if block.shape_key not in self._checked_shapes:
             self._check_against_eager(x, rows, y_rows)
             self._checked_shapes.add(block.shape_key)
-        values = jacobian.numpy()[:samples]
+        values = jacobian.numpy()[:samples, : block.n_rows]
         self._check_finite(block, values)
         return _fit_t_in(values, block.t_in_stop).astype(self.spec.store_dtype, copy=False)
 
@@ -105,6 +126,12 @@ class BlockComputer:
                 f"{block.batch_start + b}, output step {step}; the block was not stored. "
                 "The model overflows at these inputs: check their scale, or compute in float64."
             )
+
+
+def _pad_axis0(values: np.ndarray, size: int) -> np.ndarray:
+    """``values`` extended to ``size`` entries along axis 0 by repeating its last entry."""
+    missing = size - values.shape[0]
+    return values if missing <= 0 else np.concatenate([values, np.repeat(values[-1:], missing, axis=0)])
 
 
 def _fit_t_in(values: np.ndarray, t_in_stop: int) -> np.ndarray:

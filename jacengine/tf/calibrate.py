@@ -1,13 +1,23 @@
 """Calibrate the cost model by measuring a probe block on the actual model.
 
-The probe is the plan's first block, so its trace is reused by the run and its result can be
-stored rather than thrown away. It runs twice: the first call includes tracing (the fixed cost),
-the second is the steady state (the per-work cost).
+The probe is normally the plan's first block, so its trace is reused by the run and its result
+is stored rather than thrown away. Two readers measure it:
+
+- TensorFlow's tensor statistics (:class:`TensorMemory`) give the exact peak of live tensors,
+  which grows linearly with the work (samples x rows x watched steps): the per-work term is that
+  peak divided by the probe's work (the fixed tensors are charged to the work too: conservative).
+- On CPU, the process's peak RSS above its baseline (:class:`ProcessMemory`) during the first call
+  also contains tracing, graph construction and allocator slack: the difference is the fixed term.
+  On a GPU the budget is the device peak itself, so there is no RSS term.
+
+A second call of the same block, now traced, gives the per-work time; the difference between the
+two calls is the trace time.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 import keras
 import numpy as np
@@ -20,12 +30,18 @@ from jacengine.spec import JacobianSpec
 from jacengine.tf.blocks import BlockComputer
 from jacengine.tf.model import iter_layers
 
-_MIN_FIXED_BYTES = 64 * 2**20  # TensorFlow's runtime and tracing never cost less than this
+_MIN_FIXED_BYTES = 48 * 2**20  # TensorFlow's tracing and runtime never cost less than this on CPU
+_HEADROOM = 1.15  # margin on the measured terms: allocation patterns vary a little between shapes
 _RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}
 
 
+class MemoryReader(Protocol):
+    def reset(self) -> None: ...
+    def peak(self) -> int: ...
+
+
 def prior_cost(model: keras.Model, spec: JacobianSpec) -> CostModel:
-    """A deliberately pessimistic cost model from the model's layer widths, before measuring."""
+    """A pessimistic cost model from the model's layer widths, used only to size the probe."""
     itemsize = 8 if spec.compute_dtype == "float64" else 4
     width = 0
     for layer in iter_layers(model):
@@ -33,39 +49,49 @@ def prior_cost(model: keras.Model, spec: JacobianSpec) -> CostModel:
         if isinstance(units, int):
             width += units * (1 + _RECURRENT_GATES.get(type(layer).__name__, 0))
     return CostModel(
-        fixed_bytes=4 * _MIN_FIXED_BYTES,
-        bytes_per_work=4.0 * itemsize * max(width, spec.input_features),
+        fixed_bytes=128 * 2**20,
+        bytes_per_work=2.0 * itemsize * max(width, spec.input_features),
         trace_seconds=3.0,
         seconds_per_work=2e-8 * max(width, 1),
     )
 
 
 def calibrate(
-    computer: BlockComputer, inputs: Inputs, probe: Block, memory: ProcessMemory | None = None
+    computer: BlockComputer,
+    inputs: Inputs,
+    probe: Block,
+    tensors: MemoryReader,
+    process: ProcessMemory | None,
 ) -> tuple[CostModel, np.ndarray]:
-    """Measure ``probe`` twice; return the fitted cost model and the probe's result."""
-    memory = memory or ProcessMemory()
+    """Measure ``probe``; return the fitted cost model and the probe's result.
+
+    The fixed term is anchored to the observed peak: fixed = peak above baseline - per-work
+    bytes x work, so it contains what the run already holds, the trace and allocator slack.
+    ``process`` is None on a GPU, where the budgeted peak is the device's (read by ``tensors``).
+    """
     spec = computer.spec
     x = inputs.read(probe.batch_start, probe.batch_stop, probe.forward_steps)
-    work = probe.n_batch * probe.n_rows * len(spec.f_out) * probe.watch_steps
+    work = CostModel.work(spec, probe)
 
-    memory.reset()
+    tensors.reset()
+    if process is not None:
+        process.reset_peak()
     started = time.perf_counter()
     result = computer.compute(probe, x)
     first_seconds = time.perf_counter() - started
-    first_peak = memory.peak_above_baseline()
+    tensor_peak = tensors.peak()
+    observed_peak = process.peak_above_baseline() if process is not None else tensor_peak
 
-    memory.reset()
     started = time.perf_counter()
     computer.compute(probe, x)
     steady_seconds = time.perf_counter() - started
-    steady_peak = memory.peak_above_baseline()
 
-    bytes_per_work = max(steady_peak, result.nbytes) / work
-    fixed = max(_MIN_FIXED_BYTES, first_peak - steady_peak)
+    # tiny probes can fall below the allocator's tracking; the result itself is a floor
+    bytes_per_work = max(tensor_peak, 2 * result.nbytes) / work * _HEADROOM
+    floor = _MIN_FIXED_BYTES if process is not None else 0
     cost = CostModel(
-        fixed_bytes=float(fixed),
-        bytes_per_work=float(bytes_per_work),
+        fixed_bytes=max(floor, observed_peak * _HEADROOM - bytes_per_work * work),
+        bytes_per_work=bytes_per_work,
         trace_seconds=max(0.0, first_seconds - steady_seconds),
         seconds_per_work=steady_seconds / work,
     )

@@ -37,7 +37,9 @@ def without_time_distributed_dense(model: keras.Model, probe: np.ndarray) -> ker
     if not any(_is_time_distributed_dense(layer) for layer in model.layers):
         return model
     try:
-        rewritten = keras.models.clone_model(model, clone_function=_unwrap, call_function=_call)
+        # Sequential models list their layers and take no call_function; functional ones need it
+        call = {} if isinstance(model, keras.Sequential) else {"call_function": _call}
+        rewritten = keras.models.clone_model(model, clone_function=_unwrap, **call)
     except Exception as exc:  # an exotic graph: keep the original, it is still correct
         log.info("kept TimeDistributed layers (rewrite failed: %s)", exc)
         return model

@@ -1,0 +1,44 @@
+"""TensorFlow's own memory statistics and device set-up (CPU and GPU through one interface).
+
+``tf.config.experimental.get_memory_info`` reports the peak bytes of live tensors on a device,
+exactly and independently of the allocator's caching, which makes it the right probe for the
+cost model's per-work term on CPU and the budgeted quantity itself on a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+
+@dataclass
+class TensorMemory:
+    """Peak tensor bytes on one TensorFlow device, resettable between measurements."""
+
+    device: str = "CPU:0"
+
+    def reset(self) -> None:
+        tf.config.experimental.reset_memory_stats(self.device)
+
+    def peak(self) -> int:
+        return int(tf.config.experimental.get_memory_info(self.device)["peak"])
+
+
+def compute_device() -> str:
+    """The device blocks run on: the first GPU when TensorFlow sees one, else the CPU."""
+    return "GPU:0" if tf.config.list_physical_devices("GPU") else "CPU:0"
+
+
+def configure_gpus(memory_limit_bytes: int | None = None, memory_growth: bool = True) -> list[str]:
+    """Set up visible GPUs before first use: memory growth on (TensorFlow otherwise grabs the
+    whole device), or a hard cap with a logical device of ``memory_limit_bytes``. Returns the GPU
+    names configured (empty on a machine without GPUs). Must run before TensorFlow touches a GPU."""
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        if memory_limit_bytes is not None:
+            limit_mib = max(1, memory_limit_bytes // 2**20)
+            tf.config.set_logical_device_configuration(gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=limit_mib)])
+        else:
+            tf.config.experimental.set_memory_growth(gpu, memory_growth)
+    return [gpu.name for gpu in gpus]
