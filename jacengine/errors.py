@@ -39,3 +39,8 @@ class RunInterrupted(JacengineError):
     """A run stopped cleanly between blocks (SIGTERM/SIGINT); rerunning the same command resumes."""
 
     exit_status = 75  # EX_TEMPFAIL: job scripts requeue on it
+
+
+class BlockOutOfMemory(JacengineError, MemoryError):
+    """Computing a block ran out of memory (TensorFlow's ResourceExhaustedError or MemoryError);
+    the executor splits the block and retries."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
+from jacengine.executors.splitting import SplittingCompute
 from jacengine.plan import Block
 from jacengine.store import JacobianStore
 
@@ -23,8 +25,11 @@ def first_use(blocks: Sequence[Block]) -> dict[tuple[int, ...], int]:
 class LocalExecutor:
     """Compute each pending block, write it, record it as done; stop between blocks on request.
 
+    Block k is written by one background thread while block k+1 is computed; at most one
+    finished block waits for its write, so memory stays bounded by about one block's result.
     ``should_stop`` is polled between blocks (a signal handler sets the flag it reads), so an
     interrupted run leaves only whole, recorded blocks behind and a rerun resumes from there.
+    A block that runs out of memory is computed in halves (see :mod:`.splitting`).
     """
 
     def __init__(self, progress: bool = True, should_stop: Callable[[], bool] = lambda: False) -> None:
@@ -34,16 +39,28 @@ class LocalExecutor:
     def run(self, store: JacobianStore, blocks: Sequence[Block], compute_block: ComputeBlock) -> int:
         """Returns the number of blocks completed. Blocks run grouped by shape (each compiled
         shape is traced once and released before the next), in plan order within a shape."""
-        order = first_use(blocks)
-        blocks = sorted(blocks, key=lambda b: (order[b.shape_key], b.index))
         from tqdm.auto import tqdm
 
+        order = first_use(blocks)
+        blocks = sorted(blocks, key=lambda b: (order[b.shape_key], b.index))
+        compute = SplittingCompute(compute_block)
         done = 0
-        with tqdm(total=len(blocks), unit="block", disable=not self.progress or not blocks, desc="jacobian") as bar:
+        pending: Future | None = None
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="jacengine-writer") as writer,
+            tqdm(total=len(blocks), unit="block", disable=not self.progress or not blocks, desc="jacobian") as bar,
+        ):
             for block in blocks:
                 if self.should_stop():
                     break
-                store.write_block(block, compute_block(block))
+                values = compute(block)
+                if pending is not None:
+                    pending.result()  # re-raises a failed write; bounds memory to one queued block
+                    done += 1
+                    bar.update()
+                pending = writer.submit(store.write_block, block, values)
+            if pending is not None:
+                pending.result()
                 done += 1
                 bar.update()
         return done

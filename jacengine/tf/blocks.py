@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from jacengine.budget import release_free_heap
-from jacengine.errors import BlockError, ModelError
+from jacengine.errors import BlockError, BlockOutOfMemory, ModelError
 from jacengine.plan import Block
 from jacengine.spec import JacobianSpec
 
@@ -93,11 +93,14 @@ class BlockComputer:
         if self.spec.sequence_to_one:
             steps = np.zeros_like(steps)
         rows = tf.constant(_pad_axis0(steps, block.compute_rows), dtype=tf.int32)
-        y_rows, jacobian = self._function_for(block.shape_key)(x_watch, x_rest, rows)
+        try:
+            y_rows, jacobian = self._function_for(block.shape_key)(x_watch, x_rest, rows)
+            values = jacobian.numpy()[:samples, : block.n_rows]
+        except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
+            raise BlockOutOfMemory(f"block {block.index} ran out of memory: {str(exc)[:200]}") from exc
         if block.shape_key not in self._checked_shapes:
             self._check_against_eager(x, rows, y_rows)
             self._checked_shapes.add(block.shape_key)
-        values = jacobian.numpy()[:samples, : block.n_rows]
         self._check_finite(block, values)
         return _fit_t_in(values, block.t_in_stop).astype(self.spec.store_dtype, copy=False)
 
