@@ -54,8 +54,8 @@ def child(case: str, budget: str) -> dict:
 def markdown(rows: list[dict]) -> str:
     lines = ["| case (B x T x F) | budget | blocks | peak above baseline | peak / budget | wall s |", "|---|---|---|---|---|---|"]
     for r in rows:
-        peak = f"{r['peak_bytes'] / 2**20:.0f} MiB"
-        lines.append(f"| {r['case']} | {r['budget']} | {r['blocks'] or r['error']} | {peak} | {r['peak_over_budget']} | {r['seconds']} |")
+        peak, blocks = f"{r['peak_bytes'] / 2**20:.0f} MiB", r["blocks"] or r["error"]
+        lines.append(f"| {r['case']} | {r['budget']} | {blocks} | {peak} | {r['peak_over_budget']} | {r['seconds']} |")
     return "\n".join(lines)
 
 

@@ -18,8 +18,9 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-import jacengine  # noqa: E402
 from helpers import compute_with_blocks, create_with_blocks, store_hash  # noqa: E402
+
+import jacengine  # noqa: E402
 from jacengine.errors import BlockError, ModelError, StoreError, StoreMismatchError  # noqa: E402
 
 PLAN = dict(chunks_per_block=1, t_chunk=4, batch_chunk=1, n_buckets=1)

@@ -21,8 +21,8 @@ def test_demo_lag_profile_peaks_at_the_true_lags(tmp_path) -> None:
 def test_reduce_cli_writes_results_and_refuses_incomplete(tmp_path) -> None:
     import numpy as np
     from click.testing import CliRunner
-
     from helpers import compute_with_blocks
+
     from jacengine.cli import main
     from jacengine.tf.zoo import seed_model
 

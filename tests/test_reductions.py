@@ -9,6 +9,7 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from helpers import compute_with_blocks  # noqa: E402
+
 from jacengine.errors import StoreError  # noqa: E402
 from jacengine.reductions import custom, reduce, write_reduction  # noqa: E402
 
