@@ -1,0 +1,74 @@
+"""Budget parsing, the memory readers, and calibration with injected readers (the GPU path)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jacengine.budget import ProcessMemory, parse_budget
+from jacengine.errors import BudgetError
+
+
+@pytest.mark.parametrize(("text", "expected"), [("512MiB", 512 * 2**20), ("2GiB", 2 * 2**30), ("1.5GB", 1.5e9), (1024, 1024)])
+def test_parse_budget(text, expected) -> None:
+    assert parse_budget(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["lots", "-1GiB", 0, True, 1.5])
+def test_bad_budgets_are_refused(bad) -> None:
+    with pytest.raises(BudgetError):
+        parse_budget(bad)
+
+
+def test_process_memory_reads_rss_and_peak_above_baseline(tmp_path) -> None:
+    status = tmp_path / "status"
+    status.write_text("VmHWM:\t  300000 kB\nVmRSS:\t  200000 kB\n")
+    memory = ProcessMemory(status_path=status, clear_refs_path=tmp_path / "clear_refs")
+    memory.set_baseline()
+    assert memory.baseline == 200000 * 1024
+    status.write_text("VmHWM:\t  450000 kB\nVmRSS:\t  210000 kB\n")
+    assert memory.peak_above_baseline() == 250000 * 1024
+
+
+class FakeDeviceMemory:
+    """Stands in for a GPU's tensor statistics: a fixed peak per block."""
+
+    def __init__(self, peak: int) -> None:
+        self.value, self.resets = peak, 0
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def peak(self) -> int:
+        return self.value
+
+
+def test_gpu_path_calibrates_on_the_device_peak_and_plans_within_budget() -> None:
+    pytest.importorskip("keras")
+    from jacengine.api import prepare
+    from jacengine.costmodel import choose_plan, predicted_peak
+    from jacengine.inputs import Inputs
+    from jacengine.tf.calibrate import calibrate
+    from jacengine.tf.zoo import seed_model
+
+    x = np.random.default_rng(0).normal(size=(8, 40, 1)).astype("float32")
+    prepared = prepare(seed_model(units=4), x, calibrate=False)
+    probe = prepared.plan.blocks[0]
+    device = FakeDeviceMemory(peak=50 * 2**20)
+    cost, result = calibrate(prepared.computer, Inputs(x), probe, device, process=None)
+    assert device.resets == 1
+    assert cost.fixed_bytes == 0  # on a GPU the budgeted peak is the device's: no RSS term
+    assert cost.bytes_per_work == pytest.approx(50 * 2**20 * 1.15 / cost.work(prepared.spec, probe))
+    assert result.shape[0] == probe.n_batch
+    budget = 80 * 2**20
+    plan = choose_plan(prepared.spec, cost, budget)
+    assert predicted_peak(prepared.spec, plan, cost) <= budget
+
+
+def test_configure_gpus_is_a_no_op_without_gpus() -> None:
+    tf = pytest.importorskip("tensorflow")
+    from jacengine.tf.memory import compute_device, configure_gpus
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("this machine has a GPU")
+    assert configure_gpus(256 * 2**20) == [] and compute_device() == "CPU:0"
