@@ -85,7 +85,6 @@ def prepare(
 
     configure_gpus(parse_budget(gpu_memory_limit) if gpu_memory_limit is not None else None)
     from jacengine.tf.blocks import BlockComputer
-    from jacengine.tf.calibrate import calibrate as run_probe
     from jacengine.tf.calibrate import prior_cost
     from jacengine.tf.introspect import build_spec
     from jacengine.tf.memory import TensorMemory, compute_device
@@ -109,22 +108,7 @@ def prepare(
     plan = choose_plan(spec, cost, budget_bytes, fallback_to_smallest=True)
     probe_result = None
     if calibrate:
-        # Measure a probe block, plan, and measure again on the planned shape when it differs:
-        # a trace's memory depends on the shape, and the first block of the plan is the one
-        # whose peak matters. The cost model keeps the most pessimistic fixed term seen.
-        probe = plan.blocks[0]
-        cost, probe_result = run_probe(computer, source, probe, tensors, process)
-        plan = choose_plan(spec, cost, budget_bytes)
-        for _ in range(2):
-            if plan.blocks[0].shape_key == probe.shape_key:
-                break
-            computer.release()  # the probe's compiled graph will not be used again: free it
-            probe = plan.blocks[0]
-            measured, probe_result = run_probe(computer, source, probe, tensors, process)
-            cost = replace(measured, fixed_bytes=max(cost.fixed_bytes, measured.fixed_bytes))
-            plan = choose_plan(spec, cost, budget_bytes)
-        if plan.blocks[0] != probe:
-            probe_result = None
+        cost, plan, probe_result = _calibrated_plan(spec, computer, source, plan.blocks[0], budget_bytes, tensors, process)
     fingerprint = {
         "format": FORMAT_VERSION,
         "model": model_hash(keras_model),
@@ -134,6 +118,28 @@ def prepare(
         "dtypes": f"{spec.compute_dtype}->{spec.store_dtype}",
     }
     return Prepared(spec, reason, cost, plan, budget_bytes, fingerprint, source, computer, probe_result)
+
+
+def _calibrated_plan(
+    spec: JacobianSpec, computer: Any, source: Inputs, probe: Any, budget_bytes: int, tensors: Any, process: Any
+) -> tuple[CostModel, Plan, np.ndarray | None]:
+    """Measure a probe block, plan, and measure again on the planned shape when it differs (a
+    trace's memory depends on the shape, and the plan's first block is the one whose peak
+    matters); the cost model keeps the most pessimistic fixed term seen. Returns the cost model,
+    the plan, and the probe's result when the probe is the plan's first block."""
+    from jacengine.tf.calibrate import calibrate
+
+    cost, probe_result = calibrate(computer, source, probe, tensors, process)
+    plan = choose_plan(spec, cost, budget_bytes)
+    for _ in range(2):
+        if plan.blocks[0].shape_key == probe.shape_key:
+            break
+        computer.release()  # the probe's compiled graph will not be used again: free it
+        probe = plan.blocks[0]
+        measured, probe_result = calibrate(computer, source, probe, tensors, process)
+        cost = replace(measured, fixed_bytes=max(cost.fixed_bytes, measured.fixed_bytes))
+        plan = choose_plan(spec, cost, budget_bytes)
+    return cost, plan, probe_result if plan.blocks[0] == probe else None
 
 
 def plan(model: Any, inputs: InputsLike, **options: Any) -> dict[str, Any]:

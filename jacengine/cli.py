@@ -47,6 +47,7 @@ def model_options(function: Any) -> Any:
         click.option("--causal", type=click.Choice(["auto", "true", "false"]), default="auto", show_default=True),
         click.option("--method", type=click.Choice(["auto", "reverse"]), default="auto", show_default=True),
         click.option("--trust-model", is_flag=True, help="allow .keras files that carry Python code (Lambda)"),
+        click.option("--gpu-memory-limit", default=None, help="cap TensorFlow's GPU memory, e.g. 8GiB (default: memory growth)"),
     ]
     for option in reversed(options):
         function = option(function)
@@ -63,6 +64,7 @@ def _api_options(kwargs: dict[str, Any]) -> dict[str, Any]:
         causal=causal,
         method=kwargs.pop("method"),
         trust_model=kwargs.pop("trust_model"),
+        gpu_memory_limit=kwargs.pop("gpu_memory_limit"),
     )
 
 
