@@ -105,7 +105,7 @@ def plan_for_buckets(spec: JacobianSpec, cost: CostModel, budget_bytes: int, n_b
         t_out_chunk = math.ceil(t_out_chunk / 2)
 
     def chunks_per_block(watch: int) -> int:
-        room = (budget_bytes - cost.fixed_bytes) / (cost.bytes_per_work * batch_chunk * t_out_chunk * n_f_out * watch)
+        room = (budget_bytes - cost.fixed_bytes) / (cost.peak_bytes(batch_chunk, t_out_chunk * n_f_out, watch) - cost.fixed_bytes)
         return max(1, int(room))
 
     return make_plan(

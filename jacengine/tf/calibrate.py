@@ -86,8 +86,10 @@ def calibrate(
     computer.compute(probe, x)
     steady_seconds = time.perf_counter() - started
 
-    # tiny probes can fall below the allocator's tracking; the result itself is a floor
-    bytes_per_work = max(tensor_peak, 2 * result.nbytes) / work * _HEADROOM
+    # without tensor statistics (or below their resolution) charge the whole observed peak to
+    # the work, which is conservative; the result itself is a floor in any case
+    measured = tensor_peak if tensor_peak > 0 else observed_peak
+    bytes_per_work = max(measured, 2 * result.nbytes) / work * _HEADROOM
     floor = _MIN_FIXED_BYTES if process is not None else 0
     cost = CostModel(
         fixed_bytes=max(floor, observed_peak * _HEADROOM - bytes_per_work * work),

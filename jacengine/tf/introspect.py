@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Literal
 
 import keras
 import numpy as np
 
+from jacengine.budget import release_free_heap
 from jacengine.errors import InputError, ModelError
 from jacengine.inputs import Inputs
 from jacengine.selection import Selection, normalise_selection
@@ -17,6 +19,7 @@ from jacengine.tf.model import check_model
 Causal = Literal["auto"] | bool
 
 _PROBE_SAMPLES = 2
+_PROBE_STEPS = 64
 
 
 def build_spec(
@@ -43,7 +46,7 @@ def build_spec(
     truncatable = expected[1] is None
 
     probe = inputs.read(0, min(batch, _PROBE_SAMPLES)).astype(dtype.as_numpy_dtype)
-    y = np.asarray(model(probe, training=False))
+    y = np.asarray(model(probe[:1], training=False))
     if y.ndim == 2:
         sequence_to_one, output_steps, output_features = True, 1, y.shape[1]
     elif y.ndim == 3:
@@ -51,7 +54,10 @@ def build_spec(
     else:
         raise ModelError(f"the model returns shape {y.shape}; jacengine needs (B, T, F) or (B, F).")
 
-    decided, reason = _decide_causal(model, probe, causal, sequence_to_one, output_steps == steps)
+    # Structural questions are answered on a short prefix when the model accepts one: eager
+    # passes (and a persistent tape) over thousands of steps would hold memory the budget needs.
+    short = probe[:, :_PROBE_STEPS] if truncatable else probe
+    decided, reason = _decide_causal(model, short, causal, sequence_to_one, output_steps == steps)
     spec = JacobianSpec(
         batch=batch,
         input_steps=steps,
@@ -68,7 +74,9 @@ def build_spec(
         compute_dtype=dtype.name,
         store_dtype=store_dtype,
     )
-    check_connected(model, probe[:1], spec)
+    check_connected(model, short[:1], spec)
+    gc.collect()
+    release_free_heap()
     return spec, reason
 
 

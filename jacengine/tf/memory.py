@@ -14,15 +14,26 @@ import tensorflow as tf
 
 @dataclass
 class TensorMemory:
-    """Peak tensor bytes on one TensorFlow device, resettable between measurements."""
+    """Peak tensor bytes on one TensorFlow device, resettable between measurements.
+
+    Some builds keep no statistics for a device (on CPU they come with oneDNN's allocator;
+    ``TF_ENABLE_ONEDNN_OPTS=0`` turns them off): ``peak()`` then returns 0 and calibration
+    falls back to the observed resident peak, which is conservative.
+    """
 
     device: str = "CPU:0"
 
     def reset(self) -> None:
-        tf.config.experimental.reset_memory_stats(self.device)
+        try:
+            tf.config.experimental.reset_memory_stats(self.device)
+        except (ValueError, tf.errors.OpError):
+            pass
 
     def peak(self) -> int:
-        return int(tf.config.experimental.get_memory_info(self.device)["peak"])
+        try:
+            return int(tf.config.experimental.get_memory_info(self.device)["peak"])
+        except (ValueError, tf.errors.OpError):
+            return 0
 
 
 def compute_device() -> str:
