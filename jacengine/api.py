@@ -93,12 +93,14 @@ def prepare(
 
     keras_model = load_model(model, trust_model=trust_model)
     source = Inputs(inputs)
+    inputs_hash = source.content_hash()  # also refuses NaN/Inf, before any work
     device = compute_device()
     tensors = TensorMemory(device)
     process = ProcessMemory() if device.startswith("CPU") else None
     if process is not None:
-        process.set_baseline()  # the budget counts from here: model and inputs are open
-    source.check_finite()
+        # the budget counts from here: the model is loaded and the inputs opened and scanned
+        # (pages of a memory-mapped .npy that the scan touched belong to the baseline)
+        process.set_baseline()
     spec, reason = build_spec(
         keras_model, source, t_out=t_out, f_out=f_out, f_in=f_in, causal=causal, method=method, store_dtype=store_dtype
     )
@@ -112,7 +114,7 @@ def prepare(
     fingerprint = {
         "format": FORMAT_VERSION,
         "model": model_hash(keras_model),
-        "inputs": source.content_hash(),
+        "inputs": inputs_hash,
         "spec": _sha(spec.to_json()),
         "grid": list(plan.grid),
         "dtypes": f"{spec.compute_dtype}->{spec.store_dtype}",

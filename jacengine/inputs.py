@@ -51,10 +51,15 @@ class Inputs:
         step = max(1, _STREAM_BYTES // per_sample)
         return [(b, min(self.shape[0], b + step)) for b in range(0, self.shape[0], step)]
 
-    def check_finite(self) -> None:
-        """Raise naming the first NaN/Inf entry; streams over the inputs in batch ranges."""
+    def content_hash(self) -> str:
+        """SHA-256 of shape, dtype and values (identifies the inputs in a store's fingerprint).
+
+        The same single pass over the inputs refuses NaN/Inf, naming the first such entry, so
+        inputs larger than RAM are read once, one batch range at a time.
+        """
+        digest = hashlib.sha256(f"{self.shape}|{self.dtype.str}|".encode())
         for start, stop in self._batch_ranges():
-            chunk = self.read(start, stop)
+            chunk = np.ascontiguousarray(self.read(start, stop))
             bad = ~np.isfinite(chunk)
             if bad.any():
                 b, t, f = np.argwhere(bad)[0]
@@ -62,12 +67,7 @@ class Inputs:
                     f"inputs contain a non-finite value ({chunk[b, t, f]}) at index "
                     f"[{start + b}, {t}, {f}] of {self.source_name}; remove or impute it first."
                 )
-
-    def content_hash(self) -> str:
-        """SHA-256 of shape, dtype and values: identifies the inputs in a store's fingerprint."""
-        digest = hashlib.sha256(f"{self.shape}|{self.dtype.str}|".encode())
-        for start, stop in self._batch_ranges():
-            digest.update(np.ascontiguousarray(self.read(start, stop)).tobytes())
+            digest.update(chunk.tobytes())
         return digest.hexdigest()
 
 
