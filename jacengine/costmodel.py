@@ -34,12 +34,11 @@ class CostModel:
 
     @staticmethod
     def work(spec: JacobianSpec, block: Block) -> int:
-        """The work a block is computed at (padded shape; one sample runs as two, see
-        ``jacengine.tf.blocks``: a TensorFlow bug)."""
-        return max(block.compute_batch, 2) * block.compute_rows * len(spec.f_out) * block.watch_steps
+        """The work a block is computed at (its padded compute shape)."""
+        return _work(block.compute_batch, block.compute_rows * len(spec.f_out), block.watch_steps)
 
     def peak_bytes(self, batch: int, rows: int, watch: int) -> float:
-        return self.fixed_bytes + self.bytes_per_work * max(batch, 2) * rows * watch
+        return self.fixed_bytes + self.bytes_per_work * _work(batch, rows, watch)
 
     def block_peak_bytes(self, spec: JacobianSpec, block: Block) -> float:
         return self.fixed_bytes + self.bytes_per_work * self.work(spec, block)
@@ -53,6 +52,12 @@ class CostModel:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _work(batch: int, rows: int, watch: int) -> int:
+    """batch x rows x watched steps, where one sample runs as two (``jacengine.tf.blocks``
+    works around a TensorFlow bug with single-sample batches)."""
+    return max(batch, 2) * rows * watch
 
 
 BUCKET_CHOICES = (1, 2, 4, 8)
