@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jacengine.reductions import feature_importance, lag_profile, saliency
+from jacengine.reductions import lag_profile, saliency
 from jacengine.store import JacobianStore
 
 
@@ -18,10 +18,13 @@ def plot_summary(store: JacobianStore, path: str | Path, partial: bool = False) 
     import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
 
-    heat = np.nansum(saliency(store, partial)["mean_abs"], axis=(1, 3))  # (t_out, t_in)
-    lags = lag_profile(store, partial=partial)
+    # one pass over the store: the lag profile and the feature importance (sum over t_in of the
+    # batch mean of |J|, the same as the batch mean of the sum) both derive from the saliency map
+    mean_abs = saliency(store, partial)["mean_abs"]  # (t_out, f_out, t_in, f_in)
+    heat = np.nansum(mean_abs, axis=(1, 3))  # (t_out, t_in)
+    lags = lag_profile(store, partial=partial, mean_abs=mean_abs)
     profile = lags["mean_abs"].sum(axis=(1, 2))
-    importance = np.nansum(feature_importance(store, partial)["sum_abs"], axis=1)  # (t_out, f_in)
+    importance = np.nansum(mean_abs, axis=(1, 2))  # (t_out, f_in)
     t_out, t_in, f_in = store.coordinate("t_out"), store.coordinate("t_in"), store.coordinate("f_in")
 
     figure, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.6), constrained_layout=True)

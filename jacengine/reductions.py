@@ -100,18 +100,20 @@ def window_sum(store: JacobianStore, start: int, stop: int, partial: bool = Fals
     )
 
 
-def lag_profile(store: JacobianStore, fraction: float = 0.9, partial: bool = False) -> Reduction:
+def lag_profile(
+    store: JacobianStore, fraction: float = 0.9, partial: bool = False, mean_abs: np.ndarray | None = None
+) -> Reduction:
     """Mean |J| as a function of lag = t_out - t_in, per (f_out, f_in): the model's memory.
 
     Also the smallest lag L such that lags 0..L hold ``fraction`` of the total influence (sum of
     mean |J| over lags >= 0), per (f_out, f_in). Negative lags (the future) appear only for
-    non-causal models. Computed from the saliency map, which is (To, Fo, Ti, Fi): small.
+    non-causal models. Computed from the saliency map (To, Fo, Ti, Fi), which is small; pass
+    it as ``mean_abs`` when already computed to save a pass over the store.
     """
     if not 0 < fraction <= 1:
         raise InputError(f"fraction must be in (0, 1], got {fraction}.")
-    mean_abs = saliency(store, partial)
-    coverage = mean_abs.attrs["coverage"]
-    values = mean_abs["mean_abs"]  # (To, Fo, Ti, Fi)
+    coverage = jacobian_for_reduction(store, partial)[1]
+    values = saliency(store, partial)["mean_abs"] if mean_abs is None else mean_abs  # (To, Fo, Ti, Fi)
     t_out, t_in = store.coordinate("t_out"), store.coordinate("t_in")
     causal = bool(store.attrs["causal"])
     lags = np.arange(0 if causal else -(t_in.size - 1), t_in.size)
