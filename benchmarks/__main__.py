@@ -1,0 +1,87 @@
+"""Command line: ``python -m benchmarks run --suite NAME``, ``report`` and ``readme``."""
+
+from __future__ import annotations
+
+import datetime
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from benchmarks import report
+from benchmarks.cases import SUITES, suite_cases
+from benchmarks.runner import machine, run_cases
+from jacengine.budget import parse_budget
+
+RESULTS = Path(__file__).resolve().parent / "results"
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _default_memory_cap() -> str:
+    total = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
+    return f"{int(total * 0.75) // 2**20}MiB"
+
+
+@click.group()
+def main() -> None:
+    """jacengine's benchmarks: every case in a fresh process, baselines in the same run."""
+
+
+@main.command()
+@click.option("--suite", "suites", multiple=True, required=True, type=click.Choice([*SUITES, "all"]),
+              help="Suite to run (repeatable); 'all' runs every suite.")
+@click.option("--quick", is_flag=True, help="Tiny sizes and few methods: a smoke run of the whole harness.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Results folder [default: benchmarks/results, or a 'quick' subfolder with --quick].")
+@click.option("--memory-cap", default=_default_memory_cap, show_default="75% of RAM",
+              help="A case whose resident memory passes this is killed and recorded as out of memory.")
+@click.option("--time-limit", type=float, default=600.0, show_default=True, help="Seconds per case before it is killed.")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Cases run at once (above 1 the timings interfere).")
+@click.option("--gpu-memory-limit", default=None, help="Cap TensorFlow's GPU memory in every case (e.g. 8GiB).")
+def run(suites: tuple[str, ...], quick: bool, out: Path | None, memory_cap: str, time_limit: float, jobs: int,
+        gpu_memory_limit: str | None) -> None:
+    """Run suites; write <suite>.json, <suite>.md (and plots) to the results folder."""
+    out = out or (RESULTS / "quick" if quick else RESULTS)
+    names = SUITES if "all" in suites else tuple(dict.fromkeys(suites))
+    description = machine()
+    for name in names:
+        cases = suite_cases(name, quick)
+        click.echo(f"# {name}: {len(cases)} cases", err=True)
+        started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        records = run_cases(cases, parse_budget(memory_cap), time_limit, jobs, gpu_memory_limit, on_record=_echo)
+        command = shlex.join(["python", "-m", "benchmarks", "run", "--suite", name, *(["--quick"] if quick else [])])
+        result = {"suite": name, "quick": quick, "started": started, "command": command, "machine": description,
+                  "memory_cap": memory_cap, "time_limit": time_limit, "records": records}
+        for path in report.write_outputs(result, out):
+            click.echo(f"wrote {path}", err=True)
+        click.echo(report.markdown_table(records))
+
+
+def _echo(record: dict) -> None:
+    seconds = report.best_seconds(record)
+    ok = record["status"] == "ok"
+    timing = f"{seconds:.2f} s, peak {record['peak_rss_bytes'] / 2**20:.0f} MiB" if ok else record.get("error", "")
+    click.echo(f"  {record['label']}: {record['status']} {timing}", err=True)
+
+
+@main.command("report")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path), default=RESULTS)
+def report_command(directory: Path) -> None:
+    """Rewrite the Markdown tables and plots of the results in DIRECTORY."""
+    for result in report.load_results(directory).values():
+        report.write_outputs(result, directory)
+        click.echo(report.markdown_table(result["records"]))
+
+
+@main.command()
+@click.option("--results", type=click.Path(exists=True, file_okay=False, path_type=Path), default=RESULTS)
+def readme(results: Path) -> None:
+    """Regenerate README.md's performance section from the committed results."""
+    if not report.update_readme(README, results):
+        sys.exit(f"{README} has no {report.README_START} ... {report.README_END} markers")
+    click.echo(f"updated {README}", err=True)
+
+
+if __name__ == "__main__":
+    main()

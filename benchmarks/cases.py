@@ -1,0 +1,92 @@
+"""What each suite measures: a list of :class:`Case` (one method on one problem), full or quick.
+
+Sizes follow the benchmark issue: the seed problem, T from 100 to 4000 and B from 8 to 512 on
+the seed model, features up to 16, budgets from 128 MiB to 8 GiB, five model families, and
+reductions over a store larger than the reduction's memory. ``quick`` runs every suite at tiny
+sizes so the test suite can run the whole harness in a couple of minutes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+JACOBIAN_METHODS = ("jacengine", "tf-eager", "tf-pfor", "tf-while", "tf-gradient-loop", "jax")
+QUICK_METHODS = ("jacengine", "tf-pfor")
+REDUCE_METHODS = ("jacengine-reduce", "numpy-reduce")
+SUITES = ("seed", "scaling-T", "scaling-B", "features", "budget", "models", "reduce")
+DEFAULT_BUDGET = "1GiB"
+MODEL_FAMILIES = ("lstm", "gru", "stacked-lstm", "causal-conv1d", "bidirectional")  # kinds of jacengine.tf.zoo
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One method on one problem; ``budget`` applies to jacengine only."""
+
+    suite: str
+    method: str
+    model: str
+    batch: int
+    steps: int
+    features_in: int = 1
+    features_out: int = 1
+    budget: str = DEFAULT_BUDGET
+    units: int = 32
+    repeats: int = 3
+
+    @property
+    def problem(self) -> tuple[Any, ...]:
+        """Cases with the same problem compute the same Jacobian and are checked against each other."""
+        return self.suite, self.model, self.batch, self.steps, self.features_in, self.features_out, self.units
+
+    @property
+    def label(self) -> str:
+        shape = f"{self.batch}x{self.steps}x{self.features_in}"
+        if self.features_out != self.features_in:
+            shape += f"->{self.features_out}"
+        budget = f" @ {self.budget}" if self.method.startswith("jacengine") else ""
+        return f"{self.suite}: {self.method} {self.model} {shape}{budget}"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Case:
+        return cls(**json.loads(text))
+
+
+def _methods(suite: str, model: str, batch: int, steps: int, features: int = 1, quick: bool = False) -> list[Case]:
+    """Every Jacobian method on one problem; quick runs keep jacengine and one baseline only."""
+    methods = QUICK_METHODS if quick else JACOBIAN_METHODS
+    return [Case(suite, method, model, batch, steps, features, features, repeats=0 if quick else 3) for method in methods]
+
+
+def suite_cases(suite: str, quick: bool = False) -> list[Case]:
+    """The cases of one suite (``"all"`` for every suite), in run order."""
+    if suite == "all":
+        return [case for name in SUITES for case in suite_cases(name, quick)]
+    repeats = 0 if quick else 3  # quick runs time the first call only
+    if suite == "seed":  # every method, even in quick runs
+        return [dataclasses.replace(c, repeats=repeats) for c in _methods(suite, "lstm", 2 if quick else 10, 20 if quick else 100)]
+    if suite == "scaling-T":
+        steps = [30] if quick else [100, 250, 500, 1000, 2000, 4000]
+        return [c for t in steps for c in _methods(suite, "lstm", 2 if quick else 32, t, quick=quick)]
+    if suite == "scaling-B":
+        batches = [4] if quick else [8, 32, 128, 512]
+        return [c for b in batches for c in _methods(suite, "lstm", b, 10 if quick else 500, quick=quick)]
+    if suite == "features":
+        features = [2] if quick else [1, 4, 16]
+        return [c for f in features for c in _methods(suite, "lstm", 2 if quick else 8, 10 if quick else 500, f, quick=quick)]
+    if suite == "budget":
+        budgets = ["256MiB"] if quick else ["128MiB", "256MiB", "512MiB", "1GiB", "4GiB", "8GiB"]
+        shapes = [(2, 20)] if quick else [(32, 500), (32, 1000)]
+        return [Case(suite, "jacengine", "lstm", b, t, budget=budget, repeats=0) for b, t in shapes for budget in budgets]
+    if suite == "models":
+        batch, steps = (2, 10) if quick else (32, 500)
+        methods = ("jacengine",) if quick else ("jacengine", "tf-pfor", "tf-while")
+        return [Case(suite, method, kind, batch, steps, repeats=repeats) for kind in MODEL_FAMILIES for method in methods]
+    if suite == "reduce":
+        batch, steps, budget = (2, 20, "256MiB") if quick else (32, 2000, "256MiB")
+        return [Case(suite, method, "lstm", batch, steps, budget=budget, repeats=repeats) for method in REDUCE_METHODS]
+    raise ValueError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)} or all")

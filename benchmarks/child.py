@@ -1,0 +1,183 @@
+"""The measuring side: runs one :class:`Case` inside a fresh process and prints one JSON line.
+
+Each method builds the same model (fixed seed) and inputs, takes the memory baseline with the
+model and inputs open, then times the first call (tracing or compilation included) and, when
+the first call is short enough, the median of further calls. A fixed random sample of Jacobian
+entries goes back to the parent, which checks methods of the same problem against each other.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from benchmarks.cases import Case
+
+SAMPLE_SIZE = 256
+STEADY_STATE_LIMIT_S = 20.0  # no repeats after a first call longer than this
+
+
+def sample_indices(shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+    """The same entries for every method of a problem: half anywhere, half on or below the diagonal."""
+    rng = np.random.default_rng(0)
+    indices = [rng.integers(0, n, SAMPLE_SIZE) for n in shape]
+    indices[3] = np.minimum(indices[3], indices[1]) if shape[1] == shape[3] else indices[3]
+    return tuple(indices)
+
+
+def _tf_runner(case: Case, model: Any, x: np.ndarray) -> Callable[[], np.ndarray]:
+    import tensorflow as tf
+
+    tensor = tf.constant(x)
+
+    def batch_jacobian(use_pfor: bool) -> Any:
+        with tf.GradientTape() as tape:
+            tape.watch(tensor)
+            y = model(tensor, training=False)
+        return tape.batch_jacobian(y, tensor, experimental_use_pfor=use_pfor)
+
+    if case.method == "tf-eager":
+        return lambda: batch_jacobian(True).numpy()
+    if case.method in ("tf-pfor", "tf-while"):
+        compiled = tf.function(lambda: batch_jacobian(case.method == "tf-pfor"), autograph=False)
+        return lambda: compiled().numpy()
+    if case.method == "tf-gradient-loop":
+        def gradient_loop() -> np.ndarray:
+            """One tape.gradient per output step and feature (the textbook loop)."""
+            with tf.GradientTape(persistent=True) as tape:
+                tape.watch(tensor)
+                y = model(tensor, training=False)
+                outputs = [y[:, t, f] for t in range(y.shape[1]) for f in range(y.shape[2])]
+            rows = [tape.gradient(output, tensor).numpy() for output in outputs]
+            return np.stack(rows, axis=1).reshape(y.shape[0], y.shape[1], y.shape[2], *x.shape[1:])
+        return gradient_loop
+    raise ValueError(case.method)
+
+
+def _jax_runner(case: Case, model: Any, x: np.ndarray) -> Callable[[], np.ndarray]:
+    try:
+        import jax
+    except ImportError:
+        raise NotApplicable("JAX is not installed (pip install jax)") from None
+    if case.model != "lstm":
+        raise NotApplicable("the JAX baseline exists for the LSTM model only")
+    jax.config.update("jax_enable_x64", False)
+    from benchmarks.jax_lstm import forward_function, jacobian_function
+
+    difference = np.abs(forward_function(model)(x) - np.asarray(model(x))).max()
+    if difference > 1e-4:
+        raise RuntimeError(f"the JAX model disagrees with Keras by {difference:.2e}; not timing it")
+    jacobian = jacobian_function(model)  # one jit per process: later calls reuse its compilation
+    return lambda: jacobian(x)
+
+
+def _jacengine_runner(case: Case, model: Any, x: np.ndarray, directory: str) -> Callable[[], np.ndarray]:
+    import jacengine
+
+    runs = iter(range(10**6))
+
+    def compute() -> Any:
+        path = os.path.join(directory, f"run{next(runs)}.zarr")
+        return jacengine.compute(model, x, path, budget=case.budget, progress=False)
+    return compute
+
+
+def _reduce_runner(case: Case, model: Any, x: np.ndarray, directory: str) -> Callable[[], Any]:
+    """Saliency (mean |J| over the batch) and lag profile of a store computed before the baseline."""
+    import jacengine
+    from jacengine import reductions
+
+    store = jacengine.compute(model, x, os.path.join(directory, "j.zarr"), budget=case.budget, progress=False)
+    if case.method == "jacengine-reduce":
+        def out_of_core() -> tuple[np.ndarray, np.ndarray]:
+            mean_abs = reductions.saliency(store)["mean_abs"]
+            return mean_abs, reductions.lag_profile(store, mean_abs=mean_abs)["mean_abs"]
+        return out_of_core
+
+    def in_memory() -> tuple[np.ndarray, np.ndarray]:
+        mean_abs = np.abs(store.to_numpy()).mean(axis=0)  # the whole Jacobian in memory, the numpy way
+        lags = [np.diagonal(mean_abs, -lag, axis1=0, axis2=2).mean(axis=-1) for lag in range(x.shape[1])]
+        return mean_abs, np.stack(lags)
+    return in_memory
+
+
+def reduction_sample(mean_abs: np.ndarray, lags: np.ndarray) -> list[float]:
+    """Fixed saliency entries and the first lags, for checking the two reductions agree."""
+    picks = np.random.default_rng(0).integers(0, mean_abs.size, SAMPLE_SIZE)
+    return np.concatenate([mean_abs.ravel()[picks], lags.ravel()[:32]]).astype(float).tolist()
+
+
+class NotApplicable(Exception):
+    """The method does not apply to this case (recorded as skipped, not as a failure)."""
+
+
+def measure(case: Case, gpu_memory_limit: str | None = None) -> dict[str, Any]:
+    import tensorflow as tf
+
+    from jacengine.budget import ProcessMemory, parse_budget
+    from jacengine.tf.memory import TensorMemory, configure_gpus
+    from jacengine.tf.zoo import zoo_model
+
+    configure_gpus(parse_budget(gpu_memory_limit) if gpu_memory_limit else None)
+    model = zoo_model(case.model, case.units, case.features_in, case.features_out)
+    x = np.random.default_rng(0).normal(size=(case.batch, case.steps, case.features_in)).astype("float32")
+    gpu = TensorMemory("GPU:0") if tf.config.list_physical_devices("GPU") else None
+    with tempfile.TemporaryDirectory() as directory:
+        if case.method == "jax":
+            run = _jax_runner(case, model, x)
+        elif case.method.startswith("tf-"):
+            run = _tf_runner(case, model, x)
+        elif case.method == "jacengine":
+            run = _jacengine_runner(case, model, x, directory)
+        else:
+            run = _reduce_runner(case, model, x, directory)
+        process = ProcessMemory()
+        process.set_baseline()
+        if gpu:
+            gpu.reset()
+        started = time.perf_counter()
+        result = run()
+        first = time.perf_counter() - started
+        repeats = []
+        for _ in range(case.repeats if first < STEADY_STATE_LIMIT_S else 0):
+            started = time.perf_counter()
+            run()
+            repeats.append(time.perf_counter() - started)
+        record: dict[str, Any] = {
+            "first_seconds": first,
+            "steady_seconds": statistics.median(repeats) if repeats else None,
+            "peak_rss_bytes": process.peak_above_baseline(),
+            "gpu_peak_bytes": gpu.peak() if gpu else None,
+        }
+        if case.suite == "reduce":
+            record["sample"] = reduction_sample(*result)
+        else:
+            if case.method == "jacengine":  # read only the sampled entries' chunks from the store
+                record["blocks"] = len(result.plan.blocks)
+                values = result.array.get_coordinate_selection(sample_indices(result.shape))
+            else:
+                values = result[sample_indices(result.shape)]
+            record["sample"] = np.asarray(values, dtype=float).tolist()
+    return record
+
+
+def main(case_json: str, gpu_memory_limit: str | None = None) -> None:
+    import json
+
+    case = Case.from_json(case_json)
+    try:
+        record = {"status": "ok", **measure(case, gpu_memory_limit)}
+    except NotApplicable as exc:
+        record = {"status": "skipped", "error": str(exc)}
+    print("\n" + json.dumps(record), flush=True)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
