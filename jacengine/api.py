@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -15,16 +16,22 @@ import numpy as np
 
 from jacengine.budget import BUDGET_DEFINITION, ProcessMemory, format_bytes, parse_budget
 from jacengine.costmodel import CostModel, choose_plan, predicted_peak, predicted_store_bytes
-from jacengine.errors import RunInterrupted
+from jacengine.errors import InputError, RunInterrupted
 from jacengine.executors import LocalExecutor
+from jacengine.executors.cluster import DaskExecutor, WorkerSetup
+from jacengine.executors.staging import staged_for_workers
 from jacengine.inputs import Inputs, InputsLike
 from jacengine.interrupt import stop_on_signals
 from jacengine.plan import Plan
 from jacengine.selection import Selection
+from jacengine.shards import check_shard, shard_blocks
 from jacengine.spec import JacobianSpec
 from jacengine.store import FORMAT_VERSION, JacobianStore, check_writable_target, is_jacengine_store
 
 log = logging.getLogger("jacengine")
+
+EXECUTORS = ("local", "dask")
+STALE_PARTIAL_S = 600.0  # a temporary file this old belongs to no running write
 
 
 @dataclass
@@ -40,6 +47,11 @@ class Prepared:
     inputs: Inputs
     computer: Any  # jacengine.tf.blocks.BlockComputer
     probe_result: np.ndarray | None = None
+
+    def compute_block(self, block: Any) -> np.ndarray:
+        """J for one block of a plan with this spec (reads just the inputs the block needs)."""
+        x = self.inputs.read(block.batch_start, block.batch_stop, block.forward_steps)
+        return self.computer.compute(block, x)
 
     def summary(self) -> dict[str, Any]:
         """What ``jacengine plan`` prints: blocks and predictions, nothing computed."""
@@ -150,6 +162,23 @@ def plan(model: Any, inputs: InputsLike, **options: Any) -> dict[str, Any]:
     return prepare(model, inputs, **options).summary()
 
 
+def init(model: Any, inputs: InputsLike, store: str | Path, *, overwrite: bool = False, **options: Any) -> JacobianStore:
+    """Create the store and its plan (calibrated on the actual model) without computing the rest.
+
+    What job arrays run first, so that their shards never race to create the store. Running it
+    again on the store it made is harmless: the store is checked against the settings and
+    returned. Options as for :func:`compute`.
+    """
+    path = Path(store)
+    if is_jacengine_store(path) and not overwrite:
+        existing = JacobianStore(path, mode="r")
+        prepared = prepare(model, inputs, calibrate=False, **options)
+        existing.check_fingerprint(dict(prepared.fingerprint, grid=existing.fingerprint.get("grid")))
+        return existing
+    check_writable_target(path, overwrite=overwrite)
+    return _create(prepare(model, inputs, **options), path, overwrite=overwrite, sources=_sources(model, inputs))
+
+
 def compute(
     model: Any,
     inputs: InputsLike,
@@ -166,6 +195,11 @@ def compute(
     progress: bool = True,
     trust_model: bool = False,
     gpu_memory_limit: int | str | None = None,
+    executor: str = "local",
+    scheduler: str | None = None,
+    workers: int | None = None,
+    cluster: Any = None,
+    shard: tuple[int, int] | None = None,
 ) -> JacobianStore:
     """Compute J[b, t_out, f_out, t_in, f_in] = dy/dx of ``model`` at ``inputs`` into ``store``.
 
@@ -173,7 +207,8 @@ def compute(
         model: a ``keras.Model`` or a path to a ``.keras`` file (loaded in safe mode).
         inputs: (B, T, F) floats: a numpy array, a ``.npy`` path (memory-mapped) or a zarr array.
         store: directory of the zarr store to create, or of an existing store to resume.
-        budget: peak memory allowed for the computation, bytes or a string like "2GiB".
+        budget: peak memory allowed for the computation, bytes or a string like "2GiB"; it holds
+            per process (each dask worker and each shard has the whole budget).
         t_out, f_out, f_in: output steps, output features and input features to keep (int,
             slice or increasing sequence; default all).
         causal: "auto" (detect; never mistakes a non-causal model for causal), True or False.
@@ -184,58 +219,86 @@ def compute(
         trust_model: allow loading ``.keras`` files that carry Python code (Lambda layers).
         gpu_memory_limit: cap TensorFlow's GPU memory (a logical device of this size); by
             default memory growth is enabled instead. Ignored on machines without a GPU.
+        executor: "local" (this process) or "dask" (dask.distributed tasks).
+        scheduler: with "dask", the address of an existing scheduler; default a LocalCluster.
+        workers: with "dask" and no scheduler, the LocalCluster's worker processes (default:
+            one per core).
+        cluster: with "dask", a cluster object to use instead (e.g. a dask-jobqueue cluster).
+        shard: ``(I, N)``: compute only shard I of N of the blocks (job arrays; the store must
+            exist, see :func:`init`).
 
     Returns the opened :class:`JacobianStore`. Rerunning the same call on an interrupted store
     computes only the missing blocks; a store from a different model, inputs or settings is
     refused with a message naming what differs.
     """
+    if executor not in EXECUTORS:
+        raise InputError(f"executor {executor!r} is not one of {', '.join(EXECUTORS)}.")
     path = Path(store)
     resume = is_jacengine_store(path) and not overwrite
+    if shard is not None:
+        check_shard(*shard)
+        if overwrite or not resume:
+            raise InputError(
+                f"shards compute into an existing store and never create or overwrite one ({path}); create it once "
+                "with `jacengine init` (jacengine.init) using the same settings, then start the shards."
+            )
     if not resume:
         check_writable_target(path, overwrite=overwrite)
-    prepared = prepare(
-        model, inputs, budget=budget, t_out=t_out, f_out=f_out, f_in=f_in, causal=causal,
-        method=method, store_dtype=store_dtype, trust_model=trust_model, gpu_memory_limit=gpu_memory_limit,
-        calibrate=not resume,
-    )
-    sources = {name: str(Path(value).resolve()) for name, value in (("model", model), ("inputs", inputs))
-               if isinstance(value, (str, Path))}
-    return execute(prepared, path, resume=resume, overwrite=overwrite, progress=progress, sources=sources)
+    options = dict(budget=budget, t_out=t_out, f_out=f_out, f_in=f_in, causal=causal, method=method,
+                   store_dtype=store_dtype, trust_model=trust_model, gpu_memory_limit=gpu_memory_limit)
+    prepared = prepare(model, inputs, calibrate=not resume, **options)
+    run = dict(resume=resume, overwrite=overwrite, sources=_sources(model, inputs), shard=shard)
+    if executor == "local":
+        return execute(prepared, path, LocalExecutor(progress=progress), **run)
+    with staged_for_workers(model, inputs, path) as (model_path, inputs_path):
+        setup = WorkerSetup(model_path, inputs_path, str(path.resolve()), options, token=uuid.uuid4().hex)
+        dask = DaskExecutor(setup, scheduler=scheduler, workers=workers, cluster=cluster, progress=progress)
+        return execute(prepared, path, dask, **run)
 
 
-def execute(
-    prepared: Prepared, path: Path, *, resume: bool, overwrite: bool, progress: bool, sources: dict[str, str] | None = None
-) -> JacobianStore:
-    """Create (or reopen and check) the store at ``path`` and compute its pending blocks."""
+def execute(prepared: Prepared, path: Path, executor: Any, *, resume: bool, overwrite: bool = False,
+            sources: dict[str, str] | None = None, shard: tuple[int, int] | None = None) -> JacobianStore:
+    """Create (or reopen and check) the store at ``path`` and compute its pending blocks (those
+    of ``shard`` only, when given) with ``executor``."""
     if resume:
         target = JacobianStore(path, mode="r+")
-        requested = dict(prepared.fingerprint, grid=target.fingerprint.get("grid"))
-        target.check_fingerprint(requested)
-        removed = target.remove_partial_files()
+        target.check_fingerprint(dict(prepared.fingerprint, grid=target.fingerprint.get("grid")))
+        # other processes (shards, dask workers) may be writing right now: only stale leftovers
+        concurrent = shard is not None or not isinstance(executor, LocalExecutor)
+        removed = target.remove_partial_files(min_age_s=STALE_PARTIAL_S if concurrent else 0)
         if removed:
             log.info("removed %d temporary files of interrupted writes", removed)
     else:
-        target = JacobianStore.create(
-            path, prepared.spec, prepared.plan, prepared.fingerprint, overwrite=overwrite, sources=sources
-        )
-        if prepared.probe_result is not None:
-            target.write_block(prepared.plan.blocks[0], prepared.probe_result)
+        target = _create(prepared, path, overwrite=overwrite, sources=sources or {})
     pending = target.pending_blocks()
+    if shard is not None:
+        mine = {b.index for b in shard_blocks(target.spec, target.plan, *shard)}
+        pending = [b for b in pending if b.index in mine]
     log.info(
-        "%s; %d of %d blocks to compute, budget %s",
-        prepared.causal_reason, len(pending), len(target.plan.blocks), format_bytes(prepared.budget_bytes),
+        "%s; %d of %d blocks to compute%s, budget %s per process",
+        prepared.causal_reason, len(pending), len(target.plan.blocks),
+        f" (shard {shard[0]}/{shard[1]})" if shard else "", format_bytes(prepared.budget_bytes),
     )
-
-    def compute_block(block: Any) -> np.ndarray:
-        x = prepared.inputs.read(block.batch_start, block.batch_stop, block.forward_steps)
-        return prepared.computer.compute(block, x)
-
     with stop_on_signals() as stop:
-        LocalExecutor(progress=progress, should_stop=stop).run(target, pending, compute_block)
+        executor.run(target, pending, prepared.compute_block, should_stop=stop)
     if stop():
         remaining = len(target.pending_blocks())
         raise RunInterrupted(
             f"stopped by {stop.signal_name} with {remaining} of {len(target.plan.blocks)} blocks left; "
             f"every finished block is saved in {path}. Rerun the same command to resume."
         )
+    return target
+
+
+def _sources(model: Any, inputs: Any) -> dict[str, str]:
+    """Paths of the model and inputs when they were given as files (recorded for verify)."""
+    return {name: str(Path(value).resolve()) for name, value in (("model", model), ("inputs", inputs))
+            if isinstance(value, (str, Path))}
+
+
+def _create(prepared: Prepared, path: Path, *, overwrite: bool, sources: dict[str, str]) -> JacobianStore:
+    """A new store for ``prepared``, with the calibration probe's block already in it."""
+    target = JacobianStore.create(path, prepared.spec, prepared.plan, prepared.fingerprint, overwrite=overwrite, sources=sources)
+    if prepared.probe_result is not None:
+        target.write_block(prepared.plan.blocks[0], prepared.probe_result)
     return target

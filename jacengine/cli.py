@@ -10,62 +10,78 @@ from typing import Any
 import click
 
 from jacengine.budget import BUDGET_DEFINITION, format_bytes
-from jacengine.errors import JacengineError, RunInterrupted
+from jacengine.config import Config, load_config
+from jacengine.errors import InputError, JacengineError, RunInterrupted
+from jacengine.jobqueue import jobqueue_cluster
+from jacengine.selection import parse_selection_text
+from jacengine.shards import parse_shard
+from jacengine.shards import shard_from_env as shard_from_env_vars
 
 EXIT_INCOMPLETE = 3
 
 
 def parse_selection(text: str | None) -> Any:
-    """'10' -> 10, '0:50' or '0:50:2' -> slice, '1,5,9' -> [1, 5, 9], None -> None (all)."""
-    if text is None:
-        return None
-    text = text.strip()
+    """A command-line selection ('10', '0:50', '1,5,9'); see :func:`parse_selection_text`."""
     try:
-        if ":" in text:
-            parts = [int(p) if p else None for p in text.split(":")]
-            return slice(*parts)
-        if "," in text:
-            return [int(p) for p in text.split(",") if p]
-        return int(text)
-    except ValueError as exc:
-        raise click.BadParameter(f"{text!r}: use an index (10), a range (0:50) or a list (1,5,9)") from exc
+        return parse_selection_text(text)
+    except InputError as exc:
+        raise click.BadParameter(str(exc)) from exc
 
 
-def selection_options(function: Any) -> Any:
-    for name, what in (("--f-in", "input features"), ("--f-out", "output features"), ("--t-out", "output steps")):
-        function = click.option(name, default=None, help=f"{what}: 10, 0:50 or 1,5,9 (default all)")(function)
-    return function
+# Settings shared by compute, plan and init: flag name -> (API default, help). Defaults apply
+# only when neither the command line nor the --config file sets a value.
+RUN_SETTINGS: dict[str, tuple[Any, str]] = {
+    "budget": ("2GiB", f"memory budget per process ({BUDGET_DEFINITION})"),
+    "t_out": (None, "output steps: 10, 0:50 or 1,5,9 (default all)"),
+    "f_out": (None, "output features: 10, 0:50 or 1,5,9 (default all)"),
+    "f_in": (None, "input features: 10, 0:50 or 1,5,9 (default all)"),
+    "causal": ("auto", "auto, true or false"),
+    "method": ("auto", "auto or reverse"),
+    "gpu_memory_limit": (None, "cap TensorFlow's GPU memory, e.g. 8GiB (default: memory growth)"),
+}
 
 
 def model_options(function: Any) -> Any:
+    """--config, --model, --inputs and the run settings; every one may come from the config."""
     options = [
-        click.option("--model", "model_path", required=True, type=click.Path(exists=True, dir_okay=False),
-                     help="a .keras model file"),
-        click.option("--inputs", "inputs_path", required=True, type=click.Path(exists=True),
-                     help="(B, T, F) inputs: a .npy file or a zarr array"),
-        click.option("--budget", default="2GiB", show_default=True, help=f"memory budget ({BUDGET_DEFINITION})"),
-        click.option("--causal", type=click.Choice(["auto", "true", "false"]), default="auto", show_default=True),
-        click.option("--method", type=click.Choice(["auto", "reverse"]), default="auto", show_default=True),
-        click.option("--trust-model", is_flag=True, help="allow .keras files that carry Python code (Lambda)"),
-        click.option("--gpu-memory-limit", default=None, help="cap TensorFlow's GPU memory, e.g. 8GiB (default: memory growth)"),
+        click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+                     help="TOML file with any of these settings (flags override it); see jacengine.config"),
+        click.option("--model", "model", type=click.Path(exists=True, dir_okay=False), help="a .keras model file"),
+        click.option("--inputs", "inputs", type=click.Path(exists=True), help="(B, T, F) inputs: a .npy file or a zarr array"),
+        *[click.option(f"--{name.replace('_', '-')}", name, default=None,
+                       help=f"{text}{f' [default: {default}]' if default is not None else ''}")
+          for name, (default, text) in RUN_SETTINGS.items()],
+        click.option("--trust-model", is_flag=True, default=None, help="allow .keras files that carry Python code (Lambda)"),
     ]
     for option in reversed(options):
         function = option(function)
-    return selection_options(function)
+    return function
 
 
-def _api_options(kwargs: dict[str, Any]) -> dict[str, Any]:
-    causal = {"auto": "auto", "true": True, "false": False}[kwargs.pop("causal")]
-    return dict(
-        budget=kwargs.pop("budget"),
-        t_out=parse_selection(kwargs.pop("t_out")),
-        f_out=parse_selection(kwargs.pop("f_out")),
-        f_in=parse_selection(kwargs.pop("f_in")),
-        causal=causal,
-        method=kwargs.pop("method"),
-        trust_model=kwargs.pop("trust_model"),
-        gpu_memory_limit=kwargs.pop("gpu_memory_limit"),
-    )
+def resolve(kwargs: dict[str, Any], *extra: str) -> tuple[dict[str, Any], Config]:
+    """Merge command-line values over the config file over the defaults; returns the API
+    keyword arguments (model, inputs and run settings, plus the ``extra`` names) and the config."""
+    path = kwargs.pop("config_path", None)
+    config = run_guarded(lambda: load_config(path)) if path else Config()
+    from_file = config.run_options()
+    merged: dict[str, Any] = {}
+    for name in ("model", "inputs", *RUN_SETTINGS, "trust_model", *extra):
+        value = kwargs.pop(name, None)
+        if value is None:
+            value = from_file.get(name, RUN_SETTINGS.get(name, (None,))[0])
+        elif name in ("t_out", "f_out", "f_in"):
+            value = parse_selection(value)
+        merged[name] = value
+    for name in ("model", "inputs"):
+        if merged[name] is None:
+            raise click.UsageError(f"no {name}: pass --{name} or set {name} in a --config file.")
+    causal = merged["causal"]
+    if isinstance(causal, str):
+        if causal not in ("auto", "true", "false"):
+            raise click.BadParameter(f"causal must be auto, true or false, not {causal!r}")
+        merged["causal"] = {"auto": "auto", "true": True, "false": False}[causal]
+    merged["trust_model"] = bool(merged["trust_model"])
+    return merged, config
 
 
 @click.group()
@@ -90,28 +106,74 @@ def run_guarded(action: Any) -> Any:
 
 @main.command()
 @model_options
-@click.option("--out", "store", required=True, type=click.Path(), help="store directory (created or resumed)")
+@click.option("--out", "store", type=click.Path(), help="store directory (created or resumed)")
 @click.option("--overwrite", is_flag=True, help="replace an existing jacengine store")
+@click.option("--executor", type=click.Choice(["local", "dask"]), default=None, help="where blocks run [default: local]")
+@click.option("--scheduler", default=None, help="dask: address of an existing scheduler (default: a LocalCluster here)")
+@click.option("--workers", type=int, default=None, help="dask LocalCluster: worker processes [default: one per core]")
+@click.option("--cluster", type=click.Choice(["slurm", "pbs"]), default=None,
+              help="dask: start a dask-jobqueue cluster from the config's [jobqueue] section")
+@click.option("--shard", default=None, help="compute only shard I of N (I/N, e.g. 0/4) of an initialised store")
+@click.option("--shard-from-env", is_flag=True, help="take the shard from SLURM/PBS job-array variables")
 @click.option("--no-progress", is_flag=True)
-def compute(model_path: str, inputs_path: str, store: str, overwrite: bool, no_progress: bool, **kwargs: Any) -> None:
+def compute(overwrite: bool, shard: str | None, shard_from_env: bool, no_progress: bool, **kwargs: Any) -> None:
     """Compute the Jacobian of MODEL at INPUTS into a store (rerun to resume)."""
     from jacengine.api import compute as compute_api
 
-    options = _api_options(kwargs)
-    result = run_guarded(
-        lambda: compute_api(model_path, inputs_path, store, overwrite=overwrite, progress=not no_progress, **options)
-    )
-    click.echo(f"wrote {result.path}: jacobian {result.shape} {result.dims}")
+    options, config = resolve(kwargs, "store", "executor", "scheduler", "workers", "cluster")
+    store = _required_store(options)
+    if shard and shard_from_env:
+        raise click.UsageError("pass either --shard or --shard-from-env, not both.")
+    shard_pair = run_guarded(lambda: parse_shard(shard) if shard else shard_from_env_vars() if shard_from_env else None)
+    executor = options.pop("executor") or "local"
+    cluster_kind = options.pop("cluster")
+    cluster = run_guarded(lambda: jobqueue_cluster(cluster_kind, config.jobqueue)) if cluster_kind else None
+    if cluster is not None:
+        executor = "dask"
+    try:
+        result = run_guarded(lambda: compute_api(options.pop("model"), options.pop("inputs"), store, overwrite=overwrite,
+                                                 progress=not no_progress, executor=executor, cluster=cluster,
+                                                 shard=shard_pair, **options))
+    finally:
+        if cluster is not None:
+            cluster.close()
+    if shard_pair and not result.is_complete:
+        click.echo(f"shard {shard_pair[0]}/{shard_pair[1]} done; {len(result.pending_blocks())} blocks left to other shards "
+                   f"(jacengine status {result.path})")
+    else:
+        click.echo(f"wrote {result.path}: jacobian {result.shape} {result.dims}")
+
+
+def _required_store(options: dict[str, Any]) -> str:
+    store = options.pop("store")
+    if store is None:
+        raise click.UsageError("no store: pass --out or set store in a --config file.")
+    return str(store)
+
+
+@main.command()
+@model_options
+@click.option("--out", "store", type=click.Path(), help="store directory to create")
+@click.option("--overwrite", is_flag=True, help="replace an existing jacengine store")
+def init(overwrite: bool, **kwargs: Any) -> None:
+    """Create the store and its calibrated plan without computing it (run before job-array shards)."""
+    from jacengine.api import init as init_api
+
+    options, _ = resolve(kwargs, "store")
+    store = _required_store(options)
+    result = run_guarded(lambda: init_api(options.pop("model"), options.pop("inputs"), store, overwrite=overwrite, **options))
+    click.echo(f"initialised {result.path}: {len(result.plan.blocks)} blocks, {len(result.done_blocks())} done")
 
 
 @main.command()
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="print the plan as JSON")
-def plan(model_path: str, inputs_path: str, as_json: bool, **kwargs: Any) -> None:
+def plan(as_json: bool, **kwargs: Any) -> None:
     """Show blocks, predicted peak memory, store size and run time; computes nothing but a probe."""
     from jacengine.api import plan as plan_api
 
-    summary = run_guarded(lambda: plan_api(model_path, inputs_path, **_api_options(kwargs)))
+    options, _ = resolve(kwargs)
+    summary = run_guarded(lambda: plan_api(options.pop("model"), options.pop("inputs"), **options))
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -128,15 +190,23 @@ def plan(model_path: str, inputs_path: str, as_json: bool, **kwargs: Any) -> Non
 
 
 @main.command()
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store", required=False, type=click.Path(exists=True, file_okay=False))
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="take STORE from this config file")
+@click.option("--shards", type=int, default=None, help="also show the progress of each of N job-array shards")
 @click.option("--json", "as_json", is_flag=True)
-def status(store: str, as_json: bool) -> None:
-    """Blocks done/total and bytes on disk; exits 3 while the store is incomplete."""
+def status(store: str | None, config_path: str | None, shards: int | None, as_json: bool) -> None:
+    """Blocks done/total and bytes on disk (all shards together); exits 3 while incomplete."""
+    from jacengine.shards import assign_blocks, check_shard
     from jacengine.store import open_store
 
+    if store is None:
+        store = run_guarded(lambda: load_config(config_path)).store if config_path else None
+        if store is None:
+            raise click.UsageError("no store: pass STORE or a --config file that sets store.")
     opened = run_guarded(lambda: open_store(store))
-    done, total = len(opened.done_blocks()), len(opened.plan.blocks)
-    report = {
+    done_set = opened.done_blocks()
+    done, total = len(done_set), len(opened.plan.blocks)
+    report: dict[str, Any] = {
         "path": str(opened.path),
         "shape": list(opened.shape),
         "dims": list(opened.dims),
@@ -147,15 +217,43 @@ def status(store: str, as_json: bool) -> None:
         "causal": opened.attrs["causal"],
         "fingerprint": opened.fingerprint,
     }
+    if shards is not None:
+        run_guarded(lambda: check_shard(0, shards))
+        assigned = assign_blocks(opened.spec, opened.plan, shards)
+        report["shards"] = [{"shard": i, "blocks_done": sum(b.index in done_set for b in blocks), "blocks_total": len(blocks)}
+                            for i, blocks in enumerate(assigned)]
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
         click.echo(f"{report['path']}: jacobian {tuple(report['shape'])} {tuple(report['dims'])}")
         click.echo(f"blocks {done}/{total} done, {format_bytes(report['bytes_on_disk'])} on disk, causal={report['causal']}")
+        for entry in report.get("shards", []):
+            click.echo(f"  shard {entry['shard']}/{shards}: {entry['blocks_done']}/{entry['blocks_total']} blocks")
         fingerprint = report["fingerprint"]
         click.echo("fingerprint " + ", ".join(f"{k}={str(v)[:12]}" for k, v in sorted(fingerprint.items())))
     if done != total:
         sys.exit(EXIT_INCOMPLETE)
+
+
+@main.command()
+@click.argument("scheduler", type=click.Choice(["slurm", "pbs"]))
+@click.argument("config_path", metavar="CONFIG", type=click.Path(exists=True, dir_okay=False))
+@click.option("--shards", type=int, default=None, help="job-array size [config: job.shards]")
+@click.option("--time", default=None, help="time limit per job, e.g. 04:00:00 [config: job.time]")
+@click.option("--cpus", type=int, default=None, help="cores per job [config: job.cpus, default 1]")
+@click.option("--memory", default=None, help="memory per job, e.g. 16G [config: job.memory, default 8G]")
+@click.option("--partition", default=None, help="partition (SLURM) or queue (PBS) [config: job.partition]")
+@click.option("--account", default=None, help="account to charge [config: job.account]")
+def script(scheduler: str, config_path: str, **overrides: Any) -> None:
+    """Print a job-array workflow for CONFIG: init, N resumable shards, then the reductions.
+
+    Save it and run it once with bash on the login node: it submits the three steps with
+    dependencies between them. Shards that hit the time limit exit 75 and requeue themselves.
+    """
+    from jacengine.jobscript import render_script
+
+    config = run_guarded(lambda: load_config(config_path))
+    click.echo(run_guarded(lambda: render_script(scheduler, config, **overrides)), nl=False)
 
 
 @main.command()

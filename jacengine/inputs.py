@@ -46,7 +46,8 @@ class Inputs:
         """x[batch_start:batch_stop, :steps] as an in-memory array."""
         return np.asarray(self._array[batch_start:batch_stop, :steps])
 
-    def _batch_ranges(self) -> list[tuple[int, int]]:
+    def batch_ranges(self) -> list[tuple[int, int]]:
+        """Consecutive batch ranges of about 64 MiB each, for streaming over the inputs."""
         per_sample = self.shape[1] * self.shape[2] * self.dtype.itemsize
         step = max(1, _STREAM_BYTES // per_sample)
         return [(b, min(self.shape[0], b + step)) for b in range(0, self.shape[0], step)]
@@ -58,7 +59,7 @@ class Inputs:
         inputs larger than RAM are read once, one batch range at a time.
         """
         digest = hashlib.sha256(f"{self.shape}|{self.dtype.str}|".encode())
-        for start, stop in self._batch_ranges():
+        for start, stop in self.batch_ranges():
             chunk = np.ascontiguousarray(self.read(start, stop))
             bad = ~np.isfinite(chunk)
             if bad.any():

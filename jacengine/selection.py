@@ -52,3 +52,18 @@ def normalise_selection(selection: Selection, size: int, name: str) -> tuple[int
             f"(write it as sorted(set(...)))."
         )
     return indices
+
+
+def parse_selection_text(text: str | None) -> Selection:
+    """'10' -> 10, '0:50' or '0:50:2' -> slice, '1,5,9' -> [1, 5, 9], None -> None (all)."""
+    if text is None:
+        return None
+    text = text.strip()
+    try:
+        if ":" in text:
+            return slice(*[int(p) if p else None for p in text.split(":")])
+        if "," in text:
+            return [int(p) for p in text.split(",") if p]
+        return int(text)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"selection {text!r}: use an index (10), a range (0:50) or a list (1,5,9)") from exc

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
@@ -220,9 +221,11 @@ class JacobianStore:
         for index in indices:
             self._manifest[index : index + 1, :] = np.zeros((1, 2), dtype="uint64")
 
-    def remove_partial_files(self) -> int:
-        """Delete temporary files left by writes interrupted mid-way; returns how many."""
-        leftovers = list(self.path.rglob("*.partial"))
+    def remove_partial_files(self, min_age_s: float = 0) -> int:
+        """Delete temporary files left by writes interrupted mid-way; returns how many. With
+        other processes writing to the store, pass ``min_age_s`` so their in-flight files stay."""
+        now = time.time()
+        leftovers = [f for f in self.path.rglob("*.partial") if now - f.stat().st_mtime >= min_age_s]
         for leftover in leftovers:
             leftover.unlink(missing_ok=True)
         return len(leftovers)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from jacengine.api import Prepared, execute, prepare
+from jacengine.executors import LocalExecutor
 from jacengine.plan import make_plan
 from jacengine.store import JacobianStore
 
@@ -45,7 +46,7 @@ def prepare_with_blocks(
 
 def compute_with_blocks(model: Any, x: Any, path: Path, **options: Any) -> JacobianStore:
     """Run the engine with a forced block size; options as for :func:`prepare_with_blocks`."""
-    return execute(prepare_with_blocks(model, x, **options), path, resume=False, overwrite=False, progress=False)
+    return execute(prepare_with_blocks(model, x, **options), path, LocalExecutor(progress=False), resume=False)
 
 
 def create_with_blocks(model: Any, x: Any, path: Path, **options: Any) -> JacobianStore:

@@ -32,11 +32,11 @@ class LocalExecutor:
     A block that runs out of memory is computed in halves (see :mod:`.splitting`).
     """
 
-    def __init__(self, progress: bool = True, should_stop: Callable[[], bool] = lambda: False) -> None:
+    def __init__(self, progress: bool = True) -> None:
         self.progress = progress
-        self.should_stop = should_stop
 
-    def run(self, store: JacobianStore, blocks: Sequence[Block], compute_block: ComputeBlock) -> int:
+    def run(self, store: JacobianStore, blocks: Sequence[Block], compute_block: ComputeBlock,
+            should_stop: Callable[[], bool] = lambda: False) -> int:
         """Returns the number of blocks completed. Blocks run grouped by shape (each compiled
         shape is traced once and released before the next), in plan order within a shape."""
         from tqdm.auto import tqdm
@@ -51,7 +51,7 @@ class LocalExecutor:
             tqdm(total=len(blocks), unit="block", disable=not self.progress or not blocks, desc="jacobian") as bar,
         ):
             for block in blocks:
-                if self.should_stop():
+                if should_stop():
                     break
                 values = compute(block)
                 if pending is not None:
