@@ -69,13 +69,15 @@ def _slurm(job: dict[str, Any], name: str, config: str, setup: str, reduce: str)
     common += [f"#SBATCH --gpus={job['gpus']}"] if "gpus" in job else []
     common += [f"#SBATCH {directive}" for directive in job["directives"]]
     header = "\n".join(common)
+    single = f"--time={job['time']} --cpus-per-task={job['cpus']} --mem={job['memory']}" + "".join(
+        f" --{key}={job[key]}" for key in ("partition", "account") if key in job)
     return f"""#!/bin/bash
 # jacengine job array: submit with `bash THIS_FILE` on a SLURM login node.
 # 1. init (creates the store once)  2. {shards} shards  3. reductions after every shard.
 set -euo pipefail
 
-init=$(sbatch --parsable --job-name={name}-init --time={job['time']} \\
-  --cpus-per-task={job['cpus']} --mem={job['memory']} --wrap "{_wrap(setup)}jacengine init --config {config}")
+init=$(sbatch --parsable --job-name={name}-init {single} \\
+  --wrap "{_wrap(setup)}jacengine init --config {config}")
 
 array=$(sbatch --parsable --dependency=afterok:${{init}} <<'SHARD'
 #!/bin/bash
@@ -101,8 +103,8 @@ exit "$status"
 SHARD
 )
 
-sbatch --parsable --dependency=afterok:${{array}} --job-name={name}-reduce --time={job['time']} \\
-  --cpus-per-task={job['cpus']} --mem={job['memory']} --wrap "{_wrap(setup)}{reduce}"
+sbatch --parsable --dependency=afterok:${{array}} --job-name={name}-reduce {single} \\
+  --wrap "{_wrap(setup)}{reduce}"
 echo "submitted init ${{init}}, shards ${{array}}; progress: jacengine status --config {config} --shards {shards}"
 """
 
@@ -115,12 +117,14 @@ def _pbs(job: dict[str, Any], name: str, config: str, setup: str, reduce: str) -
     common += [f"#PBS -A {job['account']}"] if "account" in job else []
     common += [f"#PBS {directive}" for directive in job["directives"]]
     header = "\n".join(common)
+    single = f"-l {select} -l walltime={job['time']}" + "".join(
+        f" -{flag} {job[key]}" for key, flag in (("partition", "q"), ("account", "A")) if key in job)
     return f"""#!/bin/bash
 # jacengine job array: submit with `bash THIS_FILE` on a PBS Pro login node.
 # 1. init (creates the store once)  2. {shards} shards  3. reductions after every shard.
 set -euo pipefail
 
-init=$(qsub -N {name}-init -l {select} -l walltime={job['time']} -- /bin/bash -c "{_wrap(setup)}jacengine init --config {config}")
+init=$(qsub -N {name}-init {single} -- /bin/bash -c "{_wrap(setup)}jacengine init --config {config}")
 
 array=$(qsub -W depend=afterok:${{init}} <<'SHARD'
 #!/bin/bash
@@ -141,7 +145,7 @@ exit "$status"
 SHARD
 )
 
-qsub -N {name}-reduce -W depend=afterok:${{array}} -l {select} -l walltime={job['time']} -- /bin/bash -c "{_wrap(setup)}{reduce}"
+qsub -N {name}-reduce -W depend=afterok:${{array}} {single} -- /bin/bash -c "{_wrap(setup)}{reduce}"
 echo "submitted init ${{init}}, shards ${{array}}; progress: jacengine status --config {config} --shards {shards}"
 """
 

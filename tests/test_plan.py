@@ -94,3 +94,19 @@ def test_selections(selection, expected) -> None:
 def test_bad_selections_are_refused(selection) -> None:
     with pytest.raises(InputError, match="t_out"):
         normalise_selection(selection, 5, "t_out")
+
+
+@given(specs_and_grids(), st.integers(1, 6))
+def test_shards_partition_the_blocks_and_balance_predicted_work(case, count) -> None:
+    from jacengine.costmodel import CostModel
+    from jacengine.shards import assign_blocks
+
+    spec, grid, per_block, n_buckets = case
+    plan = make_plan(spec, chunks_per_block=lambda watch: per_block, n_buckets=n_buckets, **grid)
+    shards = assign_blocks(spec, plan, count)
+    indices = sorted(b.index for blocks in shards for b in blocks)
+    assert indices == list(range(len(plan.blocks)))  # every block in exactly one shard
+    assert assign_blocks(spec, plan, count) == shards  # deterministic
+    loads = [sum(CostModel.work(spec, b) for b in blocks) for blocks in shards]
+    largest = max(CostModel.work(spec, b) for b in plan.blocks)
+    assert max(loads) - min(loads) <= largest  # greedy longest-first bound

@@ -1,0 +1,88 @@
+"""Config files, shard selection from job-array variables, job scripts (golden files), jobqueue."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jacengine.cli import resolve
+from jacengine.config import load_config
+from jacengine.errors import InputError
+from jacengine.jobqueue import jobqueue_options
+from jacengine.jobscript import render_script
+from jacengine.shards import parse_shard, shard_from_env
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_config_resolves_paths_and_selections_and_flags_override(tmp_path) -> None:
+    config = write(tmp_path / "job.toml", 'model = "m.keras"\ninputs = "/data/x.npy"\nstore = "out/j.zarr"\n'
+                                         'budget = "4GiB"\nt_out = "0:50"\nf_in = [0, 2]\ncausal = "false"\n')
+    loaded = load_config(config)
+    assert loaded.model == str(tmp_path / "m.keras") and loaded.inputs == "/data/x.npy"
+    assert loaded.store == str(tmp_path / "out" / "j.zarr") and loaded.t_out == slice(0, 50)
+    flags = {"config_path": str(config), "model": None, "inputs": None, "budget": "1GiB", "t_out": None, "f_out": None,
+             "f_in": "1", "causal": None, "method": None, "gpu_memory_limit": None, "trust_model": None, "store": None}
+    options, _ = resolve(flags, "store")
+    assert options["budget"] == "1GiB" and options["f_in"] == 1  # flags win
+    assert options["t_out"] == slice(0, 50) and options["causal"] is False and options["method"] == "auto"
+
+
+def test_config_refuses_unknown_settings(tmp_path) -> None:
+    with pytest.raises(InputError, match="unknown setting.*budgte"):
+        load_config(write(tmp_path / "a.toml", 'budgte = "1GiB"\n'))
+    with pytest.raises(InputError, match=r"unknown key.*shard.*\[job\]"):
+        load_config(write(tmp_path / "b.toml", "[job]\nshard = 3\n"))
+    with pytest.raises(InputError, match="not valid TOML"):
+        load_config(write(tmp_path / "c.toml", "model = \n"))
+
+
+def test_shard_from_slurm_and_pbs_variables() -> None:
+    assert parse_shard("1/4") == (1, 4)
+    assert shard_from_env({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "4"}) == (3, 4)
+    assert shard_from_env({"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "1"}) == (3, 4)
+    assert shard_from_env({"PBS_ARRAY_INDEX": "2", "JACENGINE_SHARD_COUNT": "3"}) == (2, 3)
+    with pytest.raises(InputError, match="JACENGINE_SHARD_COUNT"):
+        shard_from_env({"PBS_ARRAY_INDEX": "2"})
+    with pytest.raises(InputError, match="job-array task"):
+        shard_from_env({})
+    for bad, message in (("4/4", "out of range"), ("x", "I/N"), ("0/0", "at least 1")):
+        with pytest.raises(InputError, match=message):
+            parse_shard(bad)
+
+
+@pytest.mark.parametrize("scheduler", ["slurm", "pbs"])
+def test_job_script_matches_golden_file(scheduler: str) -> None:
+    config = load_config(GOLDEN / "job.toml")
+    rendered = render_script(scheduler, config).replace(str(config.path), "CONFIG").replace(config.store, "STORE")
+    assert rendered == (GOLDEN / f"{scheduler}.sh").read_text()
+
+
+def test_job_script_needs_shards_and_time(tmp_path) -> None:
+    config = load_config(write(tmp_path / "j.toml", 'store = "j.zarr"\n'))
+    with pytest.raises(InputError, match="--shards N --time"):
+        render_script("slurm", config)
+    assert "#SBATCH --array=0-1" in render_script("slurm", config, shards=2, time="01:00:00")
+
+
+def test_jobqueue_options_size_tensorflow_threads_and_need_resources() -> None:
+    options, jobs = jobqueue_options({"cores": 8, "memory": "32GiB", "walltime": "02:00:00", "jobs": 3, "processes": 2})
+    assert jobs == 3 and options["processes"] == 2 and "export TF_NUM_INTRAOP_THREADS=4" in options["job_script_prologue"]
+    with pytest.raises(InputError, match="cores and memory"):
+        jobqueue_options({"walltime": "01:00:00"})
+
+
+def test_slurm_cluster_job_script_from_config() -> None:
+    dask_jobqueue = pytest.importorskip("dask_jobqueue")
+    options, _ = jobqueue_options({"cores": 4, "memory": "16GiB", "walltime": "02:00:00", "queue": "long", "account": "lab"})
+    with dask_jobqueue.SLURMCluster(**options) as cluster:
+        script = cluster.job_script()
+    for line in ("#SBATCH --cpus-per-task=4", "#SBATCH -p long", "#SBATCH -A lab", "#SBATCH -t 02:00:00",
+                 "export TF_NUM_INTRAOP_THREADS=4"):
+        assert line in script, script
