@@ -15,7 +15,8 @@ from typing import Any
 JACOBIAN_METHODS = ("jacengine", "tf-eager", "tf-pfor", "tf-while", "tf-gradient-loop", "jax")
 QUICK_METHODS = ("jacengine", "tf-pfor")
 REDUCE_METHODS = ("jacengine-reduce", "numpy-reduce")
-SUITES = ("seed", "scaling-T", "scaling-B", "features", "budget", "models", "reduce")
+SCALE_OUT_METHODS = ("jacengine", "jacengine-dask", "jacengine-shards")  # 1 process; 2 dask workers; 2 shards
+SUITES = ("seed", "scaling-T", "scaling-B", "features", "budget", "models", "reduce", "scale-out")
 DEFAULT_BUDGET = "1GiB"
 MODEL_FAMILIES = ("lstm", "gru", "stacked-lstm", "causal-conv1d", "bidirectional")  # kinds of jacengine.tf.zoo
 
@@ -89,4 +90,7 @@ def suite_cases(suite: str, quick: bool = False) -> list[Case]:
     if suite == "reduce":
         batch, steps, budget = (2, 20, "256MiB") if quick else (32, 2000, "256MiB")
         return [Case(suite, method, "lstm", batch, steps, budget=budget, repeats=repeats) for method in REDUCE_METHODS]
+    if suite == "scale-out":
+        batch, steps = (2, 20) if quick else (32, 1000)
+        return [Case(suite, method, "lstm", batch, steps, repeats=0) for method in SCALE_OUT_METHODS]
     raise ValueError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)} or all")

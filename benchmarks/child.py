@@ -89,6 +89,49 @@ def _jacengine_runner(case: Case, model: Any, x: np.ndarray, directory: str) -> 
     return compute
 
 
+def _scale_out_runner(case: Case, model: Any, x: np.ndarray, directory: str, record: dict[str, Any]) -> Callable[[], Any]:
+    """jacengine over 2 processes: a 2-worker dask LocalCluster, or init + 2 concurrent shard
+    processes. Each worker's (or shard's) peak resident memory goes into ``record``."""
+    import resource
+    import subprocess
+
+    import jacengine
+
+    store = os.path.join(directory, "j.zarr")
+    if case.method == "jacengine-dask":
+        from distributed import Client, LocalCluster
+
+        from jacengine.executors.cluster import WORKER_ENV
+
+        def on_dask() -> Any:
+            with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
+                              env=WORKER_ENV) as cluster, Client(cluster) as client:
+                result = jacengine.compute(model, x, store, budget=case.budget, executor="dask",
+                                           scheduler=cluster.scheduler_address, progress=False)
+                peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+                record["worker_peak_rss_bytes"] = sorted(peaks.values())
+            return result
+        return on_dask
+    model.save(os.path.join(directory, "model.keras"))
+    np.save(os.path.join(directory, "x.npy"), x)
+    files = ["--model", os.path.join(directory, "model.keras"), "--inputs", os.path.join(directory, "x.npy")]
+
+    def on_shards() -> Any:
+        jacengine.init(files[1], files[3], store, budget=case.budget)
+        command = [sys.executable, "-m", "jacengine", "compute", *files, "--out", store, "--budget", case.budget, "--no-progress"]
+        env = dict(os.environ, TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1")
+        shards = [subprocess.Popen([*command, "--shard", f"{i}/2"], env=env) for i in range(2)]
+        peaks = []
+        for shard in shards:
+            _, status, usage = os.wait4(shard.pid, 0)
+            if os.waitstatus_to_exitcode(status) != 0:
+                raise RuntimeError(f"shard process exited with {os.waitstatus_to_exitcode(status)}")
+            peaks.append(usage.ru_maxrss * 1024)
+        record["worker_peak_rss_bytes"] = sorted(peaks)
+        return jacengine.open_store(store)
+    return on_shards
+
+
 def _reduce_runner(case: Case, model: Any, x: np.ndarray, directory: str) -> Callable[[], Any]:
     """Saliency (mean |J| over the batch) and lag profile of a store computed before the baseline."""
     import jacengine
@@ -129,6 +172,7 @@ def measure(case: Case, gpu_memory_limit: str | None = None) -> dict[str, Any]:
     model = zoo_model(case.model, case.units, case.features_in, case.features_out)
     x = np.random.default_rng(0).normal(size=(case.batch, case.steps, case.features_in)).astype("float32")
     gpu = TensorMemory("GPU:0") if tf.config.list_physical_devices("GPU") else None
+    extra: dict[str, Any] = {}  # figures a runner reports itself (per-worker peaks)
     with tempfile.TemporaryDirectory() as directory:
         if case.method == "jax":
             run = _jax_runner(case, model, x)
@@ -136,6 +180,8 @@ def measure(case: Case, gpu_memory_limit: str | None = None) -> dict[str, Any]:
             run = _tf_runner(case, model, x)
         elif case.method == "jacengine":
             run = _jacengine_runner(case, model, x, directory)
+        elif case.method in ("jacengine-dask", "jacengine-shards"):
+            run = _scale_out_runner(case, model, x, directory, extra)
         else:
             run = _reduce_runner(case, model, x, directory)
         process = ProcessMemory()
@@ -155,11 +201,12 @@ def measure(case: Case, gpu_memory_limit: str | None = None) -> dict[str, Any]:
             "steady_seconds": statistics.median(repeats) if repeats else None,
             "peak_rss_bytes": process.peak_above_baseline(),
             "gpu_peak_bytes": gpu.peak() if gpu else None,
+            **extra,
         }
         if case.suite == "reduce":
             record["sample"] = reduction_sample(*result)
         else:
-            if case.method == "jacengine":  # read only the sampled entries' chunks from the store
+            if case.method.startswith("jacengine"):  # read only the sampled entries' chunks from the store
                 record["blocks"] = len(result.plan.blocks)
                 values = result.array.get_coordinate_selection(sample_indices(result.shape))
             else:

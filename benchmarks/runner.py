@@ -23,7 +23,7 @@ from typing import Any
 
 from benchmarks.cases import Case
 
-REFERENCE_ORDER = ("tf-eager", "tf-pfor", "tf-while", "tf-gradient-loop", "jax", "numpy-reduce")
+REFERENCE_ORDER = ("tf-eager", "tf-pfor", "tf-while", "tf-gradient-loop", "jax", "numpy-reduce", "jacengine")
 POLL_S = 0.05
 _ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,11 +1,11 @@
 """jacengine: memory-bounded Jacobians of sequence models, stored in zarr, reduced with dask.
 
 The public API is what this module exports. ``import jacengine`` does not import TensorFlow;
-:func:`compute` and :func:`plan` import it when called.
+:func:`compute`, :func:`init` and :func:`plan` import it when called.
 """
 
 from jacengine._version import __version__
-from jacengine.api import compute, plan
+from jacengine.api import compute, init, plan
 from jacengine.errors import (
     BlockError,
     BudgetError,
@@ -31,6 +31,7 @@ __all__ = [
     "StoreMismatchError",
     "__version__",
     "compute",
+    "init",
     "open_store",
     "plan",
     "verify",

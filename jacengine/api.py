@@ -151,6 +151,7 @@ def _calibrated_plan(
         computer.release()  # the probe's compiled graph will not be used again: free it
         probe = plan.blocks[0]
         measured, probe_result = calibrate(computer, source, probe, tensors, process)
+        # the second trace's retention excludes the first trace's one-time runtime set-up
         cost = replace(measured, fixed_bytes=max(cost.fixed_bytes, measured.fixed_bytes))
         plan = choose_plan(spec, cost, budget_bytes)
     return cost, plan, probe_result if plan.blocks[0] == probe else None

@@ -88,5 +88,10 @@ class ProcessMemory:
         except OSError:
             pass
 
+    def current_above_baseline(self) -> int:
+        """Resident memory now, above the baseline (after returning freed heap to the OS)."""
+        release_free_heap()
+        return max(0, self._read("VmRSS") - self.baseline)
+
     def peak_above_baseline(self) -> int:
         return max(0, self._read("VmHWM") - self.baseline)

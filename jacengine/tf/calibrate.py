@@ -11,7 +11,10 @@ is stored rather than thrown away. Two readers measure it:
   On a GPU the budget is the device peak itself, so there is no RSS term.
 
 A second call of the same block, now traced, gives the per-work time; the difference between the
-two calls is the trace time.
+two calls is the trace time. The resident memory that stays after the probe (its graph, and what
+TensorFlow keeps per traced function) is the retained-per-trace term; the probe's is the first
+trace of the process and includes one-time runtime set-up, so a second measurement on another
+shape (see ``jacengine.api``) replaces it when there is one.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ def calibrate(
     tensors.reset()
     if process is not None:
         process.reset_peak()
+        resident_before = process.current_above_baseline()
     started = time.perf_counter()
     result = computer.compute(probe, x)
     first_seconds = time.perf_counter() - started
@@ -85,6 +89,7 @@ def calibrate(
     started = time.perf_counter()
     computer.compute(probe, x)
     steady_seconds = time.perf_counter() - started
+    retained = max(0, process.current_above_baseline() - resident_before) if process is not None else 0
 
     # without tensor statistics (or below their resolution) charge the whole observed peak to
     # the work, which is conservative; the result itself is a floor in any case
@@ -96,5 +101,6 @@ def calibrate(
         bytes_per_work=bytes_per_work,
         trace_seconds=max(0.0, first_seconds - steady_seconds),
         seconds_per_work=steady_seconds / work,
+        retained_bytes_per_trace=retained * _HEADROOM,
     )
     return cost, result
