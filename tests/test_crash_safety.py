@@ -58,7 +58,7 @@ def wait_for_done_blocks(store: Path, count: int, process: subprocess.Popen, tim
     raise TimeoutError("no progress")
 
 
-TRIALS = [pytest.param(i, marks=pytest.mark.slow) if i >= 3 else i for i in range(15)]
+TRIALS = [pytest.param(i, marks=pytest.mark.slow) if i >= 1 else i for i in range(15)]
 
 
 @pytest.mark.parametrize("trial", TRIALS)

@@ -61,6 +61,7 @@ def test_dask_local_cluster_store_is_bit_identical_to_local(files) -> None:
     assert not list(store.parent.glob(".dask.zarr.staging-*"))
 
 
+@pytest.mark.slow
 def test_dask_stages_in_memory_model_and_inputs(files, tmp_path) -> None:
     store = fresh_copy(files, "staged.zarr")
     model = load_model(str(files["model"]))
