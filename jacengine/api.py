@@ -150,7 +150,7 @@ def _calibrated_plan(
             break
         computer.release()  # the probe's compiled graph will not be used again: free it
         probe = plan.blocks[0]
-        measured, probe_result = calibrate(computer, source, probe, tensors, process)
+        measured, probe_result = calibrate(computer, source, probe, tensors, process, timed=cost)
         # the second trace's retention excludes the first trace's one-time runtime set-up
         cost = replace(measured, fixed_bytes=max(cost.fixed_bytes, measured.fixed_bytes))
         plan = choose_plan(spec, cost, budget_bytes)
@@ -234,6 +234,8 @@ def compute(
     """
     if executor not in EXECUTORS:
         raise InputError(f"executor {executor!r} is not one of {', '.join(EXECUTORS)}.")
+    if executor == "local" and (scheduler or workers or cluster is not None):
+        raise InputError("scheduler, workers and cluster apply to the dask executor; pass executor='dask' (--executor dask).")
     path = Path(store)
     resume = is_jacengine_store(path) and not overwrite
     if shard is not None:

@@ -125,11 +125,10 @@ def compute(overwrite: bool, shard: str | None, shard_from_env: bool, no_progres
     if shard and shard_from_env:
         raise click.UsageError("pass either --shard or --shard-from-env, not both.")
     shard_pair = run_guarded(lambda: parse_shard(shard) if shard else shard_from_env_vars() if shard_from_env else None)
-    executor = options.pop("executor") or "local"
     cluster_kind = options.pop("cluster")
     cluster = run_guarded(lambda: jobqueue_cluster(cluster_kind, config.jobqueue)) if cluster_kind else None
-    if cluster is not None:
-        executor = "dask"
+    # a scheduler or a cluster means dask even where --executor was left out
+    executor = options.pop("executor") or ("dask" if options["scheduler"] or cluster is not None else "local")
     try:
         result = run_guarded(lambda: compute_api(options.pop("model"), options.pop("inputs"), store, overwrite=overwrite,
                                                  progress=not no_progress, executor=executor, cluster=cluster,

@@ -100,15 +100,16 @@ def test_killed_dask_worker_is_replaced_and_store_is_identical(files) -> None:
 
 def test_four_concurrent_shard_processes_match_one_process(files) -> None:
     store = fresh_copy(files, "shards.zarr")
-    command = [sys.executable, "-m", "jacengine", "compute", "--model", str(files["model"]), "--inputs",
-               str(files["inputs"]), "--out", str(store), "--no-progress"]
+    config = store.parent / "shards.toml"  # the job-array way: everything in a config file
+    config.write_text(f'model = "{files["model"].name}"\ninputs = "{files["inputs"].name}"\nstore = "{store.name}"\n')
+    command = [sys.executable, "-m", "jacengine", "compute", "--config", str(config), "--no-progress"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_NUM_INTRAOP_THREADS="1")
     shards = [subprocess.Popen([*command, "--shard", f"{i}/4"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True) for i in range(4)]
     outcomes = [(shard.wait(timeout=300), *shard.communicate()) for shard in shards]
     assert [code for code, _, _ in outcomes] == [0, 0, 0, 0], outcomes
     assert store_hash(store) == store_hash(files["local"])
-    status = subprocess.run([sys.executable, "-m", "jacengine", "status", str(store), "--shards", "4"],
+    status = subprocess.run([sys.executable, "-m", "jacengine", "status", "--config", str(config), "--shards", "4"],
                             capture_output=True, text=True, env=env)
     assert status.returncode == 0 and "shard 3/4: 2/2 blocks" in status.stdout, status.stdout
 

@@ -65,12 +65,16 @@ def calibrate(
     probe: Block,
     tensors: MemoryReader,
     process: ProcessMemory | None,
+    timed: CostModel | None = None,
 ) -> tuple[CostModel, np.ndarray]:
     """Measure ``probe``; return the fitted cost model and the probe's result.
 
     The fixed term is anchored to the observed peak: fixed = peak above baseline - per-work
     bytes x work, so it contains what the run already holds, the trace and allocator slack.
     ``process`` is None on a GPU, where the budgeted peak is the device's (read by ``tensors``).
+    With ``timed`` (the cost model of an earlier probe) the time terms are taken from it and the
+    probe runs once: the memory terms need one call, and a second call of a large planned block
+    would cost as much as computing it again.
     """
     spec = computer.spec
     x = inputs.read(probe.batch_start, probe.batch_stop, probe.forward_steps)
@@ -86,9 +90,13 @@ def calibrate(
     tensor_peak = tensors.peak()
     observed_peak = process.peak_above_baseline() if process is not None else tensor_peak
 
-    started = time.perf_counter()
-    computer.compute(probe, x)
-    steady_seconds = time.perf_counter() - started
+    if timed is None:
+        started = time.perf_counter()
+        computer.compute(probe, x)
+        steady_seconds = time.perf_counter() - started
+        trace_seconds, seconds_per_work = max(0.0, first_seconds - steady_seconds), steady_seconds / work
+    else:
+        trace_seconds, seconds_per_work = timed.trace_seconds, timed.seconds_per_work
     retained = max(0, process.current_above_baseline() - resident_before) if process is not None else 0
 
     # without tensor statistics (or below their resolution) charge the whole observed peak to
@@ -99,8 +107,8 @@ def calibrate(
     cost = CostModel(
         fixed_bytes=max(floor, observed_peak * _HEADROOM - bytes_per_work * work),
         bytes_per_work=bytes_per_work,
-        trace_seconds=max(0.0, first_seconds - steady_seconds),
-        seconds_per_work=steady_seconds / work,
+        trace_seconds=trace_seconds,
+        seconds_per_work=seconds_per_work,
         retained_bytes_per_trace=retained * _HEADROOM,
     )
     return cost, result
