@@ -148,8 +148,10 @@ def machine() -> dict[str, Any]:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=_ROOT).stdout.strip()
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_bytes": memory, "gpu": gpus or None,
-            "python": platform.python_version(), "platform": platform.platform(), "versions": versions}
+            "python": platform.python_version(), "platform": platform.platform(), "versions": versions,
+            "commit": commit or None}
 
 
 def _has(program: str) -> bool:
