@@ -81,8 +81,8 @@ def suite_cases(suite: str, quick: bool = False) -> list[Case]:
         return [c for f in features for c in _methods(suite, "lstm", 2 if quick else 8, 10 if quick else 500, f, quick=quick)]
     if suite == "budget":
         budgets = ["256MiB"] if quick else ["128MiB", "256MiB", "512MiB", "1GiB", "4GiB", "8GiB"]
-        shapes = [(2, 20)] if quick else [(32, 500), (32, 1000)]
-        return [Case(suite, "jacengine", "lstm", b, t, budget=budget, repeats=0) for b, t in shapes for budget in budgets]
+        shapes = [(2, 20, 1)] if quick else [(32, 500, 1), (32, 1000, 1), (8, 1000, 8)]
+        return [Case(suite, "jacengine", "lstm", b, t, f, f, budget=budget, repeats=0) for b, t, f in shapes for budget in budgets]
     if suite == "models":
         batch, steps = (2, 10) if quick else (32, 500)
         methods = ("jacengine",) if quick else ("jacengine", "tf-pfor", "tf-while")
