@@ -6,6 +6,7 @@ The public API is what this module exports. ``import jacengine`` does not import
 
 from jacengine._version import __version__
 from jacengine.api import compute, init, plan
+from jacengine.directional import directional
 from jacengine.errors import (
     BlockError,
     BudgetError,
@@ -31,6 +32,7 @@ __all__ = [
     "StoreMismatchError",
     "__version__",
     "compute",
+    "directional",
     "init",
     "open_store",
     "plan",

@@ -325,6 +325,34 @@ def reduce(store: str, ops: tuple[str, ...], window: str, k: int, fraction: floa
 
 
 @main.command()
+@click.option("--model", "model_path", required=True, type=click.Path(exists=True, dir_okay=False), help="a .keras model file")
+@click.option("--inputs", "inputs_path", required=True, type=click.Path(exists=True), help="(B, T, F) inputs: .npy or zarr")
+@click.option("--over", type=click.Choice(["inputs", "outputs"]), required=True,
+              help="inputs: sum J over --t-in/--f-in for every output (one JVP); "
+                   "outputs: over --t-out/--f-out for every input (one VJP)")
+@click.option("--t-in", default=None, help="input steps summed over (with --over inputs): 0:10, 1,5,9 (default all)")
+@click.option("--f-in", default=None, help="input features summed over (with --over inputs; default all)")
+@click.option("--t-out", default=None, help="output steps summed over (with --over outputs; default all)")
+@click.option("--f-out", default=None, help="output features summed over (with --over outputs; default all)")
+@click.option("--batch-size", default=64, show_default=True, help="samples per product (memory: one backward pass of them)")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="result file (.npy)")
+@click.option("--trust-model", is_flag=True)
+def directional(model_path: str, inputs_path: str, over: str, t_in: str | None, f_in: str | None, t_out: str | None,
+                f_out: str | None, batch_size: int, out_path: str, trust_model: bool) -> None:
+    """Sum J over a set of inputs (for every output) or outputs (for every input), without J."""
+    import numpy as np
+
+    from jacengine.directional import directional as directional_api
+
+    result = run_guarded(lambda: directional_api(
+        model_path, inputs_path, over=over, t_in=parse_selection(t_in), f_in=parse_selection(f_in),
+        t_out=parse_selection(t_out), f_out=parse_selection(f_out), batch_size=batch_size, trust_model=trust_model))
+    values = result["sum"]
+    np.save(out_path, values)
+    click.echo(f"{result.name}: wrote {out_path}, shape {values.shape} {result.arrays['sum'][1]}")
+
+
+@main.command()
 @click.option("--out", "store", default="jacengine-demo.zarr", show_default=True, type=click.Path())
 @click.option("--batch", default=10, show_default=True)
 @click.option("--steps", default=100, show_default=True)

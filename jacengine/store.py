@@ -225,10 +225,15 @@ class JacobianStore:
         """Delete temporary files left by writes interrupted mid-way; returns how many. With
         other processes writing to the store, pass ``min_age_s`` so their in-flight files stay."""
         now = time.time()
-        leftovers = [f for f in self.path.rglob("*.partial") if now - f.stat().st_mtime >= min_age_s]
-        for leftover in leftovers:
-            leftover.unlink(missing_ok=True)
-        return len(leftovers)
+        removed = 0
+        for leftover in self.path.rglob("*.partial"):
+            try:
+                if now - leftover.stat().st_mtime >= min_age_s:
+                    leftover.unlink()
+                    removed += 1
+            except FileNotFoundError:  # another process just finished (renamed) or removed it
+                pass
+        return removed
 
     # -- reading ----------------------------------------------------------------------------
     def to_dask(self) -> Any:

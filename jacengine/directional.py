@@ -1,0 +1,86 @@
+"""``jacengine.directional``: sums of J over chosen inputs or outputs, without computing J.
+
+Many questions are linear in J: "how much do the first 10 input steps, together, drive each
+output" is J summed over those input steps, and "what drives output steps 90-99, together" is J
+summed over those outputs. Each is one forward- or reverse-mode product per batch of samples,
+so it costs about as much as one gradient instead of one per output, and needs no store.
+TensorFlow is imported when the function is called.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+
+from jacengine.errors import InputError
+from jacengine.inputs import Inputs, InputsLike
+from jacengine.reductions import Reduction
+from jacengine.selection import Selection, normalise_selection
+
+DEFAULT_BATCH = 64  # samples per product: memory is about one backward pass of this batch
+
+
+def directional(
+    model: Any,
+    inputs: InputsLike,
+    *,
+    over: Literal["inputs", "outputs"],
+    t_in: Selection = None,
+    f_in: Selection = None,
+    t_out: Selection = None,
+    f_out: Selection = None,
+    batch_size: int = DEFAULT_BATCH,
+    trust_model: bool = False,
+) -> Reduction:
+    """Sum J over a set of inputs (for every output) or of outputs (for every input).
+
+    ``over="inputs"``: S[b, t_out, f_out] = sum of J[b, t_out, f_out, t, f] over t in ``t_in``,
+    f in ``f_in`` (default all): one Jacobian-vector product. The seed question,
+    ``reduce_sum(J[:, :, :, :10], axis=3)``, is ``directional(model, x, over="inputs", t_in=slice(0, 10))``.
+
+    ``over="outputs"``: S[b, t_in, f_in] = sum of J[b, t, f, t_in, f_in] over t in ``t_out``,
+    f in ``f_out``: one vector-Jacobian product.
+
+    Returns a :class:`~jacengine.reductions.Reduction` named ``input-sum`` or ``output-sum``
+    with one array ``sum`` and its coordinates; the summed-over selection is in ``attrs``.
+    """
+    if over not in ("inputs", "outputs"):
+        raise InputError(f"over must be 'inputs' or 'outputs', got {over!r}.")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}.")
+    from jacengine.tf.directional import LinearFunctionals
+    from jacengine.tf.introspect import build_spec
+    from jacengine.tf.model import load_model
+
+    keras_model = load_model(model, trust_model=trust_model)
+    source = Inputs(inputs)
+    source.content_hash()  # refuses NaN/Inf before any work
+    spec, _ = build_spec(keras_model, source, causal=False)
+    batch, steps, features = source.shape
+    products = LinearFunctionals(keras_model)
+    dtype = np.dtype(spec.compute_dtype)
+    n_out_steps = spec.output_steps  # 1 for sequence-to-one models
+    if over == "inputs":
+        chosen_t, chosen_f = normalise_selection(t_in, steps, "t_in"), normalise_selection(f_in, features, "f_in")
+        weights = np.zeros((steps, features), dtype)
+        weights[np.ix_(chosen_t, chosen_f)] = 1
+        parts = [products.jvp(source.read(a, b).astype(dtype), weights) for a, b in _ranges(batch, batch_size)]
+        dims = ("batch", "t_out", "f_out")
+        coords = {"t_out": np.asarray(spec.t_out_coordinate), "f_out": np.arange(spec.output_features)}
+        name, attrs = "input-sum", {"t_in": list(chosen_t), "f_in": list(chosen_f)}
+    else:
+        chosen_t = normalise_selection(t_out, n_out_steps, "t_out")
+        chosen_f = normalise_selection(f_out, spec.output_features, "f_out")
+        weights = np.zeros((n_out_steps, spec.output_features), dtype)
+        weights[np.ix_(chosen_t, chosen_f)] = 1
+        parts = [products.vjp(source.read(a, b).astype(dtype), weights) for a, b in _ranges(batch, batch_size)]
+        dims = ("batch", "t_in", "f_in")
+        coords = {"t_in": np.arange(steps), "f_in": np.arange(features)}
+        name, attrs = "output-sum", {"t_out": list(chosen_t), "f_out": list(chosen_f)}
+    attrs["forward_mode"] = products.forward_mode_works
+    return Reduction(name, {"sum": (np.concatenate(parts), dims)}, coords, attrs)
+
+
+def _ranges(total: int, size: int) -> list[tuple[int, int]]:
+    return [(start, min(total, start + size)) for start in range(0, total, size)]
