@@ -250,7 +250,7 @@ def compute(
     options = dict(budget=budget, t_out=t_out, f_out=f_out, f_in=f_in, causal=causal, method=method,
                    store_dtype=store_dtype, trust_model=trust_model, gpu_memory_limit=gpu_memory_limit)
     prepared = prepare(model, inputs, calibrate=not resume, **options)
-    run = dict(resume=resume, overwrite=overwrite, sources=_sources(model, inputs), shard=shard)
+    run: dict[str, Any] = dict(resume=resume, overwrite=overwrite, sources=_sources(model, inputs), shard=shard)
     if executor == "local":
         return execute(prepared, path, LocalExecutor(progress=progress), **run)
     with staged_for_workers(model, inputs, path) as (model_path, inputs_path):

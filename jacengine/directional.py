@@ -9,7 +9,7 @@ TensorFlow is imported when the function is called.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +25,7 @@ def directional(
     model: Any,
     inputs: InputsLike,
     *,
-    over: Literal["inputs", "outputs"],
+    over: str,
     t_in: Selection = None,
     f_in: Selection = None,
     t_out: Selection = None,
@@ -68,7 +68,7 @@ def directional(
         parts = [products.jvp(source.read(a, b).astype(dtype), weights) for a, b in _ranges(batch, batch_size)]
         dims = ("batch", "t_out", "f_out")
         coords = {"t_out": np.asarray(spec.t_out_coordinate), "f_out": np.arange(spec.output_features)}
-        name, attrs = "input-sum", {"t_in": list(chosen_t), "f_in": list(chosen_f)}
+        name, selected = "input-sum", {"t_in": list(chosen_t), "f_in": list(chosen_f)}
     else:
         chosen_t = normalise_selection(t_out, n_out_steps, "t_out")
         chosen_f = normalise_selection(f_out, spec.output_features, "f_out")
@@ -77,8 +77,8 @@ def directional(
         parts = [products.vjp(source.read(a, b).astype(dtype), weights) for a, b in _ranges(batch, batch_size)]
         dims = ("batch", "t_in", "f_in")
         coords = {"t_in": np.arange(steps), "f_in": np.arange(features)}
-        name, attrs = "output-sum", {"t_out": list(chosen_t), "f_out": list(chosen_f)}
-    attrs["forward_mode"] = products.forward_mode_works
+        name, selected = "output-sum", {"t_out": list(chosen_t), "f_out": list(chosen_f)}
+    attrs: dict[str, Any] = {**selected, "forward_mode": products.forward_mode_works}
     return Reduction(name, {"sum": (np.concatenate(parts), dims)}, coords, attrs)
 
 

@@ -165,7 +165,7 @@ def make_plan(
     rows_per_watch: dict[int, int] = {}
     for row_start, row_stop, _, watch in row_runs:
         rows_per_watch[watch] = max(rows_per_watch.get(watch, 0), row_stop - row_start)
-    blocks = []
+    blocks: list[Block] = []
     for row_start, row_stop, t_in_stop, watch in row_runs:
         for batch_start in range(0, spec.batch, batch_chunk):
             blocks.append(

@@ -262,7 +262,7 @@ def write_reduction(store: JacobianStore, reduction: Reduction) -> str:
             values = values.rechunk(tuple(max(c) for c in values.chunks))
             target = group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=values.chunksize,
                                         dimension_names=dims, fill_value=np.nan if values.dtype.kind == "f" else 0)
-            da.store(values, target, lock=False)
+            da.store(values, target, lock=False)  # type: ignore[arg-type]  # a zarr array is a valid target
         else:
             group.create_array(name, data=np.asarray(values), dimension_names=dims)
     return path

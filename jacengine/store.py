@@ -163,7 +163,7 @@ class JacobianStore:
 
     @property
     def dims(self) -> tuple[str, ...]:
-        return tuple(self.array.metadata.dimension_names or DIMS_FULL)  # type: ignore[union-attr]
+        return tuple(self.array.metadata.dimension_names or DIMS_FULL)  # type: ignore[union-attr, arg-type]
 
     def coordinate(self, name: str) -> np.ndarray:
         return np.asarray(self._group[name][:])  # type: ignore[index]
