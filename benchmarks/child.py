@@ -218,11 +218,15 @@ def measure(case: Case, gpu_memory_limit: str | None = None) -> dict[str, Any]:
 def main(case_json: str, gpu_memory_limit: str | None = None) -> None:
     import json
 
+    from jacengine.errors import BudgetError
+
     case = Case.from_json(case_json)
     try:
         record = {"status": "ok", **measure(case, gpu_memory_limit)}
     except NotApplicable as exc:
         record = {"status": "skipped", "error": str(exc)}
+    except BudgetError as exc:  # jacengine refusing a budget below its minimum, before any work
+        record = {"status": "refused", "error": str(exc)}
     print("\n" + json.dumps(record), flush=True)
 
 

@@ -35,6 +35,15 @@ def _jacengine_of(records: list[dict[str, Any]], record: dict[str, Any]) -> dict
     return same[0] if same else None
 
 
+def _status_cell(record: dict[str, Any]) -> str:
+    """ok / oom / timeout / skipped, or "refused (minimum X)" when jacengine refused the budget."""
+    error = record.get("error") or ""
+    minimum = re.search(r"BudgetError.*at least ([\d.]+ \w+)|budget of .* at least ([\d.]+ \w+)", error)
+    if record["status"] == "refused" or minimum:
+        return f"refused (minimum {next(filter(None, minimum.groups()))})" if minimum else "refused"
+    return record["status"] if record["status"] == "ok" else f"{record['status']}: {error[:60]}"
+
+
 def _peak_cell(record: dict[str, Any]) -> str:
     """Peak RSS above baseline in MiB; for multi-process runs also each worker's absolute peak."""
     peak = record.get("peak_rss_bytes")
@@ -58,7 +67,7 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
         budget = r["budget"] if r["method"].startswith("jacengine") else ""
         peak = r.get("peak_rss_bytes")
         over_budget = peak / parse_budget(budget) if budget and peak and r["method"] == "jacengine" else None
-        status = r["status"] if ok else f"{r['status']}: {r.get('error', '')[:60]}"
+        status = _status_cell(r)
         lines.append(
             f"| {r['suite']} | {r['model']} | {_shape(r)} | {r['method']} | {budget} | {_fmt(over_budget)} | {status} "
             f"| {_fmt(r.get('first_seconds'))} | {_fmt(r.get('steady_seconds'))} | {_peak_cell(r)} "
