@@ -31,6 +31,7 @@ from jacengine.store import FORMAT_VERSION, JacobianStore, check_writable_target
 log = logging.getLogger("jacengine")
 
 EXECUTORS = ("local", "dask")
+PRECISIONS = ("model", "float64")  # compute in the model's own dtype, or in a float64 copy of it
 STALE_PARTIAL_S = 600.0  # a temporary file this old belongs to no running write
 
 
@@ -87,6 +88,7 @@ def prepare(
     causal: Any = "auto",
     method: str = "auto",
     store_dtype: str = "float32",
+    precision: str = "model",
     trust_model: bool = False,
     gpu_memory_limit: int | str | None = None,
     calibrate: bool = True,
@@ -100,10 +102,14 @@ def prepare(
     from jacengine.tf.calibrate import prior_cost
     from jacengine.tf.introspect import build_spec
     from jacengine.tf.memory import TensorMemory, compute_device
-    from jacengine.tf.model import load_model, model_hash
+    from jacengine.tf.model import float64_copy, load_model, model_hash
     from jacengine.tf.rewrite import without_time_distributed_dense
 
+    if precision not in PRECISIONS:
+        raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}.")
     keras_model = load_model(model, trust_model=trust_model)
+    if precision == "float64":
+        keras_model = float64_copy(keras_model)
     source = Inputs(inputs)
     inputs_hash = source.content_hash()  # also refuses NaN/Inf, before any work
     device = compute_device()
@@ -192,6 +198,7 @@ def compute(
     causal: Any = "auto",
     method: str = "auto",
     store_dtype: str = "float32",
+    precision: str = "model",
     overwrite: bool = False,
     progress: bool = True,
     trust_model: bool = False,
@@ -214,7 +221,9 @@ def compute(
             slice or increasing sequence; default all).
         causal: "auto" (detect; never mistakes a non-causal model for causal), True or False.
         method: "auto" or "reverse" (pfor-vectorised reverse mode).
-        store_dtype: "float32" (default) or "float64" (with a float64 model, for verification).
+        store_dtype: "float32" (default) or "float64" (with float64 computation, for verification).
+        precision: "model" (compute in the model's dtype) or "float64" (compute with a float64
+            copy of the model and inputs, e.g. to verify a float32 Jacobian).
         overwrite: replace an existing jacengine store instead of resuming it.
         progress: show a progress bar.
         trust_model: allow loading ``.keras`` files that carry Python code (Lambda layers).
@@ -248,7 +257,7 @@ def compute(
     if not resume:
         check_writable_target(path, overwrite=overwrite)
     options = dict(budget=budget, t_out=t_out, f_out=f_out, f_in=f_in, causal=causal, method=method,
-                   store_dtype=store_dtype, trust_model=trust_model, gpu_memory_limit=gpu_memory_limit)
+                   store_dtype=store_dtype, precision=precision, trust_model=trust_model, gpu_memory_limit=gpu_memory_limit)
     prepared = prepare(model, inputs, calibrate=not resume, **options)
     run: dict[str, Any] = dict(resume=resume, overwrite=overwrite, sources=_sources(model, inputs), shard=shard)
     if executor == "local":

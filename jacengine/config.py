@@ -62,6 +62,7 @@ class Config:
     causal: str | bool | None = None
     method: str | None = None
     store_dtype: str | None = None
+    precision: str | None = None
     trust_model: bool | None = None
     gpu_memory_limit: str | int | None = None
     executor: str | None = None

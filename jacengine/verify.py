@@ -94,8 +94,8 @@ def verify(
 def _check_samples(
     store: JacobianStore, report: VerifyReport, model: Any, inputs: Inputs, samples: int, seed: int, trust_model: bool
 ) -> None:
-    from jacengine.tf.model import load_model, model_hash
-    from jacengine.tf.reference import central_difference, float64_copy, gradient_row
+    from jacengine.tf.model import float64_copy, load_model, model_hash
+    from jacengine.tf.reference import central_difference, gradient_row
 
     keras_model = load_model(model, trust_model=trust_model)
     fingerprint = store.fingerprint

@@ -19,7 +19,7 @@ B, T = 3, 12
 def rnn(layer: str, f_in: int = 1, f_out: int = 1, dtype: str = "float32") -> keras.Model:
     cls = getattr(keras.layers, layer)
     return keras.Sequential(
-        [keras.Input((None, f_in)), cls(6, return_sequences=True, dtype=dtype), keras.layers.Dense(f_out, dtype=dtype)]
+        [keras.Input((None, f_in), dtype=dtype), cls(6, return_sequences=True, dtype=dtype), keras.layers.Dense(f_out, dtype=dtype)]
     )
 
 
@@ -113,3 +113,18 @@ def test_float64_model_matches_to_1e_12(tmp_path) -> None:
     )
     actual = store64.to_numpy()
     np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-12 * np.abs(expected).max())
+
+
+def test_float64_precision_of_a_float32_model_matches_its_float64_reference(tmp_path) -> None:
+    import jacengine
+    from jacengine.tf.model import float64_copy
+
+    keras.utils.set_random_seed(4)
+    model = rnn("GRU", 2, 2)
+    x = np.random.default_rng(3).normal(size=(2, 10, 2)).astype("float32")
+    expected = reference_jacobian(float64_copy(model), x.astype("float64"))
+    store = jacengine.compute(model, x, tmp_path / "j.zarr", precision="float64", store_dtype="float64", progress=False)
+    assert store.array.dtype == np.float64 and store.fingerprint["dtypes"] == "float64->float64"
+    np.testing.assert_allclose(store.to_numpy(), expected, rtol=0, atol=1e-12 * np.abs(expected).max())
+    float32 = jacengine.compute(model, x, tmp_path / "j32.zarr", progress=False).to_numpy()
+    assert 0 < np.abs(float32 - expected).max() <= 1e-5 * np.abs(expected).max()  # float32 is close, not exact

@@ -74,9 +74,11 @@ def check_model(model: keras.Model) -> tf.DType:
             "depend on the order they run in. Rebuild the model with stateful=False (weights "
             "transfer with set_weights)."
         )
-    dtype = tf.as_dtype(model.compute_dtype)
+    # Keras casts inputs to the Input layer's dtype, so that is the precision J has with respect
+    # to x, whatever the layers compute in (a Sequential's own policy may not say either)
+    dtype = tf.as_dtype(model.inputs[0].dtype)
     if not dtype.is_floating:
-        raise ModelError(f"the model computes in {dtype.name}; a Jacobian needs a floating-point model.")
+        raise ModelError(f"the model takes {dtype.name} inputs; a Jacobian needs floating-point inputs.")
     return dtype
 
 
@@ -90,3 +92,25 @@ def model_hash(model: keras.Model) -> str:
         digest.update(f"{weight.path}|{value.dtype.str}|{value.shape}".encode())
         digest.update(value.tobytes())
     return digest.hexdigest()
+
+
+def float64_copy(model: keras.Model) -> keras.Model:
+    """The same architecture and weights computing in float64 (Sequential/functional models)."""
+    try:
+        copy = model.__class__.from_config(_to_float64(model.get_config()))
+    except (NotImplementedError, TypeError, ValueError) as exc:
+        raise ModelError(f"cannot rebuild {type(model).__name__} in float64 from its config ({exc}); "
+                         "float64 needs a Sequential or functional model.") from exc
+    copy.set_weights([np.asarray(w, dtype="float64") for w in model.get_weights()])
+    return copy
+
+
+def _to_float64(config: Any) -> Any:
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy":
+            return {**config, "config": {**config["config"], "name": "float64"}}
+        return {k: ("float64" if k == "dtype" and v in ("float32", "float16", "bfloat16") else _to_float64(v))
+                for k, v in config.items()}
+    if isinstance(config, list):
+        return [_to_float64(v) for v in config]
+    return config

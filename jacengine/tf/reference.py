@@ -1,9 +1,8 @@
 """Independent references for verification: single-row gradients and central finite differences
-on a float64 copy of the model. Deliberately simple and eager: no pfor, no tf.function, no blocks."""
+on a float64 copy of the model (``jacengine.tf.model.float64_copy``). Deliberately simple and
+eager: no pfor, no tf.function, no blocks."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import keras
 import numpy as np
@@ -22,25 +21,6 @@ def gradient_row(model: keras.Model, sample: np.ndarray, step: int | None, featu
         tape.watch(x)
         target = _output(model, x, step, feature)
     return tape.gradient(target, x).numpy()[0]
-
-
-def float64_copy(model: keras.Model) -> keras.Model:
-    """The same architecture and weights computing in float64 (Sequential/functional models)."""
-    config = _to_float64(model.get_config())
-    copy = model.__class__.from_config(config)
-    copy.set_weights([np.asarray(w, dtype="float64") for w in model.get_weights()])
-    return copy
-
-
-def _to_float64(config: Any) -> Any:
-    if isinstance(config, dict):
-        if config.get("class_name") == "DTypePolicy":
-            return {**config, "config": {**config["config"], "name": "float64"}}
-        return {k: ("float64" if k == "dtype" and v in ("float32", "float16", "bfloat16") else _to_float64(v))
-                for k, v in config.items()}
-    if isinstance(config, list):
-        return [_to_float64(v) for v in config]
-    return config
 
 
 def central_difference(
