@@ -110,3 +110,16 @@ def test_shards_partition_the_blocks_and_balance_predicted_work(case, count) -> 
     loads = [sum(CostModel.work(spec, b) for b in blocks) for blocks in shards]
     largest = max(CostModel.work(spec, b) for b in plan.blocks)
     assert max(loads) - min(loads) <= largest  # greedy longest-first bound
+
+
+def test_fallback_plan_exists_below_the_minimum_and_plans_aim_below_the_budget() -> None:
+    from jacengine.costmodel import PLANNED_FRACTION, CostModel, choose_plan, predicted_peak
+
+    spec = make_spec(4, 100, tuple(range(100)), causal=True)
+    cost = CostModel(fixed_bytes=100e6, bytes_per_work=1000.0, trace_seconds=1.0, seconds_per_work=1e-6,
+                     retained_bytes_per_trace=5e6)
+    smallest = choose_plan(spec, cost, 1, fallback_to_smallest=True)  # a probe plan even for a 1-byte budget
+    assert smallest.blocks
+    for budget in (150e6, 300e6, 2e9):
+        plan = choose_plan(spec, cost, int(budget))
+        assert predicted_peak(spec, plan, cost) <= PLANNED_FRACTION * budget
