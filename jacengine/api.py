@@ -221,7 +221,8 @@ def compute(
             slice or increasing sequence; default all).
         causal: "auto" (detect; never mistakes a non-causal model for causal), True or False.
         method: "auto" or "reverse" (pfor-vectorised reverse mode).
-        store_dtype: "float32" (default) or "float64" (with float64 computation, for verification).
+        store_dtype: "float32" (default), "float64" (with float64 computation, for verification) or
+            "float16" (half the disk; the largest rounding error is recorded in the store).
         precision: "model" (compute in the model's dtype) or "float64" (compute with a float64
             copy of the model and inputs, e.g. to verify a float32 Jacobian).
         overwrite: replace an existing jacengine store instead of resuming it.
@@ -293,6 +294,7 @@ def execute(prepared: Prepared, path: Path, executor: Any, *, resume: bool, over
     )
     with stop_on_signals() as stop:
         executor.run(target, pending, prepared.compute_block, should_stop=stop)
+    target.record_rounding_error()
     if stop():
         remaining = len(target.pending_blocks())
         raise RunInterrupted(

@@ -37,7 +37,7 @@ RUN_SETTINGS: dict[str, tuple[Any, str]] = {
     "f_in": (None, "input features: 10, 0:50 or 1,5,9 (default all)"),
     "causal": ("auto", "auto, true or false"),
     "precision": ("model", "model (the model's dtype) or float64 (a float64 copy of the model, for verification)"),
-    "store_dtype": ("float32", "stored dtype: float32 or float64"),
+    "store_dtype": ("float32", "stored dtype: float32, float64 or float16 (rounding error recorded)"),
     "method": ("auto", "auto or reverse"),
     "gpu_memory_limit": (None, "cap TensorFlow's GPU memory, e.g. 8GiB (default: memory growth)"),
 }

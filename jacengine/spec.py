@@ -16,7 +16,7 @@ from jacengine.selection import is_strictly_increasing
 
 LAYOUTS = ("full",)
 METHODS = ("auto", "reverse")
-STORE_DTYPES = ("float32", "float64")
+STORE_DTYPES = ("float32", "float64", "float16")  # float16: half the disk, rounding error recorded
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,12 @@ class JacobianSpec:
     def shape(self) -> tuple[int, int, int, int, int]:
         """Shape of the stored Jacobian (B, To, Fo, Ti, Fi)."""
         return (self.batch, len(self.t_out), len(self.f_out), self.input_steps, len(self.f_in))
+
+    @property
+    def block_dtype(self) -> str:
+        """The dtype blocks are handed to the store in: float16 rounding happens in the store,
+        which measures and records the error it makes."""
+        return "float32" if self.store_dtype == "float16" else self.store_dtype
 
     @property
     def t_out_coordinate(self) -> tuple[int, ...]:

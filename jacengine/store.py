@@ -20,7 +20,7 @@ import numpy as np
 import zarr
 
 from jacengine._version import __version__
-from jacengine.errors import StoreError, StoreMismatchError
+from jacengine.errors import BlockError, StoreError, StoreMismatchError
 from jacengine.plan import Block, Plan
 from jacengine.spec import JacobianSpec
 
@@ -28,6 +28,7 @@ FORMAT_VERSION = 1
 ATTRIBUTE = "jacengine"
 DIMS_FULL = ("batch", "t_out", "f_out", "t_in", "f_in")
 MANIFEST = "block_manifest"  # (n_blocks, 2) uint64: [1 when done, checksum of the block's bytes]
+ROUNDING = "rounding_error"  # float16 stores: (n_blocks,) float64, largest |stored - computed| per block
 
 
 def block_checksum(data: np.ndarray) -> int:
@@ -121,6 +122,9 @@ class JacobianStore:
             fill_value=0,
             dimension_names=("block", "field"),
         )
+        if spec.store_dtype == "float16":
+            group.create_array(ROUNDING, shape=(len(plan.blocks),), chunks=(1,), dtype="float64", fill_value=0,
+                               dimension_names=("block",))
         # The attribute goes last: a directory without it is not (yet) a jacengine store, so a
         # creation interrupted half-way is never mistaken for a valid empty store.
         group.attrs[ATTRIBUTE] = {
@@ -207,9 +211,42 @@ class JacobianStore:
         expected = (block.n_batch, block.n_rows, len(self.spec.f_out), block.t_in_stop, len(self.spec.f_in))
         if data.shape != expected:
             raise ValueError(f"block {block.index} data has shape {data.shape}, expected {expected}")
-        data = np.ascontiguousarray(data, dtype=self.array.dtype)
-        self.array[block.batch_start : block.batch_stop, block.row_start : block.row_stop, :, : block.t_in_stop, :] = data
-        self._manifest[block.index : block.index + 1, :] = np.array([[1, block_checksum(data)]], dtype="uint64")
+        with np.errstate(over="ignore"):  # float16 overflow is refused just below, with a message
+            stored = np.ascontiguousarray(data, dtype=self.array.dtype)
+        if self.array.dtype == np.float16:
+            self._record_rounding(block, data, stored)
+        self.array[block.batch_start : block.batch_stop, block.row_start : block.row_stop, :, : block.t_in_stop, :] = stored
+        self._manifest[block.index : block.index + 1, :] = np.array([[1, block_checksum(stored)]], dtype="uint64")
+
+    def _record_rounding(self, block: Block, computed: np.ndarray, stored: np.ndarray) -> None:
+        """Refuse values float16 cannot hold; record the block's largest rounding error."""
+        if not np.isfinite(stored).all():
+            largest = float(np.abs(computed).max())
+            raise BlockError(
+                f"block {block.index} has derivatives up to {largest:.3g}, beyond float16's range (65504); "
+                "the block was not stored. Use store_dtype='float32'."
+            )
+        error = float(np.abs(stored.astype(np.float64) - computed).max()) if stored.size else 0.0
+        self._rounding[block.index : block.index + 1] = np.array([error])
+
+    @property
+    def _rounding(self) -> zarr.Array:
+        return self._group[ROUNDING]  # type: ignore[return-value]
+
+    def rounding_error(self) -> float | None:
+        """The largest |stored - computed| over the done blocks of a float16 store; None otherwise."""
+        if ROUNDING not in self._group:
+            return None
+        done = sorted(self.done_blocks())
+        return float(np.asarray(self._rounding[:])[done].max()) if done else 0.0
+
+    def record_rounding_error(self) -> None:
+        """Once the store is complete, put the float16 rounding bound in the group attribute.
+        Written only when complete, so concurrent shards all write the same value."""
+        bound = self.rounding_error()
+        if bound is not None and self.is_complete:
+            attributes = dict(self.attrs, rounding_error_max_abs=bound)
+            self._group.attrs[ATTRIBUTE] = attributes
 
     def read_block(self, block: Block) -> np.ndarray:
         return np.asarray(
@@ -237,10 +274,12 @@ class JacobianStore:
 
     # -- reading ----------------------------------------------------------------------------
     def to_dask(self) -> Any:
-        """The Jacobian as a lazy dask array, one dask chunk per zarr chunk."""
+        """The Jacobian as a lazy dask array, one dask chunk per zarr chunk (float16 stores are
+        read as float32, so that reductions do not accumulate in half precision)."""
         import dask.array as da
 
-        return da.from_zarr(self.array)
+        jacobian = da.from_zarr(self.array)
+        return jacobian.astype(np.float32) if jacobian.dtype == np.float16 else jacobian  # sum in float32
 
     def to_numpy(self) -> np.ndarray:
         """Materialise the whole Jacobian (only for Jacobians that fit in memory)."""

@@ -103,7 +103,7 @@ def _check_samples(
         if fingerprint.get(name) != actual:
             raise StoreMismatchError(f"the {name} given to verify is not the one that produced {store.path}.")
     spec = store.spec
-    report.tolerance = 1e-10 if spec.store_dtype == "float64" else 1e-4
+    report.tolerance = {"float64": 1e-10, "float32": 1e-4, "float16": 2e-3}[spec.store_dtype]
     skip = set(report.missing) | set(report.corrupt)
     candidates = [b for b in store.plan.blocks if b.index not in skip]
     if not candidates:

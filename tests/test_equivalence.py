@@ -128,3 +128,30 @@ def test_float64_precision_of_a_float32_model_matches_its_float64_reference(tmp_
     np.testing.assert_allclose(store.to_numpy(), expected, rtol=0, atol=1e-12 * np.abs(expected).max())
     float32 = jacengine.compute(model, x, tmp_path / "j32.zarr", progress=False).to_numpy()
     assert 0 < np.abs(float32 - expected).max() <= 1e-5 * np.abs(expected).max()  # float32 is close, not exact
+
+
+def test_float16_store_records_a_rounding_bound_that_holds(tmp_path) -> None:
+    import jacengine
+    from jacengine.reductions import saliency
+
+    keras.utils.set_random_seed(4)
+    model = rnn("GRU", 2, 2)
+    x = np.random.default_rng(3).normal(size=(2, 10, 2)).astype("float32")
+    full = jacengine.compute(model, x, tmp_path / "j32.zarr", progress=False)
+    half = jacengine.compute(model, x, tmp_path / "j16.zarr", store_dtype="float16", progress=False)
+    bound = half.attrs["rounding_error_max_abs"]
+    difference = np.abs(half.to_numpy().astype(np.float64) - full.to_numpy()).max()
+    assert half.array.dtype == np.float16 and 0 < difference <= bound <= 2**-11 * np.abs(full.to_numpy()).max()
+    assert half.to_dask().dtype == np.float32  # reductions accumulate in float32
+    np.testing.assert_allclose(saliency(half)["mean_abs"], saliency(full)["mean_abs"], rtol=0, atol=bound)
+
+
+def test_float16_store_refuses_values_beyond_its_range(tmp_path) -> None:
+    import jacengine
+
+    model = keras.Sequential([keras.Input((None, 1)), keras.layers.Dense(1, use_bias=False)])
+    model.layers[-1].set_weights([np.full((1, 1), 1e6, "float32")])
+    x = np.ones((2, 6, 1), "float32")
+    with pytest.raises(jacengine.BlockError, match="beyond float16's range"):
+        jacengine.compute(model, x, tmp_path / "j16.zarr", store_dtype="float16", progress=False)
+    assert not jacengine.open_store(tmp_path / "j16.zarr").done_blocks()  # nothing recorded as done

@@ -102,7 +102,7 @@ class BlockComputer:
             self._check_against_eager(x, rows, y_rows)
             self._checked_shapes.add(block.shape_key)
         self._check_finite(block, values)
-        return _fit_t_in(values, block.t_in_stop).astype(self.spec.store_dtype, copy=False)
+        return _fit_t_in(values, block.t_in_stop).astype(self.spec.block_dtype, copy=False)
 
     def _check_against_eager(self, x: tf.Tensor, rows: tf.Tensor, compiled: tf.Tensor) -> None:
         eager = tf.gather(tf.gather(self._outputs(x), rows, axis=1), self._f_out, axis=2).numpy()
