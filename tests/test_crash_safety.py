@@ -67,7 +67,9 @@ def test_kill_9_at_random_points_then_resume_is_bit_identical(files, tmp_path, t
     store = tmp_path / "killed.zarr"
     create_with_blocks(model, directory / "x.npy", store, **PLAN)
     process = start_compute(directory, store)
-    target = int(np.random.default_rng(trial).integers(1, n_blocks - 2))
+    # kill within the first half: on a loaded machine the poll below can lag the run by a dozen
+    # blocks, and a kill after the last block would test nothing
+    target = int(np.random.default_rng(trial).integers(1, n_blocks // 2))
     wait_for_done_blocks(store, target, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
