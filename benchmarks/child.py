@@ -89,29 +89,29 @@ def _jacengine_runner(case: Case, model: Any, x: np.ndarray, directory: str) -> 
     return compute
 
 
-def _scale_out_runner(case: Case, model: Any, x: np.ndarray, directory: str, record: dict[str, Any]) -> Callable[[], Any]:
+def _scale_out_runner(case: Case, model: Any, x: np.ndarray, directory: str, extra: dict[str, Any]) -> Callable[[], Any]:
     """jacengine over 2 processes: a 2-worker dask LocalCluster, or init + 2 concurrent shard
-    processes. Each worker's (or shard's) peak resident memory goes into ``record``."""
-    import resource
+    processes. Each worker's (or shard's) peak resident memory goes into ``extra``."""
     import subprocess
 
     import jacengine
 
     store = os.path.join(directory, "j.zarr")
     if case.method == "jacengine-dask":
-        from distributed import Client, LocalCluster
+        import logging
 
-        from jacengine.executors.cluster import WORKER_ENV
+        class WorkerPeaks(logging.Handler):
+            """The dask executor logs its workers' peak memory; keep the numbers."""
 
-        def on_dask() -> Any:
-            with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
-                              env=WORKER_ENV) as cluster, Client(cluster) as client:
-                result = jacengine.compute(model, x, store, budget=case.budget, executor="dask",
-                                           scheduler=cluster.scheduler_address, progress=False)
-                peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-                record["worker_peak_rss_bytes"] = sorted(peaks.values())
-            return result
-        return on_dask
+            def emit(self, record: logging.LogRecord) -> None:
+                if hasattr(record, "worker_peak_rss_bytes"):
+                    extra["worker_peak_rss_bytes"] = record.worker_peak_rss_bytes
+
+        logger = logging.getLogger("jacengine")
+        logger.addHandler(WorkerPeaks())
+        logger.setLevel(logging.INFO)
+        # jacengine starts its own LocalCluster (the production path), after calibrating
+        return lambda: jacengine.compute(model, x, store, budget=case.budget, executor="dask", workers=2, progress=False)
     model.save(os.path.join(directory, "model.keras"))
     np.save(os.path.join(directory, "x.npy"), x)
     files = ["--model", os.path.join(directory, "model.keras"), "--inputs", os.path.join(directory, "x.npy")]
@@ -127,7 +127,7 @@ def _scale_out_runner(case: Case, model: Any, x: np.ndarray, directory: str, rec
             if os.waitstatus_to_exitcode(status) != 0:
                 raise RuntimeError(f"shard process exited with {os.waitstatus_to_exitcode(status)}")
             peaks.append(usage.ru_maxrss * 1024)
-        record["worker_peak_rss_bytes"] = sorted(peaks)
+        extra["worker_peak_rss_bytes"] = sorted(peaks)
         return jacengine.open_store(store)
     return on_shards
 

@@ -259,6 +259,8 @@ def compute(
             )
     if not resume:
         check_writable_target(path, overwrite=overwrite)
+    elif causal == "auto":  # resume with the decision the store was made with (see executors.cluster)
+        causal = JacobianStore(path).spec.causal
     options = dict(budget=budget, t_out=t_out, f_out=f_out, f_in=f_in, causal=causal, method=method,
                    store_dtype=store_dtype, precision=precision, trust_model=trust_model, gpu_memory_limit=gpu_memory_limit)
     prepared = prepare(model, inputs, calibrate=not resume, **options)

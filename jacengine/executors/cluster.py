@@ -13,7 +13,9 @@ a block owns its chunks, and rewriting it stores identical bytes and the same ma
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import resource
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +25,8 @@ from jacengine.executors.local import first_use
 from jacengine.executors.splitting import SplittingCompute
 from jacengine.plan import Block
 from jacengine.store import JacobianStore
+
+log = logging.getLogger("jacengine")
 
 # One thread per worker process: TensorFlow would otherwise start a pool as wide as the machine
 # in every worker, and the workers would fight over the cores.
@@ -50,8 +54,11 @@ def _worker_context(setup: WorkerSetup) -> tuple[JacobianStore, SplittingCompute
     if setup.token not in _CONTEXTS:
         from jacengine.api import prepare
 
-        prepared = prepare(setup.model, setup.inputs, calibrate=False, **setup.options)
         store = JacobianStore(setup.store, mode="r+")
+        # the store's causality decision, not a new probe: a probe is bitwise, and TensorFlow's
+        # results can differ in the last bit between a worker's single thread and the client's pool
+        options = dict(setup.options, causal=store.spec.causal)
+        prepared = prepare(setup.model, setup.inputs, calibrate=False, **options)
         store.check_fingerprint(dict(prepared.fingerprint, grid=store.fingerprint.get("grid")))
         _CONTEXTS.clear()  # one computation per worker at a time: free the previous model
         _CONTEXTS[setup.token] = (store, SplittingCompute(prepared.compute_block))
@@ -64,7 +71,8 @@ def compute_and_write(setup: WorkerSetup, index: int) -> dict[str, Any]:
     block = store.plan.blocks[index]
     started = time.perf_counter()
     store.write_block(block, compute(block))
-    return {"index": index, "seconds": time.perf_counter() - started, "pid": os.getpid()}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    return {"index": index, "seconds": time.perf_counter() - started, "pid": os.getpid(), "peak_rss_bytes": peak}
 
 
 class DaskExecutor:
@@ -101,6 +109,7 @@ class DaskExecutor:
         order = first_use(blocks)
         blocks = sorted(blocks, key=lambda b: (order[b.shape_key], b.index))
         done = 0
+        peaks: dict[int, int] = {}
         with self._address() as address, Client(address) as client, \
                 tqdm(total=len(blocks), unit="block", disable=not self.progress or not blocks, desc="jacobian") as bar:
             prefix = f"jacengine-{self.setup.token[:12]}-block"
@@ -112,11 +121,15 @@ class DaskExecutor:
             completed = as_completed(futures)
             try:
                 for future in completed:
-                    future.result()  # re-raises a task's error (e.g. a non-finite block)
+                    metadata = future.result()  # re-raises a task's error (e.g. a non-finite block)
+                    peaks[metadata["pid"]] = max(peaks.get(metadata["pid"], 0), metadata["peak_rss_bytes"])
                     done += 1
                     bar.update()
                     if should_stop():
                         break
             finally:
                 client.cancel([f for f in futures if not f.done()])
+        log.info("peak resident memory of the dask workers (whole process): %s MiB",
+                 ", ".join(f"{peak / 2**20:.0f}" for peak in sorted(peaks.values())) or "none",
+                 extra={"worker_peak_rss_bytes": sorted(peaks.values())})
         return done
