@@ -181,6 +181,8 @@ def init(model: Any, inputs: InputsLike, store: str | Path, *, overwrite: bool =
     path = Path(store)
     if is_jacengine_store(path) and not overwrite:
         existing = JacobianStore(path, mode="r")
+        if options.get("causal", "auto") == "auto":
+            options["causal"] = existing.spec.causal
         prepared = prepare(model, inputs, calibrate=False, **options)
         existing.check_fingerprint(dict(prepared.fingerprint, grid=existing.fingerprint.get("grid")))
         return existing
