@@ -5,13 +5,14 @@ from __future__ import annotations
 import datetime
 import shlex
 import sys
+import threading
 from pathlib import Path
 
 import click
 
 from benchmarks import report
 from benchmarks.cases import SUITES, suite_cases
-from benchmarks.runner import machine, run_cases
+from benchmarks.runner import check_agreement, machine, run_cases
 from jacengine.budget import parse_budget
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -46,16 +47,33 @@ def run(suites: tuple[str, ...], quick: bool, out: Path | None, memory_cap: str,
     names = SUITES if "all" in suites else tuple(dict.fromkeys(suites))
     description = machine()
     for name in names:
-        cases = suite_cases(name, quick)
-        click.echo(f"# {name}: {len(cases)} cases", err=True)
-        started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        records = run_cases(cases, parse_budget(memory_cap), time_limit, jobs, gpu_memory_limit, on_record=_echo)
         command = shlex.join(["python", "-m", "benchmarks", "run", "--suite", name, *(["--quick"] if quick else [])])
-        result = {"suite": name, "quick": quick, "started": started, "command": command, "machine": description,
-                  "memory_cap": memory_cap, "time_limit": time_limit, "records": records}
-        for path in report.write_outputs(result, out):
-            click.echo(f"wrote {path}", err=True)
+        result = {"suite": name, "quick": quick, "command": command, "machine": description, "memory_cap": memory_cap,
+                  "time_limit": time_limit}
+        records = _run_suite(result, suite_cases(name, quick), out, parse_budget(memory_cap), time_limit, jobs,
+                             gpu_memory_limit)
         click.echo(report.markdown_table(records))
+
+
+def _run_suite(result: dict, cases: list, out: Path, memory_cap: int, time_limit: float, jobs: int,
+               gpu_memory_limit: str | None) -> list[dict]:
+    """Run one suite's cases, saving the results after every case (an interrupted run keeps
+    what finished, marked ``complete: false``) and once more, complete, at the end."""
+    click.echo(f"# {result['suite']}: {len(cases)} cases", err=True)
+    result.update(started=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), complete=False, records=[])
+    saving = threading.Lock()  # cases finish on several threads with --jobs
+
+    def keep(record: dict) -> None:
+        with saving:
+            _echo(record)
+            result["records"] = check_agreement([*result["records"], record])
+            report.write_outputs(result, out)
+
+    result["records"] = run_cases(cases, memory_cap, time_limit, jobs, gpu_memory_limit, on_record=keep)
+    result["complete"] = True
+    for path in report.write_outputs(result, out):
+        click.echo(f"wrote {path}", err=True)
+    return result["records"]
 
 
 def _echo(record: dict) -> None:

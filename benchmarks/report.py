@@ -146,7 +146,8 @@ def readme_section(results: dict[str, dict[str, Any]], directory: Path, readme: 
         "",
     ]
     for result in headline:
-        parts += [f"**{result['suite']}** (`{result['command']}`)", "", markdown_table(result["records"]), ""]
+        done = "" if result.get("complete", True) else f"; interrupted after {len(result['records'])} cases"
+        parts += [f"**{result['suite']}** (`{result['command']}`{done})", "", markdown_table(result["records"]), ""]
         plot = directory / f"{result['suite']}.png"
         if plot.exists():
             parts += [f"![{result['suite']}]({_relative(plot, readme)})", ""]

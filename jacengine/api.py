@@ -125,9 +125,7 @@ def prepare(
     probe_inputs = source.read(0, min(spec.batch, 2)).astype(spec.compute_dtype)
     computer = BlockComputer(without_time_distributed_dense(keras_model, probe_inputs), spec)
     cost = prior_cost(keras_model, spec)
-    # The probe is sized by the uncalibrated prior, which can be off by a factor of two either
-    # way, and its own peak counts against the budget: aim it at half the budget.
-    plan = choose_plan(spec, cost, budget_bytes // 2, fallback_to_smallest=True)
+    plan = choose_plan(spec, cost, budget_bytes, fallback_to_smallest=True)
     probe_result = None
     if calibrate:
         cost, plan, probe_result = _calibrated_plan(spec, computer, source, plan.blocks[0], budget_bytes, tensors, process)
