@@ -40,7 +40,7 @@ def test_quick_run_covers_every_suite_and_methods_agree(quick_results: Path) -> 
                 assert record["method"] == "jax", record
             elif "reference" in record:
                 assert record["max_abs_diff"] <= 1e-4, record
-        assert result["machine"]["cores"] >= 1 and result["machine"]["versions"]["tensorflow"]
+        assert result["machine"]["cores"] >= 1 and result["machine"]["versions"]["tensorflow"] and result["complete"]
     seed_methods = {r["method"]: r for r in results["seed"]["records"]}
     assert seed_methods["jacengine"]["reference"] == "tf-eager"
     assert (quick_results / "scaling-T.png").stat().st_size > 0 and (quick_results / "seed.md").read_text().count("\n") == 8
