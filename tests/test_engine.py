@@ -177,3 +177,13 @@ def test_compiled_forward_that_disagrees_with_eager_is_refused(model, x) -> None
     computer._check_against_eager(tf.constant(x), rows, eager)  # agreeing: no error
     with pytest.raises(ModelError, match="compiled forward pass disagrees"):
         computer._check_against_eager(tf.constant(x), rows, eager + 1e-3)
+
+
+def test_model_hash_survives_save_and_load(tmp_path) -> None:
+    """Dask workers load the model from a file: it must hash like the in-memory model it came from."""
+    from jacengine.tf.model import model_hash
+    from jacengine.tf.zoo import seed_model
+
+    model = seed_model(units=4)
+    model.save(tmp_path / "m.keras")
+    assert model_hash(keras.saving.load_model(tmp_path / "m.keras")) == model_hash(model)

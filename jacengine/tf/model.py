@@ -83,13 +83,18 @@ def check_model(model: keras.Model) -> tf.DType:
 
 
 def model_hash(model: keras.Model) -> str:
-    """SHA-256 over the model's architecture (config) and every weight's bytes."""
+    """SHA-256 over the model's architecture (config) and every weight's bytes, in order.
+
+    Weights are identified by position, not by ``weight.path``: Keras names them differently
+    once a model is saved and loaded again (``sequential/lstm/...`` becomes ``lstm/...``), and
+    a model handed to dask workers as a file must hash like the model it was saved from.
+    """
     digest = hashlib.sha256()
     config = model.get_config()
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
-    for weight in model.weights:
+    for position, weight in enumerate(model.weights):
         value = np.ascontiguousarray(weight.numpy())
-        digest.update(f"{weight.path}|{value.dtype.str}|{value.shape}".encode())
+        digest.update(f"{position}|{value.dtype.str}|{value.shape}".encode())
         digest.update(value.tobytes())
     return digest.hexdigest()
 
