@@ -75,9 +75,9 @@ ZOO = {
 }
 
 
-# Slow (--runslow): models whose code paths the default cases already cover (LSTM, GRU with
-# several features, TimeDistributed via the seed test), kept off the default suite for time.
-SLOW = {"stacked_lstm_time_distributed", "fixed_length_lstm", "simple_rnn", "bidirectional_lstm"}
+# Slow (--runslow): models whose code paths the default cases already cover (the seed test is an
+# LSTM with TimeDistributed; GRU with several features), kept off the default suite for time.
+SLOW = {"lstm", "stacked_lstm_time_distributed", "fixed_length_lstm", "simple_rnn", "bidirectional_lstm"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in sorted(ZOO)])
@@ -100,6 +100,7 @@ def test_blocked_jacobian_equals_batch_jacobian(name: str, tmp_path) -> None:
         np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-5 * scale, err_msg=f"{name} {label}")
 
 
+@pytest.mark.slow  # float64 computation is covered by the float64-precision test below
 def test_float64_model_matches_to_1e_12(tmp_path) -> None:
     keras.utils.set_random_seed(3)
     model = rnn("LSTM", 2, 2, dtype="float64")
