@@ -148,7 +148,8 @@ def readme_section(results: dict[str, dict[str, Any]], directory: Path, readme: 
     for result in headline:
         done = "" if result.get("complete", True) else f"; interrupted after {len(result['records'])} cases"
         commit = result["machine"].get("commit")
-        parts += [f"**{result['suite']}** (`{result['command']}`; jacengine commit {commit}{done})", "",
+        limits = f"memory cap {result.get('memory_cap')}, time limit {result.get('time_limit'):.0f} s"
+        parts += [f"**{result['suite']}** (`{result['command']}`; {limits}; jacengine commit {commit}{done})", "",
                   markdown_table(result["records"]), ""]
         plot = directory / f"{result['suite']}.png"
         if plot.exists():
