@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,13 @@ from jacengine.interrupt import stop_on_signals
 from jacengine.plan import Plan
 from jacengine.selection import Selection
 from jacengine.shards import check_shard, shard_blocks
-from jacengine.spec import JacobianSpec
+from jacengine.spec import METHODS, JacobianSpec
 from jacengine.store import FORMAT_VERSION, JacobianStore, check_writable_target, is_jacengine_store
 
 log = logging.getLogger("jacengine")
 
 EXECUTORS = ("local", "dask")
+METHOD_CHOICES = ("auto", *METHODS)
 PRECISIONS = ("model", "float64")  # compute in the model's own dtype, or in a float64 copy of it
 STALE_PARTIAL_S = 600.0  # a temporary file this old belongs to no running write
 
@@ -48,6 +49,7 @@ class Prepared:
     inputs: Inputs
     computer: Any  # jacengine.tf.blocks.BlockComputer
     probe_result: np.ndarray | None = None
+    method_reason: str = ""
 
     def compute_block(self, block: Any) -> np.ndarray:
         """J for one block of a plan with this spec (reads just the inputs the block needs)."""
@@ -61,6 +63,8 @@ class Prepared:
             "shape": list(self.spec.shape),
             "causal": self.spec.causal,
             "causal_reason": self.causal_reason,
+            "method": self.spec.method,
+            "method_reason": self.method_reason,
             "chunks": list(self.plan.chunks(self.spec)),
             "blocks": len(blocks),
             "block_shapes": [list(k) for k in self.plan.shape_keys],
@@ -102,11 +106,14 @@ def prepare(
     from jacengine.tf.calibrate import prior_cost
     from jacengine.tf.introspect import build_spec
     from jacengine.tf.memory import TensorMemory, compute_device
+    from jacengine.tf.method_choice import Meters, calibrated, choose_method
     from jacengine.tf.model import float64_copy, load_model, model_hash
     from jacengine.tf.rewrite import without_time_distributed_dense
 
     if precision not in PRECISIONS:
         raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}.")
+    if method not in METHOD_CHOICES:
+        raise InputError(f"method {method!r} is not one of {', '.join(METHOD_CHOICES)}.")
     keras_model = load_model(model, trust_model=trust_model)
     if precision == "float64":
         keras_model = float64_copy(keras_model)
@@ -123,12 +130,19 @@ def prepare(
         keras_model, source, t_out=t_out, f_out=f_out, f_in=f_in, causal=causal, method=method, store_dtype=store_dtype
     )
     probe_inputs = source.read(0, min(spec.batch, 2)).astype(spec.compute_dtype)
-    computer = BlockComputer(without_time_distributed_dense(keras_model, probe_inputs), spec)
-    cost = prior_cost(keras_model, spec)
-    plan = choose_plan(spec, cost, budget_bytes, fallback_to_smallest=True)
-    probe_result = None
+    block_model = without_time_distributed_dense(keras_model, probe_inputs)
     if calibrate:
-        cost, plan, probe_result = _calibrated_plan(spec, computer, source, plan.blocks[0], budget_bytes, tensors, process)
+        meters = Meters(source, budget_bytes, tensors, process)
+        if method == "auto":
+            chosen, method_reason = choose_method(block_model, spec, meters)
+        else:
+            chosen, method_reason = calibrated(block_model, spec, meters), f"method {method} (as requested)"
+        spec, computer, cost, plan, probe_result = (
+            chosen.spec, chosen.computer, chosen.cost, chosen.plan, chosen.first_block_result)
+    else:  # the spec's method as given (auto: reverse, the first rung); a prior plan
+        computer, cost, probe_result = BlockComputer(block_model, spec), prior_cost(keras_model, spec), None
+        plan = choose_plan(spec, cost, budget_bytes, fallback_to_smallest=True)
+        method_reason = f"method {spec.method}"
     fingerprint = {
         "format": FORMAT_VERSION,
         "model": model_hash(keras_model),
@@ -137,36 +151,30 @@ def prepare(
         "grid": list(plan.grid),
         "dtypes": f"{spec.compute_dtype}->{spec.store_dtype}",
     }
-    return Prepared(spec, reason, cost, plan, budget_bytes, fingerprint, source, computer, probe_result)
-
-
-def _calibrated_plan(
-    spec: JacobianSpec, computer: Any, source: Inputs, probe: Any, budget_bytes: int, tensors: Any, process: Any
-) -> tuple[CostModel, Plan, np.ndarray | None]:
-    """Measure a probe block, plan, and measure again on the planned shape when it differs (a
-    trace's memory depends on the shape, and the plan's first block is the one whose peak
-    matters); the cost model keeps the most pessimistic fixed term seen. Returns the cost model,
-    the plan, and the probe's result when the probe is the plan's first block."""
-    from jacengine.tf.calibrate import calibrate
-
-    cost, probe_result = calibrate(computer, source, probe, tensors, process)
-    plan = choose_plan(spec, cost, budget_bytes)
-    for _ in range(2):
-        if plan.blocks[0].shape_key == probe.shape_key:
-            break
-        computer.release()  # the probe's compiled graph will not be used again: free it
-        probe = plan.blocks[0]
-        measured, probe_result = calibrate(computer, source, probe, tensors, process, timed=cost)
-        # the second trace's retention excludes the first trace's one-time runtime set-up
-        cost = replace(measured, fixed_bytes=max(cost.fixed_bytes, measured.fixed_bytes))
-        plan = choose_plan(spec, cost, budget_bytes)
-    return cost, plan, probe_result if plan.blocks[0] == probe else None
+    return Prepared(spec, reason, cost, plan, budget_bytes, fingerprint, source, computer, probe_result, method_reason)
 
 
 def plan(model: Any, inputs: InputsLike, **options: Any) -> dict[str, Any]:
     """Plan a run without computing the Jacobian: blocks, predicted peak memory, store size and
     run time (the cost model is calibrated on one probe block). Options as for :func:`compute`."""
     return prepare(model, inputs, **options).summary()
+
+
+def prepare_for_store(model: Any, inputs: InputsLike, store: JacobianStore, **options: Any) -> Prepared:
+    """Prepare to compute into an existing ``store``, refusing one made from anything else.
+
+    Settings left at "auto" (causal, method) take the store's decisions instead of probing again:
+    a causality probe is bitwise and a method choice is timed, so either could decide otherwise
+    in another process (a dask worker's single thread, a resumed run on a busy machine). Nothing
+    is calibrated: the store's plan is the plan.
+    """
+    settled = dict(options)
+    for name in ("causal", "method"):
+        if settled.get(name, "auto") == "auto":
+            settled[name] = getattr(store.spec, name)
+    prepared = prepare(model, inputs, calibrate=False, **settled)
+    store.check_fingerprint(dict(prepared.fingerprint, grid=store.fingerprint.get("grid")))
+    return prepared
 
 
 def init(model: Any, inputs: InputsLike, store: str | Path, *, overwrite: bool = False, **options: Any) -> JacobianStore:
@@ -179,10 +187,7 @@ def init(model: Any, inputs: InputsLike, store: str | Path, *, overwrite: bool =
     path = Path(store)
     if is_jacengine_store(path) and not overwrite:
         existing = JacobianStore(path, mode="r")
-        if options.get("causal", "auto") == "auto":
-            options["causal"] = existing.spec.causal
-        prepared = prepare(model, inputs, calibrate=False, **options)
-        existing.check_fingerprint(dict(prepared.fingerprint, grid=existing.fingerprint.get("grid")))
+        prepare_for_store(model, inputs, existing, **options)
         return existing
     check_writable_target(path, overwrite=overwrite)
     return _create(prepare(model, inputs, **options), path, overwrite=overwrite, sources=_sources(model, inputs))
@@ -222,7 +227,9 @@ def compute(
         t_out, f_out, f_in: output steps, output features and input features to keep (int,
             slice or increasing sequence; default all).
         causal: "auto" (detect; never mistakes a non-causal model for causal), True or False.
-        method: "auto" or "reverse" (pfor-vectorised reverse mode).
+        method: "auto" (default: measures "reverse" and "forward" on a probe block and takes
+            the faster that works; "reverse-loop" when neither does), "reverse" (pfor-vectorised
+            VJPs), "reverse-loop" (VJPs in a while loop) or "forward" (pfor-vectorised JVPs).
         store_dtype: "float32" (default), "float64" (with float64 computation, for verification) or
             "float16" (half the disk; the largest rounding error is recorded in the store).
         precision: "model" (compute in the model's dtype) or "float64" (compute with a float64
@@ -259,11 +266,9 @@ def compute(
             )
     if not resume:
         check_writable_target(path, overwrite=overwrite)
-    elif causal == "auto":  # resume with the decision the store was made with (see executors.cluster)
-        causal = JacobianStore(path).spec.causal
     options = dict(budget=budget, t_out=t_out, f_out=f_out, f_in=f_in, causal=causal, method=method,
                    store_dtype=store_dtype, precision=precision, trust_model=trust_model, gpu_memory_limit=gpu_memory_limit)
-    prepared = prepare(model, inputs, calibrate=not resume, **options)
+    prepared = prepare_for_store(model, inputs, JacobianStore(path), **options) if resume else prepare(model, inputs, **options)
     run: dict[str, Any] = dict(resume=resume, overwrite=overwrite, sources=_sources(model, inputs), shard=shard)
     if executor == "local":
         return execute(prepared, path, LocalExecutor(progress=progress), **run)
@@ -292,8 +297,8 @@ def execute(prepared: Prepared, path: Path, executor: Any, *, resume: bool, over
         mine = {b.index for b in shard_blocks(target.spec, target.plan, *shard)}
         pending = [b for b in pending if b.index in mine]
     log.info(
-        "%s; %d of %d blocks to compute%s, budget %s per process",
-        prepared.causal_reason, len(pending), len(target.plan.blocks),
+        "%s; %s; %d of %d blocks to compute%s, budget %s per process",
+        prepared.causal_reason, prepared.method_reason, len(pending), len(target.plan.blocks),
         f" (shard {shard[0]}/{shard[1]})" if shard else "", format_bytes(prepared.budget_bytes),
     )
     with stop_on_signals() as stop:

@@ -38,7 +38,7 @@ RUN_SETTINGS: dict[str, tuple[Any, str]] = {
     "causal": ("auto", "auto, true or false"),
     "precision": ("model", "model (the model's dtype) or float64 (a float64 copy of the model, for verification)"),
     "store_dtype": ("float32", "stored dtype: float32, float64 or float16 (rounding error recorded)"),
-    "method": ("auto", "auto or reverse"),
+    "method": ("auto", "auto, reverse (pfor VJPs), reverse-loop (VJPs in a while loop) or forward (pfor JVPs)"),
     "gpu_memory_limit": (None, "cap TensorFlow's GPU memory, e.g. 8GiB (default: memory growth)"),
 }
 

@@ -1,13 +1,17 @@
 """Predict a block's peak memory and run time, and choose the chunk grid and block sizes.
 
-A pfor-vectorised reverse-mode block differentiates ``rows = n_t_out * n_f_out`` outputs for
-``batch`` samples over ``watch`` input steps; pfor keeps one copy of the backward pass'
-intermediates per (sample, row), so memory and time grow with the "work" batch*rows*watch.
-The model is linear in that work plus a fixed cost (TensorFlow's tracing and runtime):
+A reverse-mode block differentiates ``rows = n_t_out * n_f_out`` outputs for ``batch`` samples
+over ``watch`` input steps; pfor keeps one copy of the backward pass' intermediates per (sample,
+row), so memory and time grow with the "work" batch*rows*watch. A forward-mode block pushes one
+tangent per watched input (step, feature) through the forward pass of ``forward`` steps and
+keeps the block's result, so its work is batch*watch*n_f_in*(forward + rows) (see
+:func:`block_work`). A reverse-loop block runs its rows a bounded number at a time and is
+charged like a pfor block, which makes the prediction an upper bound. The model is linear in the
+work plus a fixed cost (TensorFlow's tracing and runtime):
 
-    peak_bytes = fixed_bytes + bytes_per_work * batch * rows * watch
+    peak_bytes = fixed_bytes + bytes_per_work * work
                  + retained_bytes_per_trace * (n_shapes - 1)
-    seconds    = trace_seconds * n_shapes + seconds_per_work * sum(batch * rows * watch)
+    seconds    = trace_seconds * n_shapes + seconds_per_work * sum(work over blocks)
 
 The last memory term is what TensorFlow keeps after each traced shape even once its function is
 dropped (measured here: 15-30 MB per trace of an LSTM(32) Jacobian, with or without oneDNN), so
@@ -41,10 +45,11 @@ class CostModel:
     @staticmethod
     def work(spec: JacobianSpec, block: Block) -> int:
         """The work a block is computed at (its padded compute shape)."""
-        return _work(block.compute_batch, block.compute_rows * len(spec.f_out), block.watch_steps)
+        return block_work(spec, block.compute_batch, block.compute_rows, block.watch_steps)
 
-    def peak_bytes(self, batch: int, rows: int, watch: int) -> float:
-        return self.fixed_bytes + self.bytes_per_work * _work(batch, rows, watch)
+    def peak_bytes(self, spec: JacobianSpec, batch: int, rows: int, watch: int) -> float:
+        """Predicted peak of a block of ``batch`` samples, ``rows`` output steps, ``watch`` input steps."""
+        return self.fixed_bytes + self.bytes_per_work * block_work(spec, batch, rows, watch)
 
     def block_peak_bytes(self, spec: JacobianSpec, block: Block) -> float:
         return self.fixed_bytes + self.bytes_per_work * self.work(spec, block)
@@ -60,10 +65,20 @@ class CostModel:
         return dataclasses.asdict(self)
 
 
-def _work(batch: int, rows: int, watch: int) -> int:
-    """batch x rows x watched steps, where one sample runs as two (``jacengine.tf.blocks``
-    works around a TensorFlow bug with single-sample batches)."""
-    return max(batch, 2) * rows * watch
+def block_work(spec: JacobianSpec, batch: int, rows: int, watch: int) -> int:
+    """The work of a block of ``batch`` samples, ``rows`` output steps and ``watch`` input steps
+    under ``spec.method``. One sample runs as two (``jacengine.tf.blocks`` works around a
+    TensorFlow bug with single-sample batches).
+
+    Reverse mode (pfor or loop) runs one backward pass per output row: batch x rows x F_out x
+    watch. Forward mode runs one forward pass of ``forward_steps`` per input direction (watch x
+    F_in) and keeps every direction's rows: batch x watch x F_in x (forward_steps + rows x F_out).
+    """
+    batch = max(batch, 2)
+    if spec.method == "forward":
+        forward_steps = watch if spec.truncatable else spec.input_steps
+        return batch * watch * len(spec.f_in) * (forward_steps + rows * len(spec.f_out))
+    return batch * rows * len(spec.f_out) * watch
 
 
 BUCKET_CHOICES = (1, 2, 4, 8)
@@ -84,7 +99,7 @@ def choose_plan(spec: JacobianSpec, cost: CostModel, budget_bytes: int, fallback
         try:
             return choose_plan(spec, cost, budget_bytes)
         except BudgetError:
-            smallest_anywhere = cost.peak_bytes(1, len(spec.f_out), spec.input_steps)
+            smallest_anywhere = cost.peak_bytes(spec, 1, 1, spec.input_steps)
             return choose_plan(spec, cost, math.ceil(smallest_anywhere / PLANNED_FRACTION) + 1)
     candidates, refusals = [], []
     for n_buckets in (n for n in BUCKET_CHOICES if n == 1 or spec.causal):
@@ -107,7 +122,7 @@ def plan_for_buckets(spec: JacobianSpec, cost: CostModel, budget_bytes: int, n_b
     """
     usable = budget_bytes * PLANNED_FRACTION
     longest_watch = _longest_watch(spec, n_buckets)
-    smallest = cost.peak_bytes(1, len(spec.f_out), longest_watch)
+    smallest = cost.peak_bytes(spec, 1, 1, longest_watch)
     if smallest > usable:
         raise BudgetError(
             f"the budget of {format_bytes(budget_bytes)} is below the minimum for this model and "
@@ -143,19 +158,21 @@ def _largest_blocks(spec: JacobianSpec, cost: CostModel, budget_bytes: float, n_
     and then the time chunk until the largest block fits (down to one sample and one output step).
     """
     n_rows = len(spec.t_out)
-    n_f_out = len(spec.f_out)
     t_in_chunk = default_time_chunk(spec.input_steps)
     t_out_chunk = 1 if spec.sequence_to_one else default_time_chunk(n_rows)
     longest_watch = _longest_watch(spec, n_buckets)
     batch_chunk = spec.batch
-    while batch_chunk > 1 and cost.peak_bytes(batch_chunk, t_out_chunk * n_f_out, longest_watch) > budget_bytes:
+    while batch_chunk > 1 and cost.peak_bytes(spec, batch_chunk, t_out_chunk, longest_watch) > budget_bytes:
         batch_chunk = math.ceil(batch_chunk / 2)
-    while t_out_chunk > 1 and cost.peak_bytes(batch_chunk, t_out_chunk * n_f_out, longest_watch) > budget_bytes:
+    while t_out_chunk > 1 and cost.peak_bytes(spec, batch_chunk, t_out_chunk, longest_watch) > budget_bytes:
         t_out_chunk = math.ceil(t_out_chunk / 2)
 
     def chunks_per_block(watch: int) -> int:
-        room = (budget_bytes - cost.fixed_bytes) / (cost.peak_bytes(batch_chunk, t_out_chunk * n_f_out, watch) - cost.fixed_bytes)
-        return max(1, int(room))
+        one_chunk = cost.peak_bytes(spec, batch_chunk, t_out_chunk, watch)
+        per_extra_chunk = cost.peak_bytes(spec, batch_chunk, 2 * t_out_chunk, watch) - one_chunk
+        if per_extra_chunk <= 0:
+            return n_rows  # more rows cost nothing: one block over them all
+        return max(1, 1 + int((budget_bytes - one_chunk) / per_extra_chunk))
 
     return make_plan(
         spec,

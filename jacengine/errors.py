@@ -19,6 +19,18 @@ class ModelError(JacengineError, ValueError):
     """The model cannot be differentiated safely (stateful RNN, disconnected output, ...)."""
 
 
+class MethodUnsupported(ModelError):
+    """A differentiation method does not work for this model: it raises, or pfor falls back to a
+    while loop for some op (``method="auto"`` then moves to the next method)."""
+
+    def __init__(self, method: str, reason: str) -> None:
+        self.method, self.reason = method, reason
+        super().__init__(f"method {method!r} does not work for this model: {reason}. Use method='auto' to pick one that does.")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # dask ships errors between processes
+        return (type(self), (self.method, self.reason))
+
+
 class BudgetError(JacengineError, ValueError):
     """The memory budget is malformed or too small for the smallest possible block."""
 

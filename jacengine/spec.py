@@ -15,7 +15,8 @@ from jacengine.errors import InputError
 from jacengine.selection import is_strictly_increasing
 
 LAYOUTS = ("full",)
-METHODS = ("auto", "reverse")
+# reverse: pfor-vectorised VJPs; reverse-loop: a while loop over rows; forward: vectorised JVPs
+METHODS = ("reverse", "reverse-loop", "forward")
 STORE_DTYPES = ("float32", "float64", "float16")  # float16: half the disk, rounding error recorded
 
 
@@ -35,7 +36,8 @@ class JacobianSpec:
             not fixed), so a causal block can run its forward pass on a prefix only.
         sequence_to_one: the model returns (B, F_out); stored with a t_out axis of length 1.
         layout: "full" stores every input step.
-        method: how blocks are differentiated.
+        method: how blocks are differentiated, one of :data:`METHODS` (``auto`` is resolved to
+            one of them before a spec exists).
         compute_dtype: the model's float dtype; store_dtype: the stored dtype.
     """
 

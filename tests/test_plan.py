@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jacengine.costmodel import CostModel, choose_plan
+from jacengine.costmodel import CostModel, block_work, choose_plan
 from jacengine.errors import BudgetError, InputError
 from jacengine.plan import Plan, make_plan
 from jacengine.selection import normalise_selection
@@ -80,6 +81,21 @@ def test_budget_shrinks_blocks_and_names_the_minimum() -> None:
             assert cost.block_peak_bytes(spec, block) <= budget
     with pytest.raises(BudgetError, match="Raise the budget to at least"):
         choose_plan(spec, cost, int(100e6))
+
+
+def test_forward_work_counts_input_directions_and_its_plans_fit_the_budget() -> None:
+    """Forward mode pays one forward pass per input direction plus the rows it keeps; reverse
+    mode one backward pass per output row."""
+    reverse = make_spec(8, 200, tuple(range(200)), causal=False)
+    forward = dataclasses.replace(reverse, method="forward")
+    assert block_work(forward, 8, 10, 200) == 8 * 200 * 2 * (200 + 10)
+    assert block_work(reverse, 8, 10, 200) == 8 * 10 * 1 * 200
+    cost = CostModel(fixed_bytes=100e6, bytes_per_work=400.0, trace_seconds=2.0, seconds_per_work=1e-7)
+    for budget in (300 * 2**20, 2**30, 8 * 2**30):
+        for spec in (reverse, forward):
+            plan = choose_plan(spec, cost, budget)
+            assert all(cost.block_peak_bytes(spec, b) <= budget for b in plan.blocks)
+            assert sum(b.n_rows * b.n_batch for b in plan.blocks) == 8 * 200
 
 
 @pytest.mark.parametrize(

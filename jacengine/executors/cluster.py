@@ -37,7 +37,7 @@ WORKER_ENV = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP
 @dataclass(frozen=True)
 class WorkerSetup:
     """What a worker needs to rebuild the computation: files it can read, and the options of
-    :func:`jacengine.api.prepare` (the same ones that built the store, checked by fingerprint)."""
+    :func:`jacengine.api.prepare_for_store` (the same ones that built the store, checked by fingerprint)."""
 
     model: str
     inputs: str
@@ -52,14 +52,10 @@ _CONTEXTS: dict[str, tuple[JacobianStore, SplittingCompute]] = {}
 def _worker_context(setup: WorkerSetup) -> tuple[JacobianStore, SplittingCompute]:
     """The store and the block computation of this worker process, built on its first task."""
     if setup.token not in _CONTEXTS:
-        from jacengine.api import prepare
+        from jacengine.api import prepare_for_store
 
         store = JacobianStore(setup.store, mode="r+")
-        # the store's causality decision, not a new probe: a probe is bitwise, and TensorFlow's
-        # results can differ in the last bit between a worker's single thread and the client's pool
-        options = dict(setup.options, causal=store.spec.causal)
-        prepared = prepare(setup.model, setup.inputs, calibrate=False, **options)
-        store.check_fingerprint(dict(prepared.fingerprint, grid=store.fingerprint.get("grid")))
+        prepared = prepare_for_store(setup.model, setup.inputs, store, **setup.options)
         _CONTEXTS.clear()  # one computation per worker at a time: free the previous model
         _CONTEXTS[setup.token] = (store, SplittingCompute(prepared.compute_block))
     return _CONTEXTS[setup.token]

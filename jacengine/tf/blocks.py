@@ -1,4 +1,4 @@
-"""Compute one block of the Jacobian with a compiled, pfor-vectorised GradientTape.
+"""Compute one block of the Jacobian in a compiled function, by one of :mod:`jacengine.tf.methods`.
 
 One ``tf.function`` serves every block; TensorFlow traces it once per distinct input shape, and
 the planner keeps the set of block shapes small. Shapes are always static: Keras'
@@ -18,9 +18,12 @@ import numpy as np
 import tensorflow as tf
 
 from jacengine.budget import release_free_heap
-from jacengine.errors import BlockError, BlockOutOfMemory, ModelError
+from jacengine.errors import BlockError, BlockOutOfMemory, MethodUnsupported, ModelError
 from jacengine.plan import Block
 from jacengine.spec import JacobianSpec
+from jacengine.tf import methods
+
+log = logging.getLogger("jacengine")
 
 
 class _DropRetracingWarnings(logging.Filter):
@@ -34,11 +37,18 @@ tf.get_logger().addFilter(_DropRetracingWarnings())
 
 
 class BlockComputer:
-    """Turns a :class:`Block` and its input rows into the block's slice of J (numpy)."""
+    """Turns a :class:`Block` and its input rows into the block's slice of J (numpy).
 
-    def __init__(self, model: keras.Model, spec: JacobianSpec) -> None:
+    When pfor converts an op to a slow while loop, a ``strict`` computer raises
+    :class:`~jacengine.tf.MethodUnsupported` (``method="auto"`` then tries the next
+    method); otherwise it warns once per op.
+    """
+
+    def __init__(self, model: keras.Model, spec: JacobianSpec, strict: bool = False) -> None:
         self.model = model
         self.spec = spec
+        self.strict = strict
+        self._warned_fallbacks: set[str] = set()
         self.dtype = tf.as_dtype(spec.compute_dtype)
         self.trace_count = 0
         self._checked_shapes: set[tuple[int, ...]] = set()
@@ -71,12 +81,37 @@ class BlockComputer:
 
     def _jacobian(self, x_watch: tf.Tensor, x_rest: tf.Tensor, rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         self.trace_count += 1  # runs at trace time only
-        with tf.GradientTape() as tape:
-            tape.watch(x_watch)
-            y = self._outputs(tf.concat([x_watch, x_rest], axis=1))
-            y_rows = tf.gather(tf.gather(y, rows, axis=1), self._f_out, axis=2)
-        jacobian = tape.batch_jacobian(y_rows, x_watch, experimental_use_pfor=True)
-        return y_rows, tf.gather(jacobian, self._f_in, axis=4)
+
+        def outputs(x: tf.Tensor) -> tf.Tensor:
+            return tf.gather(tf.gather(self._outputs(x), rows, axis=1), self._f_out, axis=2)
+
+        if self.spec.method == "forward":
+            return methods.forward(outputs, x_watch, x_rest, self._f_in)
+        return methods.reverse(outputs, x_watch, x_rest, self._f_in, loop=self.spec.method == "reverse-loop")
+
+    def _run(self, block: Block, x_watch: tf.Tensor, x_rest: tf.Tensor, rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Call the block's compiled function; the first call of a shape traces it, and is where
+        a method that does not work for this model shows (an error, or a pfor fallback)."""
+        function = self._function_for(block.shape_key)
+        if block.shape_key in self._checked_shapes:
+            return function(x_watch, x_rest, rows)
+        try:
+            with methods.pfor_fallbacks() as fallbacks:
+                result = function(x_watch, x_rest, rows)
+        except (TypeError, ValueError, NotImplementedError, LookupError,
+                tf.errors.UnimplementedError, tf.errors.InvalidArgumentError) as exc:
+            self.release()
+            first_line = (str(exc).strip().splitlines() or [""])[0][:160]
+            raise MethodUnsupported(self.spec.method, f"{type(exc).__name__}: {first_line}") from exc
+        new = [op for op in fallbacks if op not in self._warned_fallbacks]
+        if new and self.strict:
+            self.release()
+            raise MethodUnsupported(self.spec.method, f"pfor cannot vectorise {', '.join(new)} and falls back to a while loop")
+        if new:
+            self._warned_fallbacks.update(new)
+            log.warning("pfor cannot vectorise %s and runs it in a while loop; method %r may be slow for this model",
+                        ", ".join(new), self.spec.method)
+        return result
 
     def compute(self, block: Block, x: np.ndarray) -> np.ndarray:
         """J for ``block`` given x = inputs[batch_start:batch_stop, :forward_steps].
@@ -94,7 +129,7 @@ class BlockComputer:
             steps = np.zeros_like(steps)
         rows = tf.constant(_pad_axis0(steps, block.compute_rows), dtype=tf.int32)
         try:
-            y_rows, jacobian = self._function_for(block.shape_key)(x_watch, x_rest, rows)
+            y_rows, jacobian = self._run(block, x_watch, x_rest, rows)
             values = jacobian.numpy()[:samples, : block.n_rows]
         except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
             raise BlockOutOfMemory(f"block {block.index} ran out of memory: {str(exc)[:200]}") from exc

@@ -1,0 +1,145 @@
+"""Calibrate a method's cost model on the actual model, and let ``method="auto"`` choose one.
+
+``auto`` walks a ladder: ``reverse`` (pfor VJPs) and ``forward`` (pfor JVPs) are each calibrated
+on a probe block; a method that raises, or for which pfor falls back to a while loop, is dropped
+with one log line naming why; of those that work (and fit the budget) the one with the shortest
+predicted run time wins. ``reverse-loop`` is the last rung, used only when neither works: it
+computes the same VJPs as ``reverse`` one group of rows at a time, and was slower than ``reverse``
+in every measurement here (see the methods benchmark), so measuring it would only cost time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, replace
+from typing import Any
+
+import keras
+import numpy as np
+
+from jacengine.costmodel import CostModel, choose_plan
+from jacengine.errors import BudgetError, MethodUnsupported
+from jacengine.inputs import Inputs
+from jacengine.plan import Block, Plan
+from jacengine.spec import JacobianSpec
+from jacengine.tf.blocks import BlockComputer
+from jacengine.tf.calibrate import MemoryReader, calibrate, prior_cost
+
+log = logging.getLogger("jacengine")
+
+MEASURED_RUNGS = ("reverse", "forward")
+LAST_RUNG = "reverse-loop"
+
+
+@dataclass
+class Calibrated:
+    """A method with its block computer, measured cost model and plan."""
+
+    spec: JacobianSpec
+    computer: BlockComputer
+    cost: CostModel
+    plan: Plan
+    probe: Block
+    probe_result: np.ndarray
+
+    @property
+    def first_block_result(self) -> np.ndarray | None:
+        """The probe's result when the probe is the plan's first block (it is stored, not redone)."""
+        return self.probe_result if self.plan.blocks[0] == self.probe else None
+
+
+@dataclass
+class Meters:
+    """What a calibration needs besides the model: the inputs, the budget and the memory readers."""
+
+    inputs: Inputs
+    budget_bytes: int
+    tensors: MemoryReader
+    process: Any  # jacengine.budget.ProcessMemory, or None on a GPU
+
+
+def calibrated(model: keras.Model, spec: JacobianSpec, meters: Meters, strict: bool = False) -> Calibrated:
+    """Measure a probe block of ``spec.method`` and plan with the result.
+
+    The probe is the first block of a plan sized by a pessimistic prior; when the measured plan
+    starts with another shape, that block is measured too (a trace's memory depends on the shape,
+    and the plan's first block is the one whose peak matters), keeping the most pessimistic
+    fixed term seen.
+    """
+    computer = BlockComputer(model, spec, strict=strict)
+    probe = choose_plan(spec, prior_cost(model, spec), meters.budget_bytes, fallback_to_smallest=True).blocks[0]
+    cost, result = calibrate(computer, meters.inputs, probe, meters.tensors, meters.process)
+    plan = choose_plan(spec, cost, meters.budget_bytes)
+    for _ in range(2):
+        if plan.blocks[0].shape_key == probe.shape_key:
+            break
+        computer.release()  # the probe's compiled graph will not be used again: free it
+        probe = plan.blocks[0]
+        measured, result = calibrate(computer, meters.inputs, probe, meters.tensors, meters.process, timed=cost)
+        # the second trace's retention excludes the first trace's one-time runtime set-up
+        cost = replace(measured, fixed_bytes=max(cost.fixed_bytes, measured.fixed_bytes))
+        plan = choose_plan(spec, cost, meters.budget_bytes)
+    computer.strict = False  # from here on a fallback on some other block shape only warns
+    return Calibrated(spec, computer, cost, plan, probe, result)
+
+
+def choose_method(model: keras.Model, spec: JacobianSpec, meters: Meters) -> tuple[Calibrated, str]:
+    """The fastest method that works for ``model``, calibrated; and a one-line reason."""
+    working: list[tuple[Calibrated, int]] = []  # with the resident memory when it finished
+    dropped: list[str] = []
+    budget_refusals: list[BudgetError] = []
+    for method in MEASURED_RUNGS:
+        try:
+            candidate = calibrated(model, replace(spec, method=method), meters, strict=True)
+        except MethodUnsupported as why:
+            dropped.append(f"{method}: {why.reason}")
+            log.warning("method auto: %s does not work for this model (%s); trying the next method", method, why.reason)
+            continue
+        except BudgetError as refusal:
+            budget_refusals.append(refusal)
+            dropped.append(f"{method}: does not fit the budget")
+            continue
+        working.append((candidate, _resident(meters)))
+    if not working:
+        return _last_rung(model, spec, meters, dropped, budget_refusals)
+
+    def predicted_seconds(entry: tuple[Calibrated, int]) -> float:
+        return entry[0].cost.plan_seconds(entry[0].spec, entry[0].plan)
+
+    chosen, resident_then = min(working, key=predicted_seconds)
+    for other, _ in working:
+        if other is not chosen:
+            other.computer.release()
+    chosen = _charge_leftovers(chosen, resident_then, meters)
+    times = ", ".join(f"{c.spec.method} {predicted_seconds((c, 0)):.1f} s" for c, _ in working)
+    return chosen, f"method {chosen.spec.method} (auto: predicted {'; '.join([times, *dropped])})"
+
+
+def _last_rung(model: keras.Model, spec: JacobianSpec, meters: Meters, dropped: list[str],
+               budget_refusals: list[BudgetError]) -> tuple[Calibrated, str]:
+    """reverse-loop, when neither pfor method works or fits; if it does not fit either, the first
+    budget refusal stands (it names the minimum budget)."""
+    try:
+        chosen = calibrated(model, replace(spec, method=LAST_RUNG), meters)
+    except BudgetError:
+        if budget_refusals:
+            raise budget_refusals[0] from None
+        raise
+    log.warning("method auto: using %s (a while loop over rows; slower, but works wherever gradients do)", LAST_RUNG)
+    return chosen, f"method {LAST_RUNG} (auto: {'; '.join(dropped)})"
+
+
+def _resident(meters: Meters) -> int:
+    return meters.process.current_above_baseline() if meters.process is not None else 0
+
+
+def _charge_leftovers(chosen: Calibrated, resident_then: int, meters: Meters) -> Calibrated:
+    """Calibrating a later candidate left traces resident that the chosen method's measurement did
+    not see: add them to its fixed term and plan again (the probe is still stored when the plan
+    keeps it as its first block)."""
+    leftover = _resident(meters) - resident_then
+    if leftover <= 0:
+        return chosen
+    cost = replace(chosen.cost, fixed_bytes=chosen.cost.fixed_bytes + leftover)
+    return dataclasses.replace(chosen, cost=cost, plan=choose_plan(chosen.spec, cost, meters.budget_bytes))

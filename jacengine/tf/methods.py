@@ -1,0 +1,89 @@
+"""The ways a block's Jacobian can be differentiated, and how to tell when one does not work.
+
+All three take the watched input prefix ``x_watch`` (B, W, F), the unwatched rest ``x_rest`` and
+``outputs(x)``, the model's outputs at the block's rows (B, R, Fo), and return those outputs and
+J (B, R, Fo, W, |f_in|). They run inside one ``tf.function`` per block shape.
+
+- ``reverse``: one VJP per output row, vectorised over rows and samples by pfor. The fastest
+  where pfor converts every op; pfor holds every row's backward intermediates at once.
+- ``reverse-loop``: the same VJPs in a ``tf.while_loop``, :data:`LOOP_PARALLEL_ROWS` rows at a
+  time. Slower, but works wherever gradients do.
+- ``forward``: one JVP per watched input (step, feature) with ``tf.autodiff.ForwardAccumulator``,
+  vectorised over the directions by pfor. Cheaper than reverse mode when the block has fewer
+  input directions than output rows (few input features, many output features). Keras' RNN
+  layers raise a TypeError under ForwardAccumulator inside ``tf.function``: the block computer
+  reports that as :class:`~jacengine.errors.MethodUnsupported`.
+
+pfor does not fail loudly when it cannot vectorise an op: it converts the op to a while loop and
+logs "Using a while_loop for converting <op>" at debug level. :func:`pfor_fallbacks` captures
+those lines so ``method="auto"`` can move on and say which op was to blame.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Callable, Iterator
+
+import tensorflow as tf
+
+LOOP_PARALLEL_ROWS = 16  # rows a reverse-loop block runs concurrently (memory: that many backward passes)
+
+Outputs = Callable[[tf.Tensor], tf.Tensor]
+_FALLBACK = re.compile(r"Using a while_loop for converting (\S+)")
+
+
+def reverse(outputs: Outputs, x_watch: tf.Tensor, x_rest: tf.Tensor, f_in: tf.Tensor, *, loop: bool = False
+            ) -> tuple[tf.Tensor, tf.Tensor]:
+    """Reverse mode: batch_jacobian with pfor, or with a while loop when ``loop``."""
+    with tf.GradientTape() as tape:
+        tape.watch(x_watch)
+        y_rows = outputs(tf.concat([x_watch, x_rest], axis=1))
+    if loop:
+        jacobian = tape.batch_jacobian(y_rows, x_watch, experimental_use_pfor=False, parallel_iterations=LOOP_PARALLEL_ROWS)
+    else:
+        jacobian = tape.batch_jacobian(y_rows, x_watch, experimental_use_pfor=True)
+    return y_rows, tf.gather(jacobian, f_in, axis=4)
+
+
+def forward(outputs: Outputs, x_watch: tf.Tensor, x_rest: tf.Tensor, f_in: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Forward mode: one JVP per (watched step, selected input feature), vectorised by pfor."""
+    x = tf.concat([x_watch, x_rest], axis=1)
+    n_batch, watch, features = x_watch.shape
+    n_f_in = f_in.shape[0]
+    rest_zeros = tf.zeros_like(x_rest)
+
+    def column(direction: tf.Tensor) -> tf.Tensor:
+        step, feature = direction // n_f_in, tf.gather(f_in, direction % n_f_in)
+        unit = tf.reshape(tf.one_hot(step * features + feature, watch * features, dtype=x.dtype), (1, watch, features))
+        tangent = tf.concat([tf.broadcast_to(unit, (n_batch, watch, features)), rest_zeros], axis=1)
+        with tf.autodiff.ForwardAccumulator(x, tangent) as accumulator:
+            y_rows = outputs(x)
+        return accumulator.jvp(y_rows)
+
+    columns = tf.vectorized_map(column, tf.range(watch * n_f_in), warn=False)  # (W * |f_in|, B, R, Fo)
+    columns = tf.reshape(columns, (watch, n_f_in, *columns.shape[1:]))
+    return outputs(x), tf.transpose(columns, (2, 3, 4, 0, 1))
+
+
+@contextlib.contextmanager
+def pfor_fallbacks() -> Iterator[list[str]]:
+    """Collect the op types pfor converts to while loops while the block is open (at trace time)."""
+    logger = tf.get_logger()
+    previous_level, shown_level = logger.level, logger.getEffectiveLevel()
+    ops: list[str] = []
+
+    def collect(record: logging.LogRecord) -> bool:
+        match = _FALLBACK.match(record.getMessage())
+        if match and match.group(1) not in ops:
+            ops.append(match.group(1))
+        return record.levelno >= shown_level  # hide the debug lines unlocked here
+
+    logger.addFilter(collect)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield ops
+    finally:
+        logger.setLevel(previous_level)
+        logger.removeFilter(collect)

@@ -1,0 +1,112 @@
+"""Every differentiation method equals TensorFlow's batch_jacobian where it applies, says clearly
+where it does not, and ``method="auto"`` never picks one that fails.
+
+Tolerance: float32 models within 1e-5 of max |J| (as in test_equivalence).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from helpers import compute_with_blocks, reference_jacobian  # noqa: E402
+from test_equivalence import ZOO, B, T  # noqa: E402
+
+import jacengine  # noqa: E402
+from jacengine.errors import MethodUnsupported  # noqa: E402
+
+
+class SortOverTime(keras.layers.Layer):
+    """Sorting along time: its gradient has an op (ScatterNd) that pfor cannot vectorise."""
+
+    def call(self, x):
+        return keras.ops.sort(x, axis=1)
+
+
+def sorting_model() -> keras.Model:
+    return keras.Sequential([keras.Input((None, 2)), keras.layers.Dense(3), SortOverTime(), keras.layers.Dense(1)])
+
+
+def inputs(features: int) -> np.ndarray:
+    return np.random.default_rng(2).normal(size=(B, T, features)).astype("float32")
+
+
+def assert_matches_reference(actual: np.ndarray, model: keras.Model, x: np.ndarray) -> None:
+    expected = reference_jacobian(model, x)
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+# (zoo model, method): forward mode applies to models without Keras RNN layers
+CASES = [
+    ("gru_fin3_fout2", "reverse-loop"),
+    ("conv1d_same", "reverse-loop"),
+    ("conv1d_causal", "forward"),
+    ("conv1d_same", "forward"),
+    ("attention_causal_mask", "forward"),
+    ("attention_no_mask", "forward"),
+]
+
+
+@pytest.mark.parametrize(("name", "method"), CASES)
+def test_method_equals_batch_jacobian(name: str, method: str, tmp_path) -> None:
+    builder, f_in, causal = ZOO[name]
+    keras.utils.set_random_seed(1)
+    model, x = builder(), inputs(f_in)
+    # several blocks, a remainder block and several prefix lengths: (t_chunk 5 on T=12)
+    store = compute_with_blocks(model, x, tmp_path / "j.zarr", chunks_per_block=1, t_chunk=5, batch_chunk=2, method=method)
+    assert store.spec.method == method and store.spec.causal is causal
+    assert_matches_reference(store.to_numpy(), model, x)
+
+
+def test_forward_mode_on_an_rnn_is_refused_and_names_the_way_out(tmp_path) -> None:
+    builder, f_in, _ = ZOO["gru_fin3_fout2"]
+    with pytest.raises(MethodUnsupported, match=r"method 'forward' does not work for this model: TypeError.*method='auto'"):
+        jacengine.compute(builder(), inputs(f_in), tmp_path / "j.zarr", method="forward", progress=False)
+    assert not (tmp_path / "j.zarr").exists()
+
+
+def test_auto_drops_forward_mode_on_an_rnn_and_says_so_once(tmp_path, caplog) -> None:
+    builder, f_in, _ = ZOO["gru_fin3_fout2"]
+    model, x = builder(), inputs(f_in)
+    with caplog.at_level(logging.WARNING, logger="jacengine"):
+        store = jacengine.compute(model, x, tmp_path / "j.zarr", method="auto", budget="1GiB", progress=False)
+    assert store.spec.method == "reverse"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "forward does not work for this model (TypeError" in warnings[0]
+    assert_matches_reference(store.to_numpy(), model, x)
+
+
+def test_auto_moves_past_a_pfor_fallback_naming_the_op_and_resumes_with_its_choice(tmp_path, caplog) -> None:
+    keras.utils.set_random_seed(1)
+    model, x = sorting_model(), inputs(2)
+    path = tmp_path / "j.zarr"
+    with caplog.at_level(logging.INFO, logger="jacengine"):
+        store = jacengine.compute(model, x, path, method="auto", budget="1GiB", progress=False)
+    assert store.spec.method in ("forward", "reverse-loop")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "reverse does not work" in warnings[0] and "ScatterNd" in warnings[0]
+    assert_matches_reference(store.to_numpy(), model, x)
+    # a rerun with method="auto" takes the store's choice instead of choosing again
+    again = jacengine.compute(model, x, path, method="auto", budget="1GiB", progress=False)
+    assert again.spec.method == store.spec.method and again.is_complete
+
+
+def test_explicit_reverse_with_a_pfor_fallback_warns_once_and_is_still_right(tmp_path, caplog) -> None:
+    keras.utils.set_random_seed(1)
+    model, x = sorting_model(), inputs(2)
+    with caplog.at_level(logging.WARNING, logger="jacengine"):
+        store = compute_with_blocks(model, x, tmp_path / "j.zarr", chunks_per_block=1, t_chunk=6, batch_chunk=2,
+                                    method="reverse")
+    warnings = [r.getMessage() for r in caplog.records if "ScatterNd" in r.getMessage()]
+    assert len(warnings) == 1 and "while loop" in warnings[0]
+    assert_matches_reference(store.to_numpy(), model, x)
+
+
+def test_unknown_method_is_refused_with_the_choices(tmp_path) -> None:
+    builder, f_in, _ = ZOO["conv1d_same"]
+    with pytest.raises(jacengine.InputError, match="not one of auto, reverse, reverse-loop, forward"):
+        jacengine.plan(builder(), inputs(f_in), method="backward")
