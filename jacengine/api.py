@@ -91,6 +91,8 @@ def prepare(
     f_in: Selection = None,
     causal: Any = "auto",
     method: str = "auto",
+    layout: str = "full",
+    max_lag: int | None = None,
     store_dtype: str = "float32",
     precision: str = "model",
     trust_model: bool = False,
@@ -127,7 +129,8 @@ def prepare(
         # (pages of a memory-mapped .npy that the scan touched belong to the baseline)
         process.set_baseline()
     spec, reason = build_spec(
-        keras_model, source, t_out=t_out, f_out=f_out, f_in=f_in, causal=causal, method=method, store_dtype=store_dtype
+        keras_model, source, t_out=t_out, f_out=f_out, f_in=f_in, causal=causal, method=method, layout=layout,
+        max_lag=max_lag, store_dtype=store_dtype,
     )
     probe_inputs = source.read(0, min(spec.batch, 2)).astype(spec.compute_dtype)
     block_model = without_time_distributed_dense(keras_model, probe_inputs)
@@ -204,6 +207,8 @@ def compute(
     f_in: Selection = None,
     causal: Any = "auto",
     method: str = "auto",
+    layout: str = "full",
+    max_lag: int | None = None,
     store_dtype: str = "float32",
     precision: str = "model",
     overwrite: bool = False,
@@ -230,6 +235,10 @@ def compute(
         method: "auto" (default: measures "reverse" and "forward" on a probe block and takes
             the faster that works; "reverse-loop" when neither does), "reverse" (pfor-vectorised
             VJPs), "reverse-loop" (VJPs in a while loop) or "forward" (pfor-vectorised JVPs).
+        layout: "full" (default): J over every input step, axis ``t_in``; "lag": only lags
+            0..max_lag-1 behind each output step, axis ``lag`` (J[b, i, fo, l, fi] is the
+            derivative by x[b, t_out[i] - l, fi]), computed from just the inputs those lags reach.
+        max_lag: the lag window L of the "lag" layout.
         store_dtype: "float32" (default), "float64" (with float64 computation, for verification) or
             "float16" (half the disk; the largest rounding error is recorded in the store).
         precision: "model" (compute in the model's dtype) or "float64" (compute with a float64
@@ -266,8 +275,9 @@ def compute(
             )
     if not resume:
         check_writable_target(path, overwrite=overwrite)
-    options = dict(budget=budget, t_out=t_out, f_out=f_out, f_in=f_in, causal=causal, method=method,
-                   store_dtype=store_dtype, precision=precision, trust_model=trust_model, gpu_memory_limit=gpu_memory_limit)
+    options = dict(budget=budget, t_out=t_out, f_out=f_out, f_in=f_in, causal=causal, method=method, layout=layout,
+                   max_lag=max_lag, store_dtype=store_dtype, precision=precision, trust_model=trust_model,
+                   gpu_memory_limit=gpu_memory_limit)
     prepared = prepare_for_store(model, inputs, JacobianStore(path), **options) if resume else prepare(model, inputs, **options)
     run: dict[str, Any] = dict(resume=resume, overwrite=overwrite, sources=_sources(model, inputs), shard=shard)
     if executor == "local":

@@ -39,6 +39,8 @@ RUN_SETTINGS: dict[str, tuple[Any, str]] = {
     "precision": ("model", "model (the model's dtype) or float64 (a float64 copy of the model, for verification)"),
     "store_dtype": ("float32", "stored dtype: float32, float64 or float16 (rounding error recorded)"),
     "method": ("auto", "auto, reverse (pfor VJPs), reverse-loop (VJPs in a while loop) or forward (pfor JVPs)"),
+    "layout": ("full", "full (every input step) or lag (lags 0..max-lag-1 behind each output step)"),
+    "max_lag": (None, "the lag window L of --layout lag"),
     "gpu_memory_limit": (None, "cap TensorFlow's GPU memory, e.g. 8GiB (default: memory growth)"),
 }
 
@@ -82,6 +84,10 @@ def resolve(kwargs: dict[str, Any], *extra: str) -> tuple[dict[str, Any], Config
         if causal not in ("auto", "true", "false"):
             raise click.BadParameter(f"causal must be auto, true or false, not {causal!r}")
         merged["causal"] = {"auto": "auto", "true": True, "false": False}[causal]
+    if isinstance(merged["max_lag"], str):
+        if not merged["max_lag"].isdigit():
+            raise click.BadParameter(f"--max-lag must be a positive integer, not {merged['max_lag']!r}")
+        merged["max_lag"] = int(merged["max_lag"])
     merged["trust_model"] = bool(merged["trust_model"])
     return merged, config
 

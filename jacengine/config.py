@@ -61,6 +61,8 @@ class Config:
     f_in: Selection = None
     causal: str | bool | None = None
     method: str | None = None
+    layout: str | None = None
+    max_lag: int | None = None
     store_dtype: str | None = None
     precision: str | None = None
     trust_model: bool | None = None

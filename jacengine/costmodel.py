@@ -30,7 +30,7 @@ from typing import Any
 
 from jacengine.budget import format_bytes
 from jacengine.errors import BudgetError
-from jacengine.plan import Block, Plan, default_time_chunk, make_plan, watch_buckets
+from jacengine.plan import Block, Plan, default_time_chunk, forward_length, lag_window, make_plan, watch_buckets
 from jacengine.spec import JacobianSpec
 
 
@@ -45,11 +45,13 @@ class CostModel:
     @staticmethod
     def work(spec: JacobianSpec, block: Block) -> int:
         """The work a block is computed at (its padded compute shape)."""
-        return block_work(spec, block.compute_batch, block.compute_rows, block.watch_steps)
+        prefix = block.forward_steps if spec.layout == "lag" else block.watch_steps
+        return block_work(spec, block.compute_batch, block.compute_rows, prefix, block.watch_steps)
 
-    def peak_bytes(self, spec: JacobianSpec, batch: int, rows: int, watch: int) -> float:
-        """Predicted peak of a block of ``batch`` samples, ``rows`` output steps, ``watch`` input steps."""
-        return self.fixed_bytes + self.bytes_per_work * block_work(spec, batch, rows, watch)
+    def peak_bytes(self, spec: JacobianSpec, batch: int, rows: int, prefix: int) -> float:
+        """Predicted peak of a block of ``batch`` samples and ``rows`` output steps that needs
+        the first ``prefix`` input steps."""
+        return self.fixed_bytes + self.bytes_per_work * block_work(spec, batch, rows, prefix)
 
     def block_peak_bytes(self, spec: JacobianSpec, block: Block) -> float:
         return self.fixed_bytes + self.bytes_per_work * self.work(spec, block)
@@ -65,20 +67,23 @@ class CostModel:
         return dataclasses.asdict(self)
 
 
-def block_work(spec: JacobianSpec, batch: int, rows: int, watch: int) -> int:
-    """The work of a block of ``batch`` samples, ``rows`` output steps and ``watch`` input steps
-    under ``spec.method``. One sample runs as two (``jacengine.tf.blocks`` works around a
-    TensorFlow bug with single-sample batches).
+def block_work(spec: JacobianSpec, batch: int, rows: int, prefix: int, watched: int | None = None) -> int:
+    """The work of a block of ``batch`` samples and ``rows`` output steps that needs the first
+    ``prefix`` input steps and differentiates ``watched`` of them (default: the whole prefix in
+    the full layout, the lag window of ``rows`` consecutive steps in the lag layout), under
+    ``spec.method``. One sample runs as two (``jacengine.tf.blocks`` works around a TensorFlow
+    bug with single-sample batches).
 
-    Reverse mode (pfor or loop) runs one backward pass per output row: batch x rows x F_out x
-    watch. Forward mode runs one forward pass of ``forward_steps`` per input direction (watch x
-    F_in) and keeps every direction's rows: batch x watch x F_in x (forward_steps + rows x F_out).
+    Reverse mode (pfor or loop) runs one backward pass over the prefix per output row: batch x
+    rows x F_out x prefix. Forward mode runs one forward pass per watched input direction and
+    keeps every direction's rows: batch x watched x F_in x (forward steps + rows x F_out).
     """
     batch = max(batch, 2)
-    if spec.method == "forward":
-        forward_steps = watch if spec.truncatable else spec.input_steps
-        return batch * watch * len(spec.f_in) * (forward_steps + rows * len(spec.f_out))
-    return batch * rows * len(spec.f_out) * watch
+    if spec.method != "forward":
+        return batch * rows * len(spec.f_out) * prefix
+    if watched is None:
+        watched = lag_window(spec, rows, prefix) if spec.layout == "lag" else prefix
+    return batch * watched * len(spec.f_in) * (forward_length(spec, prefix) + rows * len(spec.f_out))
 
 
 BUCKET_CHOICES = (1, 2, 4, 8)
@@ -158,7 +163,7 @@ def _largest_blocks(spec: JacobianSpec, cost: CostModel, budget_bytes: float, n_
     and then the time chunk until the largest block fits (down to one sample and one output step).
     """
     n_rows = len(spec.t_out)
-    t_in_chunk = default_time_chunk(spec.input_steps)
+    t_in_chunk = default_time_chunk(spec.in_axis_length)
     t_out_chunk = 1 if spec.sequence_to_one else default_time_chunk(n_rows)
     longest_watch = _longest_watch(spec, n_buckets)
     batch_chunk = spec.batch
@@ -192,6 +197,6 @@ def predicted_peak(spec: JacobianSpec, plan: Plan, cost: CostModel) -> float:
 
 def predicted_store_bytes(spec: JacobianSpec, plan: Plan) -> int:
     """Bytes written to disk: the written extent of every block (uncompressed)."""
-    itemsize = 8 if spec.store_dtype == "float64" else 4
+    itemsize = {"float64": 8, "float32": 4, "float16": 2}[spec.store_dtype]
     per_entry = len(spec.f_out) * len(spec.f_in) * itemsize
     return sum(b.n_batch * b.n_rows * b.t_in_stop * per_entry for b in plan.blocks)

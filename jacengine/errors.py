@@ -25,7 +25,9 @@ class MethodUnsupported(ModelError):
 
     def __init__(self, method: str, reason: str) -> None:
         self.method, self.reason = method, reason
-        super().__init__(f"method {method!r} does not work for this model: {reason}. Use method='auto' to pick one that does.")
+        super().__init__(
+            f"method {method!r} does not work for this model: {reason.rstrip('.')}. Use method='auto' to pick one that does."
+        )
 
     def __reduce__(self) -> tuple[type, tuple[str, str]]:  # dask ships errors between processes
         return (type(self), (self.method, self.reason))

@@ -9,6 +9,11 @@ its Jacobian is taken with respect to the input prefix x[:, :watch_steps] only, 
 upper triangle beyond ``t_in_stop`` are never written (zarr returns the fill value 0 for them).
 ``watch_steps`` is rounded up to one of a few bucket lengths so that the number of distinct block
 shapes, and with it the number of TensorFlow traces, stays small.
+
+In the lag layout a block writes its rows' whole lag axis and differentiates only the window of
+inputs its lags reach: ``watch_steps`` is the window's length (the longest of the block's shape
+group) and ``forward_steps`` the (bucketed) prefix fed to the model; where in the prefix the
+window sits is computed per block (:func:`window_start`) and does not change the shape.
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ class Block:
     """One unit of work: J[batch_start:batch_stop, row_start:row_stop, :, :t_in_stop, :].
 
     ``row_*`` index the stored t_out axis (the selection), not model time steps.
-    ``watch_steps`` is the input prefix differentiated; ``forward_steps`` the input length fed
-    to the model (equal to ``watch_steps`` when the model accepts truncated sequences).
+    ``t_in_stop`` is the written extent of the fourth axis (t_in, or the whole lag axis).
+    ``watch_steps`` is the input prefix differentiated (in the lag layout: the window of
+    inputs); ``forward_steps`` the input length fed to the model (equal to the prefix when the
+    model accepts truncated sequences).
     ``compute_batch`` x ``compute_rows`` is the shape the block is computed at: a smaller
     remainder block is padded (repeated samples/rows, discarded afterwards) to the size of the
     other blocks with the same prefix, so that it reuses their compiled function instead of
@@ -119,6 +126,25 @@ def watch_buckets(spec: JacobianSpec, t_in_chunk: int, n_buckets: int) -> list[i
     return sorted(lengths | {steps})
 
 
+def forward_length(spec: JacobianSpec, prefix: int) -> int:
+    """Input steps fed to the model for a block that needs the first ``prefix`` steps."""
+    return prefix if spec.truncatable else spec.input_steps
+
+
+def lag_window(spec: JacobianSpec, span: int, prefix: int) -> int:
+    """Input steps a lag-layout block over ``span`` consecutive output steps differentiates."""
+    assert spec.max_lag is not None
+    return min(forward_length(spec, prefix), span + spec.max_lag - 1)
+
+
+def window_start(spec: JacobianSpec, block: Block) -> int:
+    """First input step of a lag-layout block's window: ``max_lag - 1`` steps before its first
+    output step, moved to fit inside the prefix fed to the model."""
+    assert spec.max_lag is not None
+    wanted = spec.t_out[block.row_start] - spec.max_lag + 1
+    return min(max(0, wanted), block.forward_steps - block.watch_steps)
+
+
 def make_plan(
     spec: JacobianSpec,
     *,
@@ -137,15 +163,17 @@ def make_plan(
     n_rows = len(spec.t_out)
     if min(batch_chunk, t_out_chunk, t_in_chunk) < 1:
         raise ValueError(f"chunk sizes must be positive, got {(batch_chunk, t_out_chunk, t_in_chunk)}")
-    buckets = watch_buckets(spec, t_in_chunk, n_buckets)
+    lag = spec.layout == "lag"
+    buckets = watch_buckets(spec, default_time_chunk(spec.input_steps) if lag else t_in_chunk, n_buckets)
 
     def prefix_of_chunk(j: int) -> tuple[int, int]:
-        """(t_in_stop, watch_steps) needed by t_out chunk j."""
+        """(t_in_stop, prefix) needed by t_out chunk j."""
+        extent = spec.in_axis_length
         if not spec.causal:
-            return spec.input_steps, spec.input_steps
+            return extent, spec.input_steps
         last_row = min(n_rows, (j + 1) * t_out_chunk) - 1
         needed = spec.t_out[last_row] + 1
-        t_in_stop = min(spec.input_steps, math.ceil(needed / t_in_chunk) * t_in_chunk)
+        t_in_stop = extent if lag else min(extent, math.ceil(needed / t_in_chunk) * t_in_chunk)
         return t_in_stop, next(length for length in buckets if length >= needed)
 
     n_chunks = math.ceil(n_rows / t_out_chunk)
@@ -163,8 +191,12 @@ def make_plan(
         j = stop
 
     rows_per_watch: dict[int, int] = {}
+    window_per_watch: dict[int, int] = {}  # lag layout: the longest window of the shape group
     for row_start, row_stop, _, watch in row_runs:
         rows_per_watch[watch] = max(rows_per_watch.get(watch, 0), row_stop - row_start)
+        if lag:
+            span = spec.t_out[row_stop - 1] - spec.t_out[row_start] + 1
+            window_per_watch[watch] = max(window_per_watch.get(watch, 0), lag_window(spec, span, watch))
     blocks: list[Block] = []
     for row_start, row_stop, t_in_stop, watch in row_runs:
         for batch_start in range(0, spec.batch, batch_chunk):
@@ -176,8 +208,8 @@ def make_plan(
                     row_start=row_start,
                     row_stop=row_stop,
                     t_in_stop=t_in_stop,
-                    watch_steps=watch,
-                    forward_steps=watch if spec.truncatable else spec.input_steps,
+                    watch_steps=window_per_watch[watch] if lag else watch,
+                    forward_steps=forward_length(spec, watch),
                     compute_batch=min(batch_chunk, spec.batch),
                     compute_rows=rows_per_watch[watch],
                 )

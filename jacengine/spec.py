@@ -14,7 +14,7 @@ from typing import Any
 from jacengine.errors import InputError
 from jacengine.selection import is_strictly_increasing
 
-LAYOUTS = ("full",)
+LAYOUTS = ("full", "lag")  # lag: J[b, i, fo, l, fi] = d y[b, t_out[i], fo] / d x[b, t_out[i] - l, fi]
 # reverse: pfor-vectorised VJPs; reverse-loop: a while loop over rows; forward: vectorised JVPs
 METHODS = ("reverse", "reverse-loop", "forward")
 STORE_DTYPES = ("float32", "float64", "float16")  # float16: half the disk, rounding error recorded
@@ -35,7 +35,9 @@ class JacobianSpec:
         truncatable: whether the model accepts a shorter input sequence (its input length is
             not fixed), so a causal block can run its forward pass on a prefix only.
         sequence_to_one: the model returns (B, F_out); stored with a t_out axis of length 1.
-        layout: "full" stores every input step.
+        layout: "full" stores every input step (axis ``t_in``); "lag" stores lags 0..max_lag-1
+            behind each output step (axis ``lag``), zero where the step would precede the input.
+        max_lag: the lag window L of the "lag" layout (None for "full").
         method: how blocks are differentiated, one of :data:`METHODS` (``auto`` is resolved to
             one of them before a spec exists).
         compute_dtype: the model's float dtype; store_dtype: the stored dtype.
@@ -53,6 +55,7 @@ class JacobianSpec:
     truncatable: bool
     sequence_to_one: bool = False
     layout: str = "full"
+    max_lag: int | None = None
     method: str = "reverse"
     compute_dtype: str = "float32"
     store_dtype: str = "float32"
@@ -80,15 +83,42 @@ class JacobianSpec:
             )
         if self.layout not in LAYOUTS:
             raise InputError(f"layout={self.layout!r} is not one of {LAYOUTS}.")
+        self._check_lag_window()
         if self.method not in METHODS:
             raise InputError(f"method={self.method!r} is not one of {METHODS}.")
         if self.store_dtype not in STORE_DTYPES:
             raise InputError(f"store_dtype={self.store_dtype!r} is not one of {STORE_DTYPES}.")
 
+    def _check_lag_window(self) -> None:
+        if self.layout == "full":
+            if self.max_lag is not None:
+                raise InputError("max_lag applies to layout='lag' only; pass layout='lag' with it.")
+            return
+        if self.max_lag is None or not 1 <= self.max_lag <= self.input_steps:
+            raise InputError(
+                f"layout='lag' needs max_lag between 1 and the sequence length {self.input_steps}, got {self.max_lag}."
+            )
+        if self.sequence_to_one or self.output_steps != self.input_steps:
+            raise InputError(
+                "layout='lag' needs one output step per input step (lag = t_out - t_in); this model maps "
+                f"{self.input_steps} input steps to {'one output' if self.sequence_to_one else self.output_steps}. "
+                "Use layout='full'."
+            )
+
+    @property
+    def in_axis(self) -> str:
+        """Name of the stored axis of input positions: ``t_in`` (full layout) or ``lag``."""
+        return "lag" if self.layout == "lag" else "t_in"
+
+    @property
+    def in_axis_length(self) -> int:
+        """Length of that axis: the sequence length, or the lag window."""
+        return self.max_lag if self.max_lag is not None else self.input_steps
+
     @property
     def shape(self) -> tuple[int, int, int, int, int]:
-        """Shape of the stored Jacobian (B, To, Fo, Ti, Fi)."""
-        return (self.batch, len(self.t_out), len(self.f_out), self.input_steps, len(self.f_in))
+        """Shape of the stored Jacobian (B, To, Fo, Ti, Fi), or (B, To, Fo, L, Fi) in the lag layout."""
+        return (self.batch, len(self.t_out), len(self.f_out), self.in_axis_length, len(self.f_in))
 
     @property
     def block_dtype(self) -> str:

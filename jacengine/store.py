@@ -26,9 +26,13 @@ from jacengine.spec import JacobianSpec
 
 FORMAT_VERSION = 1
 ATTRIBUTE = "jacengine"
-DIMS_FULL = ("batch", "t_out", "f_out", "t_in", "f_in")
 MANIFEST = "block_manifest"  # (n_blocks, 2) uint64: [1 when done, checksum of the block's bytes]
 ROUNDING = "rounding_error"  # float16 stores: (n_blocks,) float64, largest |stored - computed| per block
+
+
+def spec_dims(spec: JacobianSpec) -> tuple[str, ...]:
+    """The dimension names of the ``jacobian`` array of ``spec``'s layout."""
+    return ("batch", "t_out", "f_out", spec.in_axis, "f_in")
 
 
 def block_checksum(data: np.ndarray) -> int:
@@ -102,13 +106,13 @@ class JacobianStore:
             chunks=plan.chunks(spec),
             dtype=spec.store_dtype,
             fill_value=0,
-            dimension_names=DIMS_FULL,
+            dimension_names=spec_dims(spec),
             compressors=None,
         )
         coordinates = {
             "t_out": spec.t_out_coordinate,
             "f_out": spec.f_out,
-            "t_in": tuple(range(spec.input_steps)),
+            spec.in_axis: tuple(range(spec.in_axis_length)),
             "f_in": spec.f_in,
         }
         for name, values in coordinates.items():
@@ -167,7 +171,7 @@ class JacobianStore:
 
     @property
     def dims(self) -> tuple[str, ...]:
-        return tuple(self.array.metadata.dimension_names or DIMS_FULL)  # type: ignore[union-attr, arg-type]
+        return spec_dims(self.spec)
 
     def coordinate(self, name: str) -> np.ndarray:
         return np.asarray(self._group[name][:])  # type: ignore[index]

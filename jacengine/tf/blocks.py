@@ -9,6 +9,7 @@ eager forward pass of the same inputs before its results are trusted.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 from typing import Any
@@ -19,7 +20,7 @@ import tensorflow as tf
 
 from jacengine.budget import release_free_heap
 from jacengine.errors import BlockError, BlockOutOfMemory, MethodUnsupported, ModelError
-from jacengine.plan import Block
+from jacengine.plan import Block, window_start
 from jacengine.spec import JacobianSpec
 from jacengine.tf import methods
 
@@ -57,15 +58,16 @@ class BlockComputer:
         self._shape: tuple[int, ...] | None = None
         self._compiled: Any = None
 
-    def _function_for(self, shape_key: tuple[int, ...]) -> Any:
+    def _function_for(self, block: Block) -> Any:
         """The compiled function for one block shape. A traced graph holds tens of MB that
         TensorFlow never frees while its function lives, so the function of the previous shape is
         dropped (and the heap trimmed) when the shape changes: executors run blocks grouped by
         shape, so each shape is traced once and at most one graph is alive."""
-        if shape_key != self._shape:
+        if block.shape_key != self._shape:
             self.release()
-            self._compiled = tf.function(self._jacobian, reduce_retracing=False, autograph=False)
-            self._shape = shape_key
+            jacobian = functools.partial(self._jacobian, watch=block.watch_steps)
+            self._compiled = tf.function(jacobian, reduce_retracing=False, autograph=False)
+            self._shape = block.shape_key
         return self._compiled
 
     def release(self) -> None:
@@ -79,25 +81,47 @@ class BlockComputer:
         y = self.model(x, training=False)
         return y[:, None, :] if self.spec.sequence_to_one else y
 
-    def _jacobian(self, x_watch: tf.Tensor, x_rest: tf.Tensor, rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        self.trace_count += 1  # runs at trace time only
+    def _jacobian(self, x: tf.Tensor, start: tf.Tensor, rows: tf.Tensor, *, watch: int) -> tuple[tf.Tensor, tf.Tensor]:
+        """(outputs at ``rows``, J with respect to the ``watch`` input steps from ``start``).
 
-        def outputs(x: tf.Tensor) -> tf.Tensor:
-            return tf.gather(tf.gather(self._outputs(x), rows, axis=1), self._f_out, axis=2)
+        The full layout watches a prefix, split off statically. The lag layout's window moves from
+        block to block within one shape, so it is sliced at ``start`` (a tensor: no retrace) and
+        fed back as ``x + pad(window - stop_gradient(window))``, which adds exact zeros, keeps the
+        model's input shape static, and routes the derivative to the window only.
+        """
+        self.trace_count += 1  # runs at trace time only
+        if self.spec.layout == "lag":
+            n_batch, steps, features = x.shape
+            x_watch = tf.slice(x, tf.stack([0, start, 0]), [n_batch, watch, features])
+
+            def model_inputs(window: tf.Tensor) -> tf.Tensor:
+                padding = tf.stack([[0, 0], tf.stack([start, steps - watch - start]), [0, 0]])
+                embedded = tf.pad(window - tf.stop_gradient(window), padding)
+                embedded.set_shape(x.shape)
+                return x + embedded
+        else:
+            x_watch, x_rest = x[:, :watch], x[:, watch:]
+
+            def model_inputs(window: tf.Tensor) -> tf.Tensor:
+                return tf.concat([window, x_rest], axis=1)
+
+        def outputs(window: tf.Tensor) -> tf.Tensor:
+            y = self._outputs(model_inputs(window))
+            return tf.gather(tf.gather(y, rows, axis=1), self._f_out, axis=2)
 
         if self.spec.method == "forward":
-            return methods.forward(outputs, x_watch, x_rest, self._f_in)
-        return methods.reverse(outputs, x_watch, x_rest, self._f_in, loop=self.spec.method == "reverse-loop")
+            return methods.forward(outputs, x_watch, self._f_in)
+        return methods.reverse(outputs, x_watch, self._f_in, loop=self.spec.method == "reverse-loop")
 
-    def _run(self, block: Block, x_watch: tf.Tensor, x_rest: tf.Tensor, rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def _run(self, block: Block, x: tf.Tensor, start: tf.Tensor, rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Call the block's compiled function; the first call of a shape traces it, and is where
         a method that does not work for this model shows (an error, or a pfor fallback)."""
-        function = self._function_for(block.shape_key)
+        function = self._function_for(block)
         if block.shape_key in self._checked_shapes:
-            return function(x_watch, x_rest, rows)
+            return function(x, start, rows)
         try:
             with methods.pfor_fallbacks() as fallbacks:
-                result = function(x_watch, x_rest, rows)
+                result = function(x, start, rows)
         except (TypeError, ValueError, NotImplementedError, LookupError,
                 tf.errors.UnimplementedError, tf.errors.InvalidArgumentError) as exc:
             self.release()
@@ -123,13 +147,12 @@ class BlockComputer:
         # heap on pfor Jacobians of attention with a batch of one.
         samples = x.shape[0]
         x = tf.constant(_pad_axis0(np.asarray(x), max(block.compute_batch, 2)), dtype=self.dtype)
-        x_watch, x_rest = x[:, : block.watch_steps], x[:, block.watch_steps :]
         steps = np.asarray(self.spec.t_out[block.row_start : block.row_stop])
-        if self.spec.sequence_to_one:
-            steps = np.zeros_like(steps)
-        rows = tf.constant(_pad_axis0(steps, block.compute_rows), dtype=tf.int32)
+        start = window_start(self.spec, block) if self.spec.layout == "lag" else 0
+        rows = tf.constant(_pad_axis0(np.zeros_like(steps) if self.spec.sequence_to_one else steps, block.compute_rows),
+                           dtype=tf.int32)
         try:
-            y_rows, jacobian = self._run(block, x_watch, x_rest, rows)
+            y_rows, jacobian = self._run(block, x, tf.constant(start, dtype=tf.int32), rows)
             values = jacobian.numpy()[:samples, : block.n_rows]
         except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
             raise BlockOutOfMemory(f"block {block.index} ran out of memory: {str(exc)[:200]}") from exc
@@ -137,7 +160,11 @@ class BlockComputer:
             self._check_against_eager(x, rows, y_rows)
             self._checked_shapes.add(block.shape_key)
         self._check_finite(block, values)
-        return _fit_t_in(values, block.t_in_stop).astype(self.spec.block_dtype, copy=False)
+        if self.spec.layout == "lag":
+            values = _lags(values, steps, start, self.spec.in_axis_length)
+        else:
+            values = _fit_t_in(values, block.t_in_stop)
+        return values.astype(self.spec.block_dtype, copy=False)
 
     def _check_against_eager(self, x: tf.Tensor, rows: tf.Tensor, compiled: tf.Tensor) -> None:
         eager = tf.gather(tf.gather(self._outputs(x), rows, axis=1), self._f_out, axis=2).numpy()
@@ -170,6 +197,15 @@ def _pad_axis0(values: np.ndarray, size: int) -> np.ndarray:
     """``values`` extended to ``size`` entries along axis 0 by repeating its last entry."""
     missing = size - values.shape[0]
     return values if missing <= 0 else np.concatenate([values, np.repeat(values[-1:], missing, axis=0)])
+
+
+def _lags(values: np.ndarray, steps: np.ndarray, start: int, max_lag: int) -> np.ndarray:
+    """Window Jacobians (n, R, Fo, W, Fi) with the window starting at input step ``start`` as lags
+    (n, R, Fo, max_lag, Fi): lag l of the row at output step s is input step s - l, zero before step 0."""
+    inputs = steps[:, None] - np.arange(max_lag)[None, :]  # (R, L) input step of each lag
+    position = np.clip(inputs - start, 0, values.shape[3] - 1)[None, :, None, :, None]
+    lagged = np.take_along_axis(values, position, axis=3)
+    return np.where((inputs >= 0)[None, :, None, :, None], lagged, 0).astype(values.dtype, copy=False)
 
 
 def _fit_t_in(values: np.ndarray, t_in_stop: int) -> np.ndarray:

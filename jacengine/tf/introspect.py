@@ -31,6 +31,8 @@ def build_spec(
     f_in: Selection = None,
     causal: Causal = "auto",
     method: str = "auto",
+    layout: str = "full",
+    max_lag: int | None = None,
     store_dtype: str = "float32",
 ) -> tuple[JacobianSpec, str]:
     """Return the spec and a one-line explanation of the causality decision."""
@@ -72,6 +74,8 @@ def build_spec(
         sequence_to_one=sequence_to_one,
         method="reverse" if method == "auto" else method,
         compute_dtype=dtype.name,
+        layout=layout,
+        max_lag=max_lag,
         store_dtype=store_dtype,
     )
     check_connected(model, short[:1], spec)

@@ -1,8 +1,9 @@
 """The ways a block's Jacobian can be differentiated, and how to tell when one does not work.
 
-All three take the watched input prefix ``x_watch`` (B, W, F), the unwatched rest ``x_rest`` and
-``outputs(x)``, the model's outputs at the block's rows (B, R, Fo), and return those outputs and
-J (B, R, Fo, W, |f_in|). They run inside one ``tf.function`` per block shape.
+All three take the watched inputs ``x_watch`` (B, W, F) and ``outputs(x_watch)``, the model's
+outputs at the block's rows (B, R, Fo) as a function of them (the unwatched inputs are fixed),
+and return those outputs and J (B, R, Fo, W, |f_in|). They run inside one ``tf.function`` per
+block shape.
 
 - ``reverse``: one VJP per output row, vectorised over rows and samples by pfor. The fastest
   where pfor converts every op; pfor holds every row's backward intermediates at once.
@@ -34,12 +35,11 @@ Outputs = Callable[[tf.Tensor], tf.Tensor]
 _FALLBACK = re.compile(r"Using a while_loop for converting (\S+)")
 
 
-def reverse(outputs: Outputs, x_watch: tf.Tensor, x_rest: tf.Tensor, f_in: tf.Tensor, *, loop: bool = False
-            ) -> tuple[tf.Tensor, tf.Tensor]:
+def reverse(outputs: Outputs, x_watch: tf.Tensor, f_in: tf.Tensor, *, loop: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
     """Reverse mode: batch_jacobian with pfor, or with a while loop when ``loop``."""
     with tf.GradientTape() as tape:
         tape.watch(x_watch)
-        y_rows = outputs(tf.concat([x_watch, x_rest], axis=1))
+        y_rows = outputs(x_watch)
     if loop:
         jacobian = tape.batch_jacobian(y_rows, x_watch, experimental_use_pfor=False, parallel_iterations=LOOP_PARALLEL_ROWS)
     else:
@@ -47,24 +47,22 @@ def reverse(outputs: Outputs, x_watch: tf.Tensor, x_rest: tf.Tensor, f_in: tf.Te
     return y_rows, tf.gather(jacobian, f_in, axis=4)
 
 
-def forward(outputs: Outputs, x_watch: tf.Tensor, x_rest: tf.Tensor, f_in: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def forward(outputs: Outputs, x_watch: tf.Tensor, f_in: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Forward mode: one JVP per (watched step, selected input feature), vectorised by pfor."""
-    x = tf.concat([x_watch, x_rest], axis=1)
     n_batch, watch, features = x_watch.shape
     n_f_in = f_in.shape[0]
-    rest_zeros = tf.zeros_like(x_rest)
 
     def column(direction: tf.Tensor) -> tf.Tensor:
         step, feature = direction // n_f_in, tf.gather(f_in, direction % n_f_in)
-        unit = tf.reshape(tf.one_hot(step * features + feature, watch * features, dtype=x.dtype), (1, watch, features))
-        tangent = tf.concat([tf.broadcast_to(unit, (n_batch, watch, features)), rest_zeros], axis=1)
-        with tf.autodiff.ForwardAccumulator(x, tangent) as accumulator:
-            y_rows = outputs(x)
+        unit = tf.one_hot(step * features + feature, watch * features, dtype=x_watch.dtype)
+        tangent = tf.broadcast_to(tf.reshape(unit, (1, watch, features)), (n_batch, watch, features))
+        with tf.autodiff.ForwardAccumulator(x_watch, tangent) as accumulator:
+            y_rows = outputs(x_watch)
         return accumulator.jvp(y_rows)
 
     columns = tf.vectorized_map(column, tf.range(watch * n_f_in), warn=False)  # (W * |f_in|, B, R, Fo)
     columns = tf.reshape(columns, (watch, n_f_in, *columns.shape[1:]))
-    return outputs(x), tf.transpose(columns, (2, 3, 4, 0, 1))
+    return outputs(x_watch), tf.transpose(columns, (2, 3, 4, 0, 1))
 
 
 @contextlib.contextmanager
