@@ -25,14 +25,16 @@ def plot_summary(store: JacobianStore, path: str | Path, partial: bool = False) 
     lags = lag_profile(store, partial=partial, mean_abs=mean_abs)
     profile = lags["mean_abs"].sum(axis=(1, 2))
     importance = np.nansum(mean_abs, axis=(1, 2))  # (t_out, f_in)
-    t_out, t_in, f_in = store.coordinate("t_out"), store.coordinate("t_in"), store.coordinate("f_in")
+    in_axis = store.spec.in_axis  # t_in, or lag in the lag layout
+    t_out, t_in, f_in = store.coordinate("t_out"), store.coordinate(in_axis), store.coordinate("f_in")
 
     figure, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.6), constrained_layout=True)
     positive = heat[heat > 0]
     norm = LogNorm(vmin=max(positive.min(), positive.max() * 1e-6), vmax=positive.max()) if positive.size else None
     image = left.imshow(np.where(heat > 0, heat, np.nan), origin="lower", aspect="auto", norm=norm, cmap="viridis",
                         extent=(t_in[0] - 0.5, t_in[-1] + 0.5, t_out[0] - 0.5, t_out[-1] + 0.5))
-    left.set(xlabel="input step t_in", ylabel="output step t_out", title="mean |dy/dx| over samples")
+    left.set(xlabel="input step t_in" if in_axis == "t_in" else "lag t_out - t_in", ylabel="output step t_out",
+             title="mean |dy/dx| over samples")
     figure.colorbar(image, ax=left, label="mean |J| (output units per input unit)")
 
     middle.semilogy(lags.coords["lag"], np.maximum(profile, 1e-30), marker=".", lw=1)
@@ -45,7 +47,7 @@ def plot_summary(store: JacobianStore, path: str | Path, partial: bool = False) 
                          extent=(t_out[0] - 0.5, t_out[-1] + 0.5, -0.5, f_in.size - 0.5))
     right.set_yticks(range(f_in.size), [str(f) for f in f_in])
     right.set(xlabel="output step t_out", ylabel="input feature f_in", title="feature importance")
-    figure.colorbar(image, ax=right, label="sum over t_in of mean |J|")
+    figure.colorbar(image, ax=right, label=f"sum over {in_axis} of mean |J|")
     figure.suptitle(f"Jacobian {store.shape} from {store.path.name}")
     path = Path(path)
     figure.savefig(path, dpi=110)

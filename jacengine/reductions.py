@@ -65,10 +65,16 @@ def _coords(store: JacobianStore, *names: str) -> dict[str, np.ndarray]:
     return {name: store.coordinate(name) for name in names}
 
 
+def _entry_dims(store: JacobianStore) -> tuple[str, ...]:
+    """The dimensions of one sample's Jacobian: (t_out, f_out, t_in or lag, f_in)."""
+    return store.dims[1:]
+
+
 def saliency(store: JacobianStore, partial: bool = False) -> Reduction:
-    """Mean over the batch of |J| and of J, per (t_out, f_out, t_in, f_in)."""
+    """Mean over the batch of |J| and of J, per (t_out, f_out, t_in, f_in) (lag instead of t_in
+    in the lag layout)."""
     jacobian, coverage = jacobian_for_reduction(store, partial)
-    dims = ("t_out", "f_out", "t_in", "f_in")
+    dims = _entry_dims(store)
     return Reduction(
         "saliency",
         {"mean_abs": (da.nanmean(abs(jacobian), axis=0), dims), "mean": (da.nanmean(jacobian, axis=0), dims)},
@@ -78,7 +84,8 @@ def saliency(store: JacobianStore, partial: bool = False) -> Reduction:
 
 
 def feature_importance(store: JacobianStore, partial: bool = False) -> Reduction:
-    """Per output step: the sum over input steps of |J| for each input feature, mean over the batch."""
+    """Per output step: the sum over input steps of |J| for each input feature, mean over the batch
+    (in the lag layout: over the stored lags only)."""
     jacobian, coverage = jacobian_for_reduction(store, partial)
     dims = ("t_out", "f_out", "f_in")
     importance = da.nanmean(abs(jacobian).sum(axis=3), axis=0)
@@ -88,6 +95,11 @@ def feature_importance(store: JacobianStore, partial: bool = False) -> Reduction
 def window_sum(store: JacobianStore, start: int, stop: int, partial: bool = False) -> Reduction:
     """Sum of J over input steps [start, stop), per sample and output step (the seed's
     ``reduce_sum(grads[:, :, :, :10], axis=3)``)."""
+    if store.spec.layout == "lag":
+        raise InputError(
+            "window-sum sums J over input steps, and this store holds lags (layout 'lag'). Compute the store with "
+            "layout='full', or the sum directly without J: jacengine.directional(..., input_steps=(start, stop))."
+        )
     steps = store.spec.input_steps
     if not 0 <= start < stop <= steps:
         raise InputError(f"window [{start}, {stop}) must lie within the {steps} input steps.")
@@ -107,24 +119,31 @@ def lag_profile(
 
     Also the smallest lag L such that lags 0..L hold ``fraction`` of the total influence (sum of
     mean |J| over lags >= 0), per (f_out, f_in). Negative lags (the future) appear only for
-    non-causal models. Computed from the saliency map (To, Fo, Ti, Fi), which is small; pass
-    it as ``mean_abs`` when already computed to save a pass over the store.
+    non-causal models. In the lag layout the lags are the stored ones (0..max_lag-1), and the
+    fraction is of the influence within them. Computed from the saliency map (To, Fo, Ti or L,
+    Fi), which is small; pass it as ``mean_abs`` when already computed to save a pass over the store.
     """
     if not 0 < fraction <= 1:
         raise InputError(f"fraction must be in (0, 1], got {fraction}.")
     coverage = jacobian_for_reduction(store, partial)[1]
-    values = saliency(store, partial)["mean_abs"] if mean_abs is None else mean_abs  # (To, Fo, Ti, Fi)
-    t_out, t_in = store.coordinate("t_out"), store.coordinate("t_in")
-    causal = bool(store.attrs["causal"])
-    lags = np.arange(0 if causal else -(t_in.size - 1), t_in.size)
-    totals = np.zeros((lags.size, values.shape[1], values.shape[3]))
-    counts = np.zeros(lags.size)
-    for i, step in enumerate(t_out):
-        lag_of_t_in = step - t_in
-        keep = (lag_of_t_in >= lags[0]) & (lag_of_t_in <= lags[-1])
-        where = lag_of_t_in[keep] - lags[0]
-        totals[where] += np.nan_to_num(values[i][:, keep, :]).transpose(1, 0, 2)
-        counts[where] += 1
+    values = saliency(store, partial)["mean_abs"] if mean_abs is None else mean_abs
+    t_out = store.coordinate("t_out")
+    if store.spec.layout == "lag":
+        lags = store.coordinate("lag")
+        reached = (t_out[:, None] - lags[None, :] >= 0)[:, None, :, None]  # lag l of step s exists when s - l >= 0
+        totals = np.nan_to_num(np.where(reached, values, 0)).sum(axis=0).transpose(1, 0, 2)
+        counts = reached[:, 0, :, 0].sum(axis=0)
+    else:
+        t_in = store.coordinate("t_in")
+        lags = np.arange(0 if store.attrs["causal"] else -(t_in.size - 1), t_in.size)
+        totals = np.zeros((lags.size, values.shape[1], values.shape[3]))
+        counts = np.zeros(lags.size)
+        for i, step in enumerate(t_out):
+            lag_of_t_in = step - t_in
+            keep = (lag_of_t_in >= lags[0]) & (lag_of_t_in <= lags[-1])
+            where = lag_of_t_in[keep] - lags[0]
+            totals[where] += np.nan_to_num(values[i][:, keep, :]).transpose(1, 0, 2)
+            counts[where] += 1
     profile = totals / np.maximum(counts, 1)[:, None, None]
     past = totals[lags >= 0]
     cumulative = np.cumsum(past, axis=0) / np.maximum(past.sum(axis=0), 1e-300)
@@ -142,19 +161,20 @@ def lag_profile(
 
 
 def top_k(store: JacobianStore, k: int = 5, partial: bool = False) -> Reduction:
-    """For each (t_out, f_out), the k input entries (t_in, f_in) with the largest mean |J|."""
+    """For each (t_out, f_out), the k input entries (t_in or lag, f_in) with the largest mean |J|."""
     mean_abs = saliency(store, partial)["mean_abs"]  # (To, Fo, Ti, Fi)
     to, fo, ti, fi = mean_abs.shape
     if not 1 <= k <= ti * fi:
         raise InputError(f"k must be between 1 and {ti * fi}, got {k}.")
     flat = np.nan_to_num(mean_abs, nan=-np.inf).reshape(to, fo, ti * fi)
     order = np.argsort(-flat, axis=2, kind="stable")[:, :, :k]
-    t_in_coordinate, f_in_coordinate = store.coordinate("t_in"), store.coordinate("f_in")
+    in_axis = store.spec.in_axis
+    in_coordinate, f_in_coordinate = store.coordinate(in_axis), store.coordinate("f_in")
     dims = ("t_out", "f_out", "rank")
     return Reduction(
         "top-k",
         {
-            "t_in": (t_in_coordinate[order // fi], dims),
+            in_axis: (in_coordinate[order // fi], dims),
             "f_in": (f_in_coordinate[order % fi], dims),
             "mean_abs": (np.take_along_axis(flat, order, axis=2), dims),
         },
@@ -198,7 +218,7 @@ def batch_std(store: JacobianStore, partial: bool = False) -> Reduction:
         jacobian, _moments_chunk, _std_aggregate, combine=_moments_combine, axis=0,
         dtype="float32", concatenate=False,
     )
-    dims = ("t_out", "f_out", "t_in", "f_in")
+    dims = _entry_dims(store)
     return Reduction("std", {"std": (std, dims)}, _coords(store, *dims), {"coverage": coverage})
 
 
@@ -216,21 +236,21 @@ def batch_quantiles(store: JacobianStore, quantiles: tuple[float, ...] = (0.1, 0
         lambda block: np.nanquantile(block, q, axis=0).astype("float32"), chunks=((q.size,), *whole.chunks[1:]),
         dtype="float32",
     )
-    dims = ("quantile", "t_out", "f_out", "t_in", "f_in")
+    dims = ("quantile", *_entry_dims(store))
     return Reduction("quantiles", {"quantile_values": (result, dims)},
-                     {"quantile": q, **_coords(store, "t_out", "f_out", "t_in", "f_in")}, {"coverage": coverage})
+                     {"quantile": q, **_coords(store, *_entry_dims(store))}, {"coverage": coverage})
 
 
 def custom(store: JacobianStore, name: str, function: Callable[[da.Array], Any], dims: tuple[str, ...],
            partial: bool = False) -> Reduction:
     """A user-defined reduction: ``function`` maps the Jacobian as a dask array (dims batch, t_out,
-    f_out, t_in, f_in) to a dask or numpy array with dimension names ``dims``; coordinates are
+    f_out, t_in or lag, f_in) to a dask or numpy array with dimension names ``dims``; coordinates are
     attached for the dimensions the store labels."""
     jacobian, coverage = jacobian_for_reduction(store, partial)
     result = function(jacobian)
     if np.ndim(result) != len(dims):
         raise InputError(f"the reduction returned {np.ndim(result)} dimensions but dims names {len(dims)}.")
-    labelled = {d for d in dims if d in ("t_out", "f_out", "t_in", "f_in")}
+    labelled = {d for d in dims if d in _entry_dims(store)}
     return Reduction(name, {"values": (result, dims)}, _coords(store, *sorted(labelled)), {"coverage": coverage})
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from jacengine.errors import StoreMismatchError
 from jacengine.inputs import Inputs
+from jacengine.spec import JacobianSpec
 from jacengine.store import JacobianStore, block_checksum
 
 
@@ -125,14 +126,26 @@ def _check_samples(
         stored = np.asarray(store.array[b, row, fo_index])  # (T, |f_in|)
         reference = gradient_row(keras_model, sample, step, spec.f_out[fo_index])[:, list(spec.f_in)]
         scale = max(float(np.abs(reference).max()), 1e-30)
-        gradient_errors.append(float(np.abs(stored - reference).max()) / scale)
+        gradient_errors.append(float(np.abs(stored - _as_stored(spec, reference, step)).max()) / scale)
         if model64 is not None and i < 4:
-            t_in = int(rng.integers(0, (step if step is not None else spec.input_steps - 1) + 1))
+            last = step if step is not None else spec.input_steps - 1
+            first = max(0, last - spec.max_lag + 1) if spec.max_lag is not None else 0
+            t_in = int(rng.integers(first, last + 1))
             fi_index = int(rng.integers(len(spec.f_in)))
             value = central_difference(model64, sample, step, spec.f_out[fo_index], t_in, spec.f_in[fi_index])
-            difference_errors.append(abs(float(stored[t_in, fi_index]) - value) / scale)
+            position = last - t_in if spec.layout == "lag" else t_in
+            difference_errors.append(abs(float(stored[position, fi_index]) - value) / scale)
     report.rows_checked = len(gradient_errors)
     report.max_gradient_error = max(gradient_errors)
     if difference_errors:
         report.entries_checked = len(difference_errors)
         report.max_finite_difference_error = max(difference_errors)
+
+
+def _as_stored(spec: JacobianSpec, row: np.ndarray, step: int | None) -> np.ndarray:
+    """A gradient row over input steps (T, |f_in|) in the store's layout: unchanged, or its lags
+    0..max_lag-1 behind ``step`` (zero before the first input step)."""
+    if spec.max_lag is None or step is None:
+        return row
+    steps = step - np.arange(spec.max_lag)
+    return np.where((steps >= 0)[:, None], row[np.clip(steps, 0, None)], 0)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from jacengine.costmodel import CostModel, block_work, choose_plan
 from jacengine.errors import BudgetError, InputError
-from jacengine.plan import Plan, make_plan
+from jacengine.plan import Plan, make_plan, window_start
 from jacengine.selection import normalise_selection
 from jacengine.spec import JacobianSpec
 
@@ -62,6 +62,27 @@ def test_blocks_cover_every_entry_once_on_chunk_boundaries(case) -> None:
     # bounded tracing: one compiled shape per prefix bucket
     assert len(plan.shape_keys) <= len({b.watch_steps for b in plan.blocks}) <= n_buckets + 1
     assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+@settings(max_examples=200, deadline=None)
+@given(specs_and_grids(), st.integers(1, 40))
+def test_lag_windows_hold_every_lag_and_fit_the_prefix(case, max_lag) -> None:
+    spec, grid, per_block, n_buckets = case
+    spec = dataclasses.replace(spec, layout="lag", max_lag=min(max_lag, spec.input_steps))
+    plan = make_plan(spec, chunks_per_block=lambda watch: per_block, n_buckets=n_buckets, **grid)
+    cover = np.zeros((spec.batch, len(spec.t_out)), dtype=int)
+    for block in plan.blocks:
+        cover[block.batch_start : block.batch_stop, block.row_start : block.row_stop] += 1
+        assert block.t_in_stop == spec.max_lag  # every block writes its rows' whole lag axis
+        start = window_start(spec, block)
+        assert 0 <= start and start + block.watch_steps <= block.forward_steps
+        for step in spec.t_out[block.row_start : block.row_stop]:
+            # the window covers each row's step and its lags back to max_lag - 1 (or to step 0)
+            assert start <= max(0, step - spec.max_lag + 1) and step < start + block.watch_steps
+            if spec.causal:
+                assert step < block.forward_steps
+    assert (cover == 1).all()
+    assert len(plan.shape_keys) <= n_buckets + 1
 
 
 def test_causal_plan_skips_the_upper_triangle() -> None:
