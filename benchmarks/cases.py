@@ -16,14 +16,17 @@ JACOBIAN_METHODS = ("jacengine", "tf-eager", "tf-pfor", "tf-while", "tf-gradient
 QUICK_METHODS = ("jacengine", "tf-pfor")
 REDUCE_METHODS = ("jacengine-reduce", "numpy-reduce")
 SCALE_OUT_METHODS = ("jacengine", "jacengine-dask", "jacengine-shards")  # 1 process; 2 dask workers; 2 shards
-SUITES = ("seed", "scaling-T", "scaling-B", "features", "budget", "models", "reduce", "scale-out")
+SUITES = ("seed", "scaling-T", "scaling-B", "features", "budget", "models", "reduce", "scale-out", "methods")
+ENGINE_METHODS = ("reverse", "reverse-loop", "forward", "auto")  # jacengine's method= in the methods suite
+LAG_WINDOW = 50  # the methods suite's lag-layout case stores lags 0..49
 DEFAULT_BUDGET = "1GiB"
 MODEL_FAMILIES = ("lstm", "gru", "stacked-lstm", "causal-conv1d", "bidirectional")  # kinds of jacengine.tf.zoo
 
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """One method on one problem; ``budget`` applies to jacengine only."""
+    """One method on one problem; ``budget``, ``engine_method`` (jacengine's ``method=``) and
+    ``max_lag`` (its lag layout) apply to jacengine only."""
 
     suite: str
     method: str
@@ -35,11 +38,13 @@ class Case:
     budget: str = DEFAULT_BUDGET
     units: int = 32
     repeats: int = 3
+    engine_method: str = "auto"
+    max_lag: int | None = None
 
     @property
     def problem(self) -> tuple[Any, ...]:
         """Cases with the same problem compute the same Jacobian and are checked against each other."""
-        return self.suite, self.model, self.batch, self.steps, self.features_in, self.features_out, self.units
+        return self.suite, self.model, self.batch, self.steps, self.features_in, self.features_out, self.units, self.max_lag
 
     @property
     def label(self) -> str:
@@ -47,7 +52,9 @@ class Case:
         if self.features_out != self.features_in:
             shape += f"->{self.features_out}"
         budget = f" @ {self.budget}" if self.method.startswith("jacengine") else ""
-        return f"{self.suite}: {self.method} {self.model} {shape}{budget}"
+        how = "" if self.engine_method == "auto" else f" method={self.engine_method}"
+        how += f" lags<{self.max_lag}" if self.max_lag else ""
+        return f"{self.suite}: {self.method}{how} {self.model} {shape}{budget}"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -93,4 +100,10 @@ def suite_cases(suite: str, quick: bool = False) -> list[Case]:
     if suite == "scale-out":
         batch, steps = (2, 20) if quick else (32, 1000)
         return [Case(suite, method, "lstm", batch, steps, repeats=0) for method in SCALE_OUT_METHODS]
+    if suite == "methods":  # each method of jacengine, reverse first (the ratios' reference), and a lag window
+        shapes = [(2, 20, 1)] if quick else [(32, 500, 1), (8, 1000, 8)]
+        window = 5 if quick else LAG_WINDOW
+        return [Case(suite, "jacengine", kind, b, t, f, f, repeats=0, engine_method=how, max_lag=lag)
+                for kind in ("lstm", "causal-conv1d") for b, t, f in shapes
+                for how, lag in [*((m, None) for m in ENGINE_METHODS), ("auto", window)]]
     raise ValueError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)} or all")

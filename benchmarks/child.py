@@ -83,9 +83,11 @@ def _jacengine_runner(case: Case, model: Any, x: np.ndarray, directory: str) -> 
 
     runs = iter(range(10**6))
 
+    layout = {"layout": "lag", "max_lag": case.max_lag} if case.max_lag else {}
+
     def compute() -> Any:
         path = os.path.join(directory, f"run{next(runs)}.zarr")
-        return jacengine.compute(model, x, path, budget=case.budget, progress=False)
+        return jacengine.compute(model, x, path, budget=case.budget, method=case.engine_method, progress=False, **layout)
     return compute
 
 
@@ -208,6 +210,7 @@ def measure(case: Case, gpu_memory_limit: str | None = None) -> dict[str, Any]:
         else:
             if case.method.startswith("jacengine"):  # read only the sampled entries' chunks from the store
                 record["blocks"] = len(result.plan.blocks)
+                record["chosen_method"] = result.spec.method
                 values = result.array.get_coordinate_selection(sample_indices(result.shape))
             else:
                 values = result[sample_indices(result.shape)]
@@ -218,12 +221,12 @@ def measure(case: Case, gpu_memory_limit: str | None = None) -> dict[str, Any]:
 def main(case_json: str, gpu_memory_limit: str | None = None) -> None:
     import json
 
-    from jacengine.errors import BudgetError
+    from jacengine.errors import BudgetError, MethodUnsupported
 
     case = Case.from_json(case_json)
     try:
         record = {"status": "ok", **measure(case, gpu_memory_limit)}
-    except NotApplicable as exc:
+    except (NotApplicable, MethodUnsupported) as exc:  # e.g. forward mode on a Keras RNN
         record = {"status": "skipped", "error": str(exc)}
     except BudgetError as exc:  # jacengine refusing a budget below its minimum, before any work
         record = {"status": "refused", "error": str(exc)}

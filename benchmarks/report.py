@@ -13,7 +13,7 @@ from jacengine.budget import parse_budget
 
 MIB = 2**20
 README_START, README_END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
-HEADLINE_SUITES = ("seed", "scaling-T", "budget", "scale-out")
+HEADLINE_SUITES = ("seed", "scaling-T", "budget", "methods", "scale-out")
 
 
 def best_seconds(record: dict[str, Any]) -> float | None:
@@ -33,6 +33,16 @@ def _jacengine_of(records: list[dict[str, Any]], record: dict[str, Any]) -> dict
     same = [r for r in records if r["method"] == "jacengine" and r["status"] == "ok" and r["model"] == record["model"]
             and _shape(r) == _shape(record) and r["suite"] == record["suite"]]
     return same[0] if same else None
+
+
+def _method_cell(record: dict[str, Any]) -> str:
+    """The method, with jacengine's own method (and what ``auto`` chose) and lag window."""
+    cell = record["method"]
+    how = record.get("engine_method", "auto")
+    chosen = record.get("chosen_method")
+    if record["method"] == "jacengine" and (how != "auto" or record.get("suite") == "methods"):
+        cell += f" {how}" + (f" → {chosen}" if how == "auto" and chosen else "")
+    return cell + (f", lags < {record['max_lag']}" if record.get("max_lag") else "")
 
 
 def _status_cell(record: dict[str, Any]) -> str:
@@ -61,7 +71,9 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
     ]
     for r in records:
         ok = r["status"] == "ok"
-        ours = _jacengine_of(records, r) if ok and r["method"] != "jacengine" else None
+        # baselines against jacengine; in the methods suite every variant against the first (reverse)
+        ours = _jacengine_of(records, r) if ok and (r["method"] != "jacengine" or r["suite"] == "methods") else None
+        ours = None if ours is r else ours
         time_ratio = best_seconds(r) / best_seconds(ours) if ours else None
         memory_ratio = r["peak_rss_bytes"] / max(ours["peak_rss_bytes"], 1) if ours else None
         budget = r["budget"] if r["method"].startswith("jacengine") else ""
@@ -69,7 +81,7 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
         over_budget = peak / parse_budget(budget) if budget and peak and r["method"] == "jacengine" else None
         status = _status_cell(r)
         lines.append(
-            f"| {r['suite']} | {r['model']} | {_shape(r)} | {r['method']} | {budget} | {_fmt(over_budget)} | {status} "
+            f"| {r['suite']} | {r['model']} | {_shape(r)} | {_method_cell(r)} | {budget} | {_fmt(over_budget)} | {status} "
             f"| {_fmt(r.get('first_seconds'))} | {_fmt(r.get('steady_seconds'))} | {_peak_cell(r)} "
             f"| {_fmt(r.get('entries_per_second'), 3)} | {_fmt(r.get('gflops'))} | {_fmt(r.get('max_abs_diff'), 1)} "
             f"| {_fmt(time_ratio)} | {_fmt(memory_ratio)} |"

@@ -96,6 +96,8 @@ def derive(record: dict[str, Any]) -> dict[str, Any]:
     seconds = record.get("steady_seconds") or record.get("first_seconds")
     if record.get("status") != "ok" or not seconds or record["method"] in ("jacengine-reduce", "numpy-reduce"):
         return record
+    if record.get("max_lag"):  # a lag window: not the full Jacobian the counts below are of
+        return record
     entries = record["batch"] * record["steps"] ** 2 * record["features_in"] * record["features_out"]
     flops = causal_flops(record)
     return {**record, "entries_per_second": entries / seconds, "gflops": flops / seconds / 1e9 if flops else None}
@@ -116,21 +118,29 @@ def causal_flops(record: dict[str, Any]) -> float | None:
     return record["batch"] * record["features_out"] * steps * (steps + 1) / 2 * per_step
 
 
+def _method_name(record: dict[str, Any]) -> str:
+    how = record.get("engine_method", "auto")
+    return record["method"] if how == "auto" else f"{record['method']} {how}"
+
+
 def check_agreement(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Add ``max_abs_diff`` (relative to the reference sample's largest magnitude) and ``reference``."""
     problems: dict[tuple, list[dict[str, Any]]] = {}
     for record in records:
-        problems.setdefault(Case(**{k: record[k] for k in Case.__dataclass_fields__}).problem, []).append(record)
+        case = Case(**{k: record[k] for k in Case.__dataclass_fields__ if k in record})
+        problems.setdefault(case.problem, []).append(record)
     for group in problems.values():
-        finished = {r["method"]: r for r in group if r.get("status") == "ok"}
-        reference = next((finished[m] for m in REFERENCE_ORDER if m in finished), None)
-        if reference is None:
+        finished = [r for r in group if r.get("status") == "ok"]
+        # the first finished method in REFERENCE_ORDER; among jacengine's own methods, the first run
+        candidates = [r for m in REFERENCE_ORDER for r in finished if r["method"] == m]
+        if not candidates:
             continue
+        reference = candidates[0]
         ref = reference["sample"]
         scale = max(max(abs(v) for v in ref), 1e-30)
-        for record in finished.values():
+        for record in finished:
             if record is not reference:
-                record["reference"] = reference["method"]
+                record["reference"] = _method_name(reference)
                 record["max_abs_diff"] = max(abs(a - b) for a, b in zip(record["sample"], ref, strict=True)) / scale
     return records
 

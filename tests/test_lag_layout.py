@@ -42,10 +42,10 @@ CASES = [
     # forward pass), causal attention in forward mode; a window of one step and of the whole sequence
     ("gru_fin3_fout2", "reverse", 1),
     ("gru_fin3_fout2", "reverse", 4),
-    ("gru_fin3_fout2", "reverse-loop", 4),
+    pytest.param("gru_fin3_fout2", "reverse-loop", 4, marks=pytest.mark.slow),
     ("conv1d_same", "reverse", 3),
     ("attention_causal_mask", "forward", 5),
-    ("fixed_length_lstm", "reverse", T),
+    pytest.param("fixed_length_lstm", "reverse", T, marks=pytest.mark.slow),
 ]
 
 

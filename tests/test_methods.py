@@ -40,14 +40,15 @@ def assert_matches_reference(actual: np.ndarray, model: keras.Model, x: np.ndarr
     np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
 
 
-# (zoo model, method): forward mode applies to models without Keras RNN layers
+# (zoo model, method): forward mode applies to models without Keras RNN layers; the slow ones
+# (--runslow) repeat code paths the others cover
 CASES = [
     ("gru_fin3_fout2", "reverse-loop"),
-    ("conv1d_same", "reverse-loop"),
+    pytest.param("conv1d_same", "reverse-loop", marks=pytest.mark.slow),
     ("conv1d_causal", "forward"),
     ("conv1d_same", "forward"),
     ("attention_causal_mask", "forward"),
-    ("attention_no_mask", "forward"),
+    pytest.param("attention_no_mask", "forward", marks=pytest.mark.slow),
 ]
 
 
