@@ -232,9 +232,9 @@ def compute(
         t_out, f_out, f_in: output steps, output features and input features to keep (int,
             slice or increasing sequence; default all).
         causal: "auto" (detect; never mistakes a non-causal model for causal), True or False.
-        method: "auto" (default: measures "reverse" and "forward" on a probe block and takes
-            the faster that works; "reverse-loop" when neither does), "reverse" (pfor-vectorised
-            VJPs), "reverse-loop" (VJPs in a while loop) or "forward" (pfor-vectorised JVPs).
+        method: "auto" (default: measures each method on probe blocks and takes the fastest that
+            works), "reverse" (pfor-vectorised VJPs), "reverse-loop" (VJPs in a while loop) or
+            "forward" (pfor-vectorised JVPs).
         layout: "full" (default): J over every input step, axis ``t_in``; "lag": only lags
             0..max_lag-1 behind each output step, axis ``lag`` (J[b, i, fo, l, fi] is the
             derivative by x[b, t_out[i] - l, fi]), computed from just the inputs those lags reach.

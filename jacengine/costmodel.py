@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,8 +93,10 @@ BUCKET_CHOICES = (1, 2, 4, 8)
 PLANNED_FRACTION = 0.95
 
 
-def choose_plan(spec: JacobianSpec, cost: CostModel, budget_bytes: int, fallback_to_smallest: bool = False) -> Plan:
-    """The fastest predicted plan whose blocks all fit ``budget_bytes``.
+def choose_plan(spec: JacobianSpec, cost: CostModel, budget_bytes: int, fallback_to_smallest: bool = False,
+                max_work: float = math.inf) -> Plan:
+    """The fastest predicted plan whose blocks all fit ``budget_bytes`` (and do at most
+    ``max_work`` each: the calibration's trust region, see ``jacengine.tf.method_choice``).
 
     More prefix buckets skip more of a causal upper triangle but cost one trace each, so the
     candidates with 1, 2, 4 and 8 buckets are compared by predicted run time. With
@@ -102,14 +105,14 @@ def choose_plan(spec: JacobianSpec, cost: CostModel, budget_bytes: int, fallback
     """
     if fallback_to_smallest:
         try:
-            return choose_plan(spec, cost, budget_bytes)
+            return choose_plan(spec, cost, budget_bytes, max_work=max_work)
         except BudgetError:
             smallest_anywhere = cost.peak_bytes(spec, 1, 1, spec.input_steps)
-            return choose_plan(spec, cost, math.ceil(smallest_anywhere / PLANNED_FRACTION) + 1)
+            return choose_plan(spec, cost, math.ceil(smallest_anywhere / PLANNED_FRACTION) + 1, max_work=max_work)
     candidates, refusals = [], []
     for n_buckets in (n for n in BUCKET_CHOICES if n == 1 or spec.causal):
         try:
-            candidates.append(plan_for_buckets(spec, cost, budget_bytes, n_buckets))
+            candidates.append(plan_for_buckets(spec, cost, budget_bytes, n_buckets, max_work))
         except BudgetError as refusal:  # more shapes retain more memory: may not fit where fewer do
             refusals.append(refusal)
     if not candidates:
@@ -117,7 +120,8 @@ def choose_plan(spec: JacobianSpec, cost: CostModel, budget_bytes: int, fallback
     return min(candidates, key=lambda plan: cost.plan_seconds(spec, plan))
 
 
-def plan_for_buckets(spec: JacobianSpec, cost: CostModel, budget_bytes: int, n_buckets: int) -> Plan:
+def plan_for_buckets(spec: JacobianSpec, cost: CostModel, budget_bytes: int, n_buckets: int,
+                     max_work: float = math.inf) -> Plan:
     """The plan with the largest blocks whose predicted peak (retained traces included) fits.
 
     Blocks are sized for the budget less what the plan's traces will retain; as that depends on
@@ -137,7 +141,7 @@ def plan_for_buckets(spec: JacobianSpec, cost: CostModel, budget_bytes: int, n_b
         )
     room = usable
     for _ in range(4):
-        plan = _largest_blocks(spec, cost, room, n_buckets)
+        plan = _largest_blocks(spec, cost, room, n_buckets, max_work)
         excess = predicted_peak(spec, plan, cost) - usable
         if excess <= 0:
             return plan
@@ -156,8 +160,9 @@ def _longest_watch(spec: JacobianSpec, n_buckets: int) -> int:
     return next(n for n in buckets if n > spec.t_out[-1])
 
 
-def _largest_blocks(spec: JacobianSpec, cost: CostModel, budget_bytes: float, n_buckets: int) -> Plan:
-    """Blocks as large as fit ``budget_bytes`` by the per-block terms alone.
+def _largest_blocks(spec: JacobianSpec, cost: CostModel, budget_bytes: float, n_buckets: int,
+                    max_work: float = math.inf) -> Plan:
+    """Blocks as large as fit ``budget_bytes`` by the per-block terms alone, and ``max_work``.
 
     Tries the whole batch per block first (fewest blocks, fewest traces), halving the batch chunk
     and then the time chunk until the largest block fits (down to one sample and one output step).
@@ -166,18 +171,27 @@ def _largest_blocks(spec: JacobianSpec, cost: CostModel, budget_bytes: float, n_
     t_in_chunk = default_time_chunk(spec.in_axis_length)
     t_out_chunk = 1 if spec.sequence_to_one else default_time_chunk(n_rows)
     longest_watch = _longest_watch(spec, n_buckets)
+    def too_big(batch: int, rows: int, watch: int) -> bool:
+        return cost.peak_bytes(spec, batch, rows, watch) > budget_bytes or block_work(spec, batch, rows, watch) > max_work
+
     batch_chunk = spec.batch
-    while batch_chunk > 1 and cost.peak_bytes(spec, batch_chunk, t_out_chunk, longest_watch) > budget_bytes:
+    while batch_chunk > 1 and too_big(batch_chunk, t_out_chunk, longest_watch):
         batch_chunk = math.ceil(batch_chunk / 2)
-    while t_out_chunk > 1 and cost.peak_bytes(spec, batch_chunk, t_out_chunk, longest_watch) > budget_bytes:
+    while t_out_chunk > 1 and too_big(batch_chunk, t_out_chunk, longest_watch):
         t_out_chunk = math.ceil(t_out_chunk / 2)
 
-    def chunks_per_block(watch: int) -> int:
-        one_chunk = cost.peak_bytes(spec, batch_chunk, t_out_chunk, watch)
-        per_extra_chunk = cost.peak_bytes(spec, batch_chunk, 2 * t_out_chunk, watch) - one_chunk
+    def chunks_within(limit: float, size: Callable[[int], float]) -> int:
+        """How many t_out chunks a block may hold while ``size(chunks)`` (linear) stays within ``limit``."""
+        one_chunk, per_extra_chunk = size(1), size(2) - size(1)
         if per_extra_chunk <= 0:
             return n_rows  # more rows cost nothing: one block over them all
-        return max(1, 1 + int((budget_bytes - one_chunk) / per_extra_chunk))
+        return max(1, 1 + int((limit - one_chunk) / per_extra_chunk))
+
+    def chunks_per_block(watch: int) -> int:
+        by_memory = chunks_within(budget_bytes, lambda k: cost.peak_bytes(spec, batch_chunk, k * t_out_chunk, watch))
+        if max_work == math.inf:
+            return by_memory
+        return min(by_memory, chunks_within(max_work, lambda k: block_work(spec, batch_chunk, k * t_out_chunk, watch)))
 
     return make_plan(
         spec,

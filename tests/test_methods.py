@@ -75,7 +75,7 @@ def test_auto_drops_forward_mode_on_an_rnn_and_says_so_once(tmp_path, caplog) ->
     model, x = builder(), inputs(f_in)
     with caplog.at_level(logging.WARNING, logger="jacengine"):
         store = jacengine.compute(model, x, tmp_path / "j.zarr", method="auto", budget="1GiB", progress=False)
-    assert store.spec.method == "reverse"
+    assert store.spec.method in ("reverse", "reverse-loop")  # whichever measured faster; never forward
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "forward does not work for this model (TypeError" in warnings[0]
     assert_matches_reference(store.to_numpy(), model, x)

@@ -85,6 +85,18 @@ def test_lag_windows_hold_every_lag_and_fit_the_prefix(case, max_lag) -> None:
     assert len(plan.shape_keys) <= n_buckets + 1
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_a_work_cap_bounds_every_block_and_only_shrinks_them(causal) -> None:
+    spec = make_spec(32, 500, tuple(range(500)), causal=causal)
+    cost = CostModel(fixed_bytes=100e6, bytes_per_work=40.0, trace_seconds=2.0, seconds_per_work=1e-7)
+    free = choose_plan(spec, cost, 8 * 2**30)
+    largest = max(CostModel.work(spec, b) for b in free.blocks)
+    capped = choose_plan(spec, cost, 8 * 2**30, max_work=largest / 10)
+    assert max(CostModel.work(spec, b) for b in capped.blocks) <= largest / 10
+    assert len(capped.blocks) > len(free.blocks)
+    assert choose_plan(spec, cost, 8 * 2**30, max_work=2 * largest) == free  # a loose cap changes nothing
+
+
 def test_causal_plan_skips_the_upper_triangle() -> None:
     spec = make_spec(4, 100, tuple(range(100)), causal=True)
     plan = make_plan(spec, batch_chunk=4, t_out_chunk=10, t_in_chunk=10, chunks_per_block=lambda w: 1, n_buckets=10)
