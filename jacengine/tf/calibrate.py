@@ -72,9 +72,10 @@ def calibrate(
     The fixed term is anchored to the observed peak: fixed = peak above baseline - per-work
     bytes x work, so it contains what the run already holds, the trace and allocator slack.
     ``process`` is None on a GPU, where the budgeted peak is the device's (read by ``tensors``).
-    With ``timed`` (the cost model of an earlier probe) the time terms are taken from it and the
-    probe runs once: the memory terms need one call, and a second call of a large planned block
-    would cost as much as computing it again.
+    With ``timed`` (the cost model of an earlier probe) the probe runs once: the memory terms need
+    one call, and a second call of a large planned block would cost as much as computing it
+    again. The trace time is then the earlier probe's, and the rest of the call is the work's
+    (a larger block measures the per-work time with less overhead than a small probe).
     """
     spec = computer.spec
     x = inputs.read(probe.batch_start, probe.batch_stop, probe.forward_steps)
@@ -95,8 +96,10 @@ def calibrate(
         computer.compute(probe, x)
         steady_seconds = time.perf_counter() - started
         trace_seconds, seconds_per_work = max(0.0, first_seconds - steady_seconds), steady_seconds / work
-    else:
-        trace_seconds, seconds_per_work = timed.trace_seconds, timed.seconds_per_work
+    else:  # this call traced too: charge the earlier probe's trace time, the rest is the work's
+        trace_seconds = timed.trace_seconds
+        computing = first_seconds - trace_seconds
+        seconds_per_work = computing / work if computing > 0 else timed.seconds_per_work
     retained = max(0, process.current_above_baseline() - resident_before) if process is not None else 0
 
     # without tensor statistics (or below their resolution) charge the whole observed peak to

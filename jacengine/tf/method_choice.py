@@ -1,9 +1,10 @@
 """Calibrate a method's cost model on the actual model, and let ``method="auto"`` choose one.
 
 ``auto`` walks a ladder: ``reverse`` (pfor VJPs), ``forward`` (pfor JVPs) and ``reverse-loop``
-(VJPs in a while loop) are each calibrated on probe blocks; a method that raises, or for which
-pfor falls back to a while loop, is dropped with one log line naming why; of those that work (and
-fit the budget) the one with the shortest predicted run time wins. None is assumed faster: on
+(VJPs in a while loop) each measure a first probe block; a method that raises, or for which pfor
+falls back to a while loop, is dropped with one log line naming why; of those that work (and fit
+the budget) the one with the shortest predicted run time wins and alone goes on to measure
+larger blocks (:func:`refine`). None is assumed faster: on
 the seed LSTM at (32, 500, 1) the loop took 0.6 times the pfor method's time at a fifth of its
 memory, while on small blocks pfor wins.
 """
@@ -29,8 +30,8 @@ from jacengine.tf.calibrate import MemoryReader, calibrate, prior_cost
 log = logging.getLogger("jacengine")
 
 CANDIDATES = ("reverse", "forward", "reverse-loop")  # what auto measures, in this order
-TRUST_FACTOR = 4.0  # plans extrapolate the measured cost model at most this far beyond the largest probe
-MAX_REPROBES = 4  # probes grow up to TRUST_FACTOR ** MAX_REPROBES times the first
+TRUST_FACTOR = 16.0  # plans extrapolate the measured cost model at most this far beyond the largest probe
+MAX_REPROBES = 2  # probes grow up to TRUST_FACTOR ** MAX_REPROBES times the first
 
 
 @dataclass
@@ -61,12 +62,25 @@ class Meters:
 
 
 def calibrated(model: keras.Model, spec: JacobianSpec, meters: Meters, strict: bool = False) -> Calibrated:
-    """Measure a probe block of ``spec.method`` and plan with the result.
+    """Measure probe blocks of ``spec.method`` and plan with the result: :func:`first_probe`,
+    then :func:`refine`."""
+    return refine(first_probe(model, spec, meters, strict), meters)
 
-    The probe is the first block of a plan sized by a pessimistic prior; when the measured plan
-    starts with another shape, that block is measured too (a trace's memory depends on the shape,
-    and the plan's first block is the one whose peak matters), keeping the most pessimistic
-    fixed term seen.
+
+def first_probe(model: keras.Model, spec: JacobianSpec, meters: Meters, strict: bool = False) -> Calibrated:
+    """Measure the first block of a plan sized by a pessimistic prior (twice: the second call
+    gives the time per work without the trace), and plan within the trust region around it."""
+    computer = BlockComputer(model, spec, strict=strict)
+    probe = choose_plan(spec, prior_cost(model, spec), meters.budget_bytes, fallback_to_smallest=True).blocks[0]
+    cost, result = calibrate(computer, meters.inputs, probe, meters.tensors, meters.process)
+    plan = choose_plan(spec, cost, meters.budget_bytes, max_work=TRUST_FACTOR * CostModel.work(spec, probe))
+    return Calibrated(spec, computer, cost, plan, probe, result)
+
+
+def refine(start: Calibrated, meters: Meters) -> Calibrated:
+    """Measure the plan's first block while its shape differs from the last probe's (a trace's
+    memory depends on the shape, and the plan's first block is the one whose peak matters),
+    keeping the most pessimistic fixed term seen.
 
     Memory is not quite linear in the work over large ranges (allocator pools, oneDNN scratch
     buffers), so a plan never trusts the cost model more than :data:`TRUST_FACTOR` times beyond
@@ -74,9 +88,7 @@ def calibrated(model: keras.Model, spec: JacobianSpec, meters: Meters, strict: b
     factor (at most a third more compute than the last block alone), never by one long
     extrapolation. Measured here: a block 60 times the probe's work overran an 8 GiB budget by 10%.
     """
-    computer = BlockComputer(model, spec, strict=strict)
-    probe = choose_plan(spec, prior_cost(model, spec), meters.budget_bytes, fallback_to_smallest=True).blocks[0]
-    cost, result = calibrate(computer, meters.inputs, probe, meters.tensors, meters.process)
+    spec, computer, cost, probe, result = start.spec, start.computer, start.cost, start.probe, start.probe_result
     measured_work = CostModel.work(spec, probe)
     plan = choose_plan(spec, cost, meters.budget_bytes, max_work=TRUST_FACTOR * measured_work)
     for _ in range(MAX_REPROBES):
@@ -100,7 +112,7 @@ def choose_method(model: keras.Model, spec: JacobianSpec, meters: Meters) -> tup
     budget_refusals: list[BudgetError] = []
     for method in CANDIDATES:
         try:
-            candidate = calibrated(model, replace(spec, method=method), meters, strict=True)
+            candidate = first_probe(model, replace(spec, method=method), meters, strict=True)
         except MethodUnsupported as why:
             dropped.append(f"{method}: {why.reason}")
             log.warning("method auto: %s does not work for this model (%s); trying the next method", method, why.reason)
@@ -122,8 +134,8 @@ def choose_method(model: keras.Model, spec: JacobianSpec, meters: Meters) -> tup
     for other, _ in working:
         if other is not chosen:
             other.computer.release()
-    chosen = _charge_leftovers(chosen, resident_then, meters)
     times = ", ".join(f"{c.spec.method} {predicted_seconds((c, 0)):.1f} s" for c, _ in working)
+    chosen = refine(_charge_leftovers(chosen, resident_then, meters), meters)
     return chosen, f"method {chosen.spec.method} (auto: predicted {'; '.join([times, *dropped])})"
 
 
@@ -132,11 +144,9 @@ def _resident(meters: Meters) -> int:
 
 
 def _charge_leftovers(chosen: Calibrated, resident_then: int, meters: Meters) -> Calibrated:
-    """Calibrating a later candidate left traces resident that the chosen method's measurement did
-    not see: add them to its fixed term and plan again (the probe is still stored when the plan
-    keeps it as its first block)."""
+    """Probing a later candidate left traces resident that the chosen method's measurement did
+    not see: add them to its fixed term (:func:`refine` plans with it)."""
     leftover = _resident(meters) - resident_then
     if leftover <= 0:
         return chosen
-    cost = replace(chosen.cost, fixed_bytes=chosen.cost.fixed_bytes + leftover)
-    return dataclasses.replace(chosen, cost=cost, plan=choose_plan(chosen.spec, cost, meters.budget_bytes))
+    return dataclasses.replace(chosen, cost=replace(chosen.cost, fixed_bytes=chosen.cost.fixed_bytes + leftover))
