@@ -7,6 +7,9 @@ import os
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# as jacengine.tf does for processes it starts: in-process runs and subprocesses (CLI, dask
+# workers) compute with the same kernels, so their stores are bit-identical
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -29,6 +29,13 @@ def test_compute_status_plan_on_files(tmp_path) -> None:
     summary = json.loads(result.output)
     assert summary["shape"] == [3, 10, 1, 10, 1]
     assert summary["budget_bytes"] == 512 * 2**20 and summary["predicted_peak_bytes"] <= summary["budget_bytes"]
+    lag_plan = ["plan", *files, "--layout", "lag", "--max-lag", "4", "--method", "reverse-loop", "--json"]
+    result = runner.invoke(main, lag_plan)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["shape"] == [3, 10, 1, 4, 1] and summary["method"] == "reverse-loop"
+    result = runner.invoke(main, [*lag_plan[:-4], "four", "--json"])
+    assert result.exit_code == 2 and "--max-lag must be a positive integer" in result.output
 
     out = tmp_path / "j.zarr"
     result = runner.invoke(main, ["compute", *files, "--out", str(out), "--t-out", "2:10:3", "--no-progress"])

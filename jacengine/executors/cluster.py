@@ -90,8 +90,10 @@ class DaskExecutor:
             return
         from distributed import LocalCluster
 
+        # the workers use the kernels this process uses (oneDNN on unless switched off; see jacengine.tf)
+        env = dict(WORKER_ENV, TF_ENABLE_ONEDNN_OPTS=os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1"))
         with LocalCluster(n_workers=self.workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                          host="127.0.0.1", dashboard_address=None, env=WORKER_ENV) as cluster:
+                          host="127.0.0.1", dashboard_address=None, env=env) as cluster:
             yield cluster
 
     def run(self, store: JacobianStore, blocks: Sequence[Block], compute_block: Any = None,

@@ -25,7 +25,7 @@ from typing import Protocol
 import keras
 import numpy as np
 
-from jacengine.budget import ProcessMemory
+from jacengine.budget import ProcessMemory, release_free_heap
 from jacengine.costmodel import CostModel
 from jacengine.inputs import Inputs
 from jacengine.plan import Block
@@ -100,7 +100,11 @@ def calibrate(
         trace_seconds = timed.trace_seconds
         computing = first_seconds - trace_seconds
         seconds_per_work = computing / work if computing > 0 else timed.seconds_per_work
-    retained = max(0, process.current_above_baseline() - resident_before) if process is not None else 0
+    retained = 0
+    if process is not None:
+        # heap the block freed is reusable by the next block, not retained: return it to the OS first
+        release_free_heap()
+        retained = max(0, process.current_above_baseline() - resident_before)
 
     # without tensor statistics (or below their resolution) charge the whole observed peak to
     # the work, which is conservative; the result itself is a floor in any case
