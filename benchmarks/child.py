@@ -20,6 +20,10 @@ import numpy as np
 
 from benchmarks.cases import Case
 
+# jacengine's default in a process where it imports TensorFlow (see jacengine.tf), for every method
+# of the case: set TF_ENABLE_ONEDNN_OPTS=1 in the environment to measure with oneDNN instead
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
 SAMPLE_SIZE = 256
 STEADY_STATE_LIMIT_S = 20.0  # no repeats after a first call longer than this
 

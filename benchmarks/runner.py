@@ -161,7 +161,7 @@ def machine() -> dict[str, Any]:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=_ROOT).stdout.strip()
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_bytes": memory, "gpu": gpus or None,
             "python": platform.python_version(), "platform": platform.platform(), "versions": versions,
-            "commit": commit or None}
+            "commit": commit or None, "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "0 (jacengine's default)")}
 
 
 def _has(program: str) -> bool:
