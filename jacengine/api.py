@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from jacengine.budget import BUDGET_DEFINITION, ProcessMemory, format_bytes, parse_budget
+from jacengine.budget import BUDGET_DEFINITION, ProcessMemory, format_bytes, parse_budget, return_large_frees_to_the_os
 from jacengine.costmodel import CostModel, choose_plan, predicted_peak, predicted_store_bytes
 from jacengine.errors import InputError, RunInterrupted
 from jacengine.executors import LocalExecutor
@@ -125,6 +125,7 @@ def prepare(
     tensors = TensorMemory(device)
     process = ProcessMemory() if device.startswith("CPU") else None
     if process is not None:
+        return_large_frees_to_the_os()  # resident memory then tracks what blocks hold (see jacengine.budget)
         # the budget counts from here: the model is loaded and the inputs opened and scanned
         # (pages of a memory-mapped .npy that the scan touched belong to the baseline)
         process.set_baseline()

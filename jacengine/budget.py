@@ -49,6 +49,25 @@ def format_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+MMAP_THRESHOLD_BYTES = 2**20
+
+
+def return_large_frees_to_the_os() -> None:
+    """Serve C heap allocations of 1 MiB and more with mmap, so that freeing them returns the
+    memory to the OS; a no-op where glibc is absent.
+
+    glibc raises its mmap threshold (up to 32 MiB) after the first large frees and then keeps
+    freed tensors in fragmented heap arenas, so resident memory creeps up from block to block.
+    Measured on the seed model at (32, 500, 1) with a 1 GiB budget: blocks of the probe's shape
+    peaked at 740 MiB alone and at 1035 MiB by the fourth; with a fixed threshold, 835 MiB.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):
+        pass
+
+
 def release_free_heap() -> None:
     """Return the C heap's free memory to the OS (glibc ``malloc_trim``), so that resident
     memory reflects what is in use; a no-op where glibc is absent."""
