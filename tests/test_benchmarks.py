@@ -36,8 +36,8 @@ def test_quick_run_covers_every_suite_and_methods_agree(quick_results: Path) -> 
         assert len(result["records"]) == len(suite_cases(suite, quick=True))
         for record in result["records"]:
             assert record["status"] in ("ok", "skipped"), record  # no case refused, failed or ran out
-            if record["status"] == "skipped":
-                assert record["method"] == "jax", record
+            if record["status"] == "skipped":  # JAX not installed, or forward mode on a Keras RNN
+                assert record["method"] == "jax" or (record["engine_method"] == "forward" and record["model"] == "lstm"), record
             elif "reference" in record:
                 assert record["max_abs_diff"] <= 1e-4, record
         assert result["machine"]["cores"] >= 1 and result["machine"]["versions"]["tensorflow"] and result["complete"]
