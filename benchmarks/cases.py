@@ -16,7 +16,8 @@ JACOBIAN_METHODS = ("jacengine", "tf-eager", "tf-pfor", "tf-while", "tf-gradient
 QUICK_METHODS = ("jacengine", "tf-pfor")
 REDUCE_METHODS = ("jacengine-reduce", "numpy-reduce")
 SCALE_OUT_METHODS = ("jacengine", "jacengine-dask", "jacengine-shards")  # 1 process; 2 dask workers; 2 shards
-SUITES = ("seed", "scaling-T", "scaling-B", "features", "budget", "models", "reduce", "scale-out", "methods")
+SUITES = ("seed", "scaling-T", "scaling-B", "features", "budget", "models", "reduce", "scale-out", "methods", "speed")
+SPEED_METHODS = ("jacengine", "jax", "tf-while", "tf-pfor")  # the speed targets: JAX and TF's while loop
 ENGINE_METHODS = ("reverse", "reverse-loop", "forward", "auto")  # jacengine's method= in the methods suite
 LAG_WINDOW = 50  # the methods suite's lag-layout case stores lags 0..49
 DEFAULT_BUDGET = "1GiB"
@@ -100,6 +101,9 @@ def suite_cases(suite: str, quick: bool = False) -> list[Case]:
     if suite == "scale-out":
         batch, steps = (2, 20) if quick else (32, 1000)
         return [Case(suite, method, "lstm", batch, steps, repeats=0) for method in SCALE_OUT_METHODS]
+    if suite == "speed":  # time to result at 1 GiB against JAX and TF's while loop, first calls only
+        steps = [20] if quick else [500, 1000]
+        return [Case(suite, method, "lstm", 2 if quick else 32, t, repeats=0) for t in steps for method in SPEED_METHODS]
     if suite == "methods":  # each method of jacengine, reverse first (the ratios' reference), and a lag window
         shapes = [(2, 20, 1)] if quick else [(32, 500, 1), (8, 1000, 8)]
         window = 5 if quick else LAG_WINDOW

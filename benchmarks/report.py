@@ -13,7 +13,7 @@ from jacengine.budget import parse_budget
 
 MIB = 2**20
 README_START, README_END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
-HEADLINE_SUITES = ("seed", "scaling-T", "budget", "methods", "scale-out")
+HEADLINE_SUITES = ("seed", "speed", "scaling-T", "budget", "methods", "scale-out")
 
 
 def best_seconds(record: dict[str, Any]) -> float | None:
