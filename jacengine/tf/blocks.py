@@ -41,7 +41,7 @@ class BlockComputer:
     """Turns a :class:`Block` and its input rows into the block's slice of J (numpy).
 
     When pfor converts an op to a slow while loop, a ``strict`` computer raises
-    :class:`~jacengine.tf.MethodUnsupported` (``method="auto"`` then tries the next
+    :class:`~jacengine.errors.MethodUnsupported` (``method="auto"`` then tries the next
     method); otherwise it warns once per op.
     """
 
@@ -140,7 +140,8 @@ class BlockComputer:
     def compute(self, block: Block, x: np.ndarray) -> np.ndarray:
         """J for ``block`` given x = inputs[batch_start:batch_stop, :forward_steps].
 
-        Returns an array of shape (n_batch, n_rows, |f_out|, t_in_stop, |f_in|) in the store dtype.
+        Returns an array of shape (n_batch, n_rows, |f_out|, t_in_stop, |f_in|) in the store dtype
+        (t_in_stop is the lag window in the lag layout).
         """
         # Pad to the block's compute shape by repeating the last sample / row (the copies are
         # dropped below). At least two samples: TensorFlow 2.21's oneDNN kernels corrupt the
