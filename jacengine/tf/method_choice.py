@@ -4,9 +4,10 @@
 (VJPs in a while loop) each measure a first probe block; a method that raises, or for which pfor
 falls back to a while loop, is dropped with one log line naming why; of those that work (and fit
 the budget) the one with the shortest predicted run time wins and alone goes on to measure
-larger blocks (:func:`refine`). None is assumed faster: on
-the seed LSTM at (32, 500, 1) the loop took 0.6 times the pfor method's time at a fifth of its
-memory, while on small blocks pfor wins.
+larger blocks (:func:`refine`). None is assumed faster: the loop took 0.4-0.9 times the pfor
+method's time on the seed LSTM at (32, 500, 1) and a causal Conv1D, but 4.2 times on the LSTM
+at (8, 1000, 8) (see the methods benchmark). A first probe is small, so the comparison can
+miss: pfor's time per unit of work grows with the block.
 """
 
 from __future__ import annotations
