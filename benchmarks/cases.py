@@ -12,12 +12,15 @@ import dataclasses
 import json
 from typing import Any
 
-JACOBIAN_METHODS = ("jacengine", "tf-eager", "tf-pfor", "tf-while", "tf-gradient-loop", "jax")
+JACOBIAN_METHODS = ("jacengine", "tf-eager", "tf-pfor", "tf-while", "tf-gradient-loop", "tf-causal-blocks", "jax")
 QUICK_METHODS = ("jacengine", "tf-pfor")
 REDUCE_METHODS = ("jacengine-reduce", "numpy-reduce")
 SCALE_OUT_METHODS = ("jacengine", "jacengine-dask", "jacengine-shards")  # 1 process; 2 dask workers; 2 shards
 SUITES = ("seed", "scaling-T", "scaling-B", "features", "budget", "models", "reduce", "scale-out", "methods", "speed")
-SPEED_METHODS = ("jacengine", "jax", "tf-while", "tf-pfor")  # the speed targets: JAX and TF's while loop
+# the speed targets: JAX and a hand-written loop of TF causal blocks at every size; on the seed
+# problem also TF's one-liners (at the larger sizes the while loop takes minutes and pfor runs out of memory)
+SPEED_METHODS = ("jacengine", "jax", "tf-causal-blocks")
+SEED_SPEED_METHODS = (*SPEED_METHODS, "tf-while", "tf-pfor")
 ENGINE_METHODS = ("reverse", "reverse-loop", "forward", "auto")  # jacengine's method= in the methods suite
 LAG_WINDOW = 50  # the methods suite's lag-layout case stores lags 0..49
 DEFAULT_BUDGET = "1GiB"
@@ -41,6 +44,7 @@ class Case:
     repeats: int = 3
     engine_method: str = "auto"
     max_lag: int | None = None
+    tf_first: bool = False  # TensorFlow imported before jacengine, oneDNN at its default (a notebook's state)
 
     @property
     def problem(self) -> tuple[Any, ...]:
@@ -55,6 +59,7 @@ class Case:
         budget = f" @ {self.budget}" if self.method.startswith("jacengine") else ""
         how = "" if self.engine_method == "auto" else f" method={self.engine_method}"
         how += f" lags<{self.max_lag}" if self.max_lag else ""
+        how += " (TF imported first)" if self.tf_first else ""
         return f"{self.suite}: {self.method}{how} {self.model} {shape}{budget}"
 
     def to_json(self) -> str:
@@ -90,7 +95,8 @@ def suite_cases(suite: str, quick: bool = False) -> list[Case]:
     if suite == "budget":
         budgets = ["256MiB"] if quick else ["128MiB", "256MiB", "512MiB", "1GiB", "4GiB", "8GiB"]
         shapes = [(2, 20, 1)] if quick else [(32, 500, 1), (32, 1000, 1), (8, 1000, 8)]
-        return [Case(suite, "jacengine", "lstm", b, t, f, f, budget=budget, repeats=0) for b, t, f in shapes for budget in budgets]
+        return [Case(suite, "jacengine", "lstm", b, t, f, f, budget=budget, repeats=0, tf_first=tf_first)
+                for tf_first in (False, True) for b, t, f in shapes for budget in budgets]
     if suite == "models":
         batch, steps = (2, 10) if quick else (32, 500)
         methods = ("jacengine",) if quick else ("jacengine", "tf-pfor", "tf-while")
@@ -101,9 +107,12 @@ def suite_cases(suite: str, quick: bool = False) -> list[Case]:
     if suite == "scale-out":
         batch, steps = (2, 20) if quick else (32, 1000)
         return [Case(suite, method, "lstm", batch, steps, repeats=0) for method in SCALE_OUT_METHODS]
-    if suite == "speed":  # time to result at 1 GiB against JAX and TF's while loop, first calls only
-        steps = [20] if quick else [500, 1000]
-        return [Case(suite, method, "lstm", 2 if quick else 32, t, repeats=0) for t in steps for method in SPEED_METHODS]
+    if suite == "speed":  # time to result at 1 GiB, first calls only
+        if quick:
+            return [Case(suite, method, "lstm", 2, 20, repeats=0) for method in SEED_SPEED_METHODS]
+        seed = [Case(suite, method, "lstm", 10, 100, repeats=0) for method in SEED_SPEED_METHODS]
+        shapes = [(32, 500, 1), (32, 1000, 1), (8, 1000, 8)]
+        return seed + [Case(suite, method, "lstm", b, t, f, f, repeats=0) for b, t, f in shapes for method in SPEED_METHODS]
     if suite == "methods":  # each method of jacengine, reverse first (the ratios' reference), and a lag window
         shapes = [(2, 20, 1)] if quick else [(32, 500, 1), (8, 1000, 8)]
         window = 5 if quick else LAG_WINDOW

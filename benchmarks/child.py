@@ -20,9 +20,6 @@ import numpy as np
 
 from benchmarks.cases import Case
 
-# jacengine's default in a process where it imports TensorFlow (see jacengine.tf), for every method
-# of the case: set TF_ENABLE_ONEDNN_OPTS=1 in the environment to measure with oneDNN instead
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 SAMPLE_SIZE = 256
 STEADY_STATE_LIMIT_S = 20.0  # no repeats after a first call longer than this
@@ -52,6 +49,8 @@ def _tf_runner(case: Case, model: Any, x: np.ndarray) -> Callable[[], np.ndarray
     if case.method in ("tf-pfor", "tf-while"):
         compiled = tf.function(lambda: batch_jacobian(case.method == "tf-pfor"), autograph=False)
         return lambda: compiled().numpy()
+    if case.method == "tf-causal-blocks":
+        return _causal_blocks(model, x)
     if case.method == "tf-gradient-loop":
         def gradient_loop() -> np.ndarray:
             """One tape.gradient per output step and feature (the textbook loop)."""
@@ -63,6 +62,45 @@ def _tf_runner(case: Case, model: Any, x: np.ndarray) -> Callable[[], np.ndarray
             return np.stack(rows, axis=1).reshape(y.shape[0], y.shape[1], y.shape[2], *x.shape[1:])
         return gradient_loop
     raise ValueError(case.method)
+
+
+CAUSAL_BLOCK_ROWS = 50  # output steps per block of the hand-written loop
+CAUSAL_BLOCK_PREFIXES = 4  # prefixes are padded up to a multiple of T/4: four traced shapes
+
+
+def _causal_blocks(model: Any, x: np.ndarray) -> Callable[[], np.ndarray]:
+    """What a capable user writes in an afternoon (no jacengine): blocks of output steps, each a
+    pfor ``batch_jacobian`` of the input prefix the block needs, padded up to one of four lengths,
+    in one ``tf.function`` per fixed block shape; a per-step Dense head instead of
+    TimeDistributed(Dense) (DESIGN.md, "Known traps"). Causal models only."""
+    import math
+
+    import keras
+    import tensorflow as tf
+
+    layers = [layer.layer if isinstance(layer, keras.layers.TimeDistributed) else layer for layer in model.layers]
+    dense_head = keras.Sequential([keras.Input((None, x.shape[2])), *layers])
+    batch, steps, _ = x.shape
+    bucket = math.ceil(steps / CAUSAL_BLOCK_PREFIXES)
+
+    @tf.function(autograph=False)
+    def block(prefix: Any, rows: Any) -> Any:
+        with tf.GradientTape() as tape:
+            tape.watch(prefix)
+            y = tf.gather(dense_head(prefix), rows, axis=1)
+        return tape.batch_jacobian(y, prefix)
+
+    def run() -> np.ndarray:
+        features_out = int(dense_head.output_shape[-1])
+        result = np.zeros((batch, steps, features_out, steps, x.shape[2]), dtype=np.float32)
+        for start in range(0, steps, CAUSAL_BLOCK_ROWS):
+            stop = min(steps, start + CAUSAL_BLOCK_ROWS)
+            prefix = min(steps, math.ceil(stop / bucket) * bucket)
+            rows = np.minimum(np.arange(start, start + CAUSAL_BLOCK_ROWS), steps - 1)  # fixed shape: pad by repeating
+            values = block(tf.constant(x[:, :prefix]), tf.constant(rows, dtype=tf.int32)).numpy()
+            result[:, start:stop, :, :prefix] = values[:, : stop - start]
+        return result
+    return run
 
 
 def _jax_runner(case: Case, model: Any, x: np.ndarray) -> Callable[[], np.ndarray]:
@@ -170,6 +208,7 @@ class NotApplicable(Exception):
 def measure(case: Case, gpu_memory_limit: str | None = None) -> dict[str, Any]:
     import tensorflow as tf
 
+    from jacengine import timing
     from jacengine.budget import ProcessMemory, parse_budget
     from jacengine.tf.memory import TensorMemory, configure_gpus
     from jacengine.tf.zoo import zoo_model
@@ -194,9 +233,12 @@ def measure(case: Case, gpu_memory_limit: str | None = None) -> dict[str, Any]:
         process.set_baseline()
         if gpu:
             gpu.reset()
+        timing.reset()
         started = time.perf_counter()
         result = run()
         first = time.perf_counter() - started
+        if case.method.startswith("jacengine"):
+            extra["profile"] = timing.snapshot()  # where the first call's time went
         repeats = []
         for _ in range(case.repeats if first < STEADY_STATE_LIMIT_S else 0):
             started = time.perf_counter()
@@ -228,6 +270,11 @@ def main(case_json: str, gpu_memory_limit: str | None = None) -> None:
     from jacengine.errors import BudgetError, MethodUnsupported
 
     case = Case.from_json(case_json)
+    if case.tf_first:  # a user's session: TensorFlow and Keras imported first, at their defaults (oneDNN on)
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+    else:  # jacengine's default in a process where it imports TensorFlow (see jacengine.tf), for every method
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     try:
         record = {"status": "ok", **measure(case, gpu_memory_limit)}
     except (NotApplicable, MethodUnsupported) as exc:  # e.g. forward mode on a Keras RNN

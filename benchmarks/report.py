@@ -42,6 +42,7 @@ def _method_cell(record: dict[str, Any]) -> str:
     chosen = record.get("chosen_method")
     if record["method"] == "jacengine" and (how != "auto" or record.get("suite") == "methods"):
         cell += f" {how}" + (f" → {chosen}" if how == "auto" and chosen else "")
+    cell += " (TF imported first)" if record.get("tf_first") else ""
     return cell + (f", lags < {record['max_lag']}" if record.get("max_lag") else "")
 
 
@@ -89,6 +90,26 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def profile_table(records: list[dict[str, Any]]) -> str:
+    """Where jacengine's first call spent its time, one column per case that recorded a profile
+    (seconds, with the count of calls where there was more than one)."""
+    profiled = [r for r in records if r.get("profile")]
+    if not profiled:
+        return ""
+    phases = list(dict.fromkeys(row["phase"] for r in profiled for row in r["profile"]))
+    header = "| phase | " + " | ".join(f"{_shape(r)} @ {r['budget']}" for r in profiled) + " |"
+    lines = [header, "|---|" + "---|" * len(profiled)]
+    for name in phases:
+        cells = []
+        for r in profiled:
+            row = next((row for row in r["profile"] if row["phase"] == name), None)
+            count = f" ({row['count']}x)" if row and row["count"] > 1 else ""
+            cells.append(f"{row['seconds']:.2f}{count}" if row else "")
+        overlapped = any(row.get("overlapped") for r in profiled for row in r["profile"] if row["phase"] == name)
+        lines.append(f"| {name}{' (writer thread)' if overlapped else ''} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_scaling(records: list[dict[str, Any]], axis: str, path: Path) -> Path | None:
     """Time and peak memory against ``axis`` ("steps" or "batch"), log scales, one line per method;
     cases that ran out of memory or time are marked with a cross at the top of the panel."""
@@ -133,7 +154,9 @@ def write_outputs(result: dict[str, Any], directory: Path) -> list[Path]:
     suite = result["suite"]
     written = [directory / f"{suite}.json", directory / f"{suite}.md"]
     written[0].write_text(json.dumps(result, indent=1))
-    written[1].write_text(markdown_table(result["records"]) + "\n")
+    profile = profile_table(result["records"])
+    profile_section = f"\nWhere jacengine's first call spent its time (seconds):\n\n{profile}\n" if profile else ""
+    written[1].write_text(markdown_table(result["records"]) + "\n" + profile_section)
     axes = {"scaling-T": "steps", "scaling-B": "batch"}
     if suite in axes:
         plotted = plot_scaling(result["records"], axes[suite], directory / f"{suite}.png")
@@ -163,6 +186,9 @@ def readme_section(results: dict[str, dict[str, Any]], directory: Path, readme: 
         limits = f"memory cap {result.get('memory_cap')}, time limit {result.get('time_limit'):.0f} s"
         parts += [f"**{result['suite']}** (`{result['command']}`; {limits}; jacengine commit {commit}{done})", "",
                   markdown_table(result["records"]), ""]
+        if result["suite"] == "speed" and profile_table(result["records"]):
+            parts += ["Where jacengine's first call spent its time (seconds; `python -m benchmarks run --suite speed`):", "",
+                      profile_table(result["records"]), ""]
         plot = directory / f"{result['suite']}.png"
         if plot.exists():
             parts += [f"![{result['suite']}]({_relative(plot, readme)})", ""]

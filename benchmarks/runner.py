@@ -23,7 +23,7 @@ from typing import Any
 
 from benchmarks.cases import Case
 
-REFERENCE_ORDER = ("tf-eager", "tf-pfor", "tf-while", "tf-gradient-loop", "jax", "numpy-reduce", "jacengine")
+REFERENCE_ORDER = ("tf-eager", "tf-pfor", "tf-while", "tf-gradient-loop", "tf-causal-blocks", "jax", "numpy-reduce", "jacengine")
 POLL_S = 0.05
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,6 +46,8 @@ def run_case(case: Case, memory_cap: int, time_limit: float, gpu_memory_limit: s
         command.append(gpu_memory_limit)
     path = os.pathsep.join(filter(None, [str(_ROOT), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=path)
+    if case.tf_first:
+        env.pop("TF_ENABLE_ONEDNN_OPTS", None)
     started = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=_ROOT)
     verdict: dict[str, str] = {}

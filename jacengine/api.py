@@ -8,14 +8,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from jacengine.budget import BUDGET_DEFINITION, ProcessMemory, format_bytes, parse_budget, return_large_frees_to_the_os
-from jacengine.costmodel import CostModel, choose_plan, predicted_peak, predicted_store_bytes
+from jacengine.costmodel import CostModel, choose_plan, minimum_budget, predicted_peak, predicted_store_bytes
 from jacengine.errors import InputError, RunInterrupted
 from jacengine.executors import LocalExecutor
 from jacengine.executors.cluster import DaskExecutor, WorkerSetup
@@ -27,6 +27,7 @@ from jacengine.selection import Selection
 from jacengine.shards import check_shard, shard_blocks
 from jacengine.spec import METHODS, JacobianSpec
 from jacengine.store import FORMAT_VERSION, JacobianStore, check_writable_target, is_jacengine_store
+from jacengine.timing import phase
 
 log = logging.getLogger("jacengine")
 
@@ -48,7 +49,7 @@ class Prepared:
     fingerprint: dict[str, Any]
     inputs: Inputs
     computer: Any  # jacengine.tf.blocks.BlockComputer
-    probe_result: np.ndarray | None = None
+    probe_results: dict[Any, np.ndarray] = field(default_factory=dict)  # calibration's blocks of this plan
     method_reason: str = ""
 
     def compute_block(self, block: Any) -> np.ndarray:
@@ -68,7 +69,9 @@ class Prepared:
             "chunks": list(self.plan.chunks(self.spec)),
             "blocks": len(blocks),
             "block_shapes": [list(k) for k in self.plan.shape_keys],
+            "traces": self.cost.traces(self.plan),
             "budget_bytes": self.budget_bytes,
+            "minimum_budget_bytes": minimum_budget(self.spec, self.cost),
             "budget_definition": BUDGET_DEFINITION,
             "predicted_peak_bytes": int(predicted_peak(self.spec, self.plan, self.cost)),
             "predicted_store_bytes": predicted_store_bytes(self.spec, self.plan),
@@ -116,11 +119,12 @@ def prepare(
         raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}.")
     if method not in METHOD_CHOICES:
         raise InputError(f"method {method!r} is not one of {', '.join(METHOD_CHOICES)}.")
-    keras_model = load_model(model, trust_model=trust_model)
-    if precision == "float64":
-        keras_model = float64_copy(keras_model)
-    source = Inputs(inputs)
-    inputs_hash = source.content_hash()  # also refuses NaN/Inf, before any work
+    with phase("load model and inputs"):
+        keras_model = load_model(model, trust_model=trust_model)
+        if precision == "float64":
+            keras_model = float64_copy(keras_model)
+        source = Inputs(inputs)
+        inputs_hash = source.content_hash()  # also refuses NaN/Inf, before any work
     device = compute_device()
     tensors = TensorMemory(device)
     process = ProcessMemory() if device.startswith("CPU") else None
@@ -129,22 +133,23 @@ def prepare(
         # the budget counts from here: the model is loaded and the inputs opened and scanned
         # (pages of a memory-mapped .npy that the scan touched belong to the baseline)
         process.set_baseline()
-    spec, reason = build_spec(
-        keras_model, source, t_out=t_out, f_out=f_out, f_in=f_in, causal=causal, method=method, layout=layout,
-        max_lag=max_lag, store_dtype=store_dtype,
-    )
-    probe_inputs = source.read(0, min(spec.batch, 2)).astype(spec.compute_dtype)
-    block_model = without_time_distributed_dense(keras_model, probe_inputs)
+    with phase("spec and causality probe"):
+        spec, reason = build_spec(
+            keras_model, source, t_out=t_out, f_out=f_out, f_in=f_in, causal=causal, method=method, layout=layout,
+            max_lag=max_lag, store_dtype=store_dtype,
+        )
+        probe_inputs = source.read(0, min(spec.batch, 2), 64 if spec.truncatable else None).astype(spec.compute_dtype)
+        block_model = without_time_distributed_dense(keras_model, probe_inputs)
     if calibrate:
         meters = Meters(source, budget_bytes, tensors, process)
         if method == "auto":
             chosen, method_reason = choose_method(block_model, spec, meters)
         else:
             chosen, method_reason = calibrated(block_model, spec, meters), f"method {method} (as requested)"
-        spec, computer, cost, plan, probe_result = (
-            chosen.spec, chosen.computer, chosen.cost, chosen.plan, chosen.first_block_result)
+        spec, computer, cost, plan, probe_results = (
+            chosen.spec, chosen.computer, chosen.cost, chosen.plan, chosen.stored_results())
     else:  # the spec's method as given (auto: reverse, the first rung); a prior plan
-        computer, cost, probe_result = BlockComputer(block_model, spec), prior_cost(keras_model, spec), None
+        computer, cost, probe_results = BlockComputer(block_model, spec), prior_cost(keras_model, spec), {}
         plan = choose_plan(spec, cost, budget_bytes, fallback_to_smallest=True)
         method_reason = f"method {spec.method}"
     fingerprint = {
@@ -155,7 +160,7 @@ def prepare(
         "grid": list(plan.grid),
         "dtypes": f"{spec.compute_dtype}->{spec.store_dtype}",
     }
-    return Prepared(spec, reason, cost, plan, budget_bytes, fingerprint, source, computer, probe_result, method_reason)
+    return Prepared(spec, reason, cost, plan, budget_bytes, fingerprint, source, computer, probe_results, method_reason)
 
 
 def plan(model: Any, inputs: InputsLike, **options: Any) -> dict[str, Any]:
@@ -331,8 +336,8 @@ def _sources(model: Any, inputs: Any) -> dict[str, str]:
 
 
 def _create(prepared: Prepared, path: Path, *, overwrite: bool, sources: dict[str, str]) -> JacobianStore:
-    """A new store for ``prepared``, with the calibration probe's block already in it."""
+    """A new store for ``prepared``, with the blocks calibration computed already in it."""
     target = JacobianStore.create(path, prepared.spec, prepared.plan, prepared.fingerprint, overwrite=overwrite, sources=sources)
-    if prepared.probe_result is not None:
-        target.write_block(prepared.plan.blocks[0], prepared.probe_result)
+    for block, result in prepared.probe_results.items():
+        target.write_block(block, result)
     return target

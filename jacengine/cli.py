@@ -186,11 +186,13 @@ def plan(as_json: bool, **kwargs: Any) -> None:
         return
     click.echo(f"jacobian shape      {tuple(summary['shape'])}, chunks {tuple(summary['chunks'])}")
     click.echo(f"causality           {summary['causal_reason']}")
+    click.echo(f"method              {summary['method_reason']}")
     click.echo(f"blocks              {summary['blocks']} in {len(summary['block_shapes'])} shapes "
-               "(batch, rows, watched steps, forward steps): "
+               f"(batch, rows, watched steps, forward steps), {summary['traces']} trace(s): "
                + ", ".join(str(tuple(k)) for k in summary["block_shapes"]))
     click.echo(f"predicted peak      {format_bytes(summary['predicted_peak_bytes'])} "
-               f"of a {format_bytes(summary['budget_bytes'])} budget")
+               f"of a {format_bytes(summary['budget_bytes'])} budget "
+               f"(minimum for this model and shape: {format_bytes(summary['minimum_budget_bytes'])})")
     click.echo(f"                    ({BUDGET_DEFINITION})")
     click.echo(f"predicted store     {format_bytes(summary['predicted_store_bytes'])} on disk")
     click.echo(f"predicted run time  {summary['predicted_seconds']:.1f} s")

@@ -10,12 +10,13 @@ charged like a pfor block, which makes the prediction an upper bound. The model 
 work plus a fixed cost (TensorFlow's tracing and runtime):
 
     peak_bytes = fixed_bytes + bytes_per_work * work
-                 + retained_bytes_per_trace * (n_shapes - 1)
-    seconds    = trace_seconds * n_shapes + seconds_per_work * sum(work over blocks)
+                 + retained_bytes_per_trace * (n_traces - 1)
+    seconds    = trace_seconds * n_traces + seconds_per_work * sum(work over blocks)
 
 The last memory term is what TensorFlow keeps after each traced shape even once its function is
-dropped (measured here: 15-30 MB per trace of an LSTM(32) Jacobian, with or without oneDNN), so
-a plan with many block shapes needs room for all of them by its last block.
+dropped, so a plan with many traced shapes needs room for all of them by its last block.
+``n_traces`` is the number of block shapes, or 1 when the backend's one compiled function
+serves every shape (``one_trace``); such plans give each causal block its exact prefix.
 
 The coefficients start from a prior derived from the model's size and are calibrated by
 measuring a probe block on the actual model (see ``jacengine.tf.calibrate``).
@@ -31,7 +32,16 @@ from typing import Any
 
 from jacengine.budget import format_bytes
 from jacengine.errors import BudgetError
-from jacengine.plan import Block, Plan, default_time_chunk, forward_length, lag_window, make_plan, watch_buckets
+from jacengine.plan import (
+    Block,
+    Plan,
+    chunk_prefixes,
+    default_time_chunk,
+    forward_length,
+    lag_window,
+    make_plan,
+    watch_buckets,
+)
 from jacengine.spec import JacobianSpec
 
 
@@ -42,6 +52,11 @@ class CostModel:
     trace_seconds: float
     seconds_per_work: float
     retained_bytes_per_trace: float = 0.0
+    one_trace: bool = False  # one compiled function serves every block shape
+
+    def traces(self, plan: Plan) -> int:
+        """How many times a plan's blocks are traced."""
+        return 1 if self.one_trace else len(plan.shape_keys)
 
     @staticmethod
     def work(spec: JacobianSpec, block: Block) -> int:
@@ -62,7 +77,7 @@ class CostModel:
 
     def plan_seconds(self, spec: JacobianSpec, plan: Plan) -> float:
         compute = sum(self.block_seconds(spec, b) for b in plan.blocks)
-        return self.trace_seconds * len(plan.shape_keys) + compute
+        return self.trace_seconds * self.traces(plan) + compute
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -88,6 +103,12 @@ def block_work(spec: JacobianSpec, batch: int, rows: int, prefix: int, watched: 
 
 
 BUCKET_CHOICES = (1, 2, 4, 8)
+EXACT_PREFIXES = 0  # n_buckets of an exact-prefix plan (see jacengine.plan.make_plan)
+
+
+def exact_prefixes(spec: JacobianSpec, cost: CostModel) -> bool:
+    """Whether plans give causal blocks their exact prefix: extra shapes cost no trace."""
+    return cost.one_trace and spec.layout == "full"
 # Plans aim at this fraction of the budget: allocator arenas of the writer thread and variation
 # between shapes are not in the model (measured runs peaked up to 1% over a plan aimed at 100%).
 PLANNED_FRACTION = 0.95
@@ -110,7 +131,8 @@ def choose_plan(spec: JacobianSpec, cost: CostModel, budget_bytes: int, fallback
             smallest_anywhere = cost.peak_bytes(spec, 1, 1, spec.input_steps)
             return choose_plan(spec, cost, math.ceil(smallest_anywhere / PLANNED_FRACTION) + 1, max_work=max_work)
     candidates, refusals = [], []
-    for n_buckets in (n for n in BUCKET_CHOICES if n == 1 or spec.causal):
+    choices = (EXACT_PREFIXES,) if exact_prefixes(spec, cost) else (n for n in BUCKET_CHOICES if n == 1 or spec.causal)
+    for n_buckets in choices:
         try:
             candidates.append(plan_for_buckets(spec, cost, budget_bytes, n_buckets, max_work))
         except BudgetError as refusal:  # more shapes retain more memory: may not fit where fewer do
@@ -137,7 +159,7 @@ def plan_for_buckets(spec: JacobianSpec, cost: CostModel, budget_bytes: int, n_b
             f"the budget of {format_bytes(budget_bytes)} is below the minimum for this model and "
             f"shape: one sample and one output step over {longest_watch} input steps is predicted "
             f"to need {format_bytes(smallest)}. Raise the budget to at least "
-            f"{format_bytes(math.ceil(smallest / PLANNED_FRACTION * 1.05))}."
+            f"{format_bytes(minimum_budget(spec, cost, n_buckets))}."
         )
     room = usable
     for _ in range(4):
@@ -152,11 +174,22 @@ def plan_for_buckets(spec: JacobianSpec, cost: CostModel, budget_bytes: int, n_b
     )
 
 
+def minimum_budget(spec: JacobianSpec, cost: CostModel, n_buckets: int | None = None) -> int:
+    """The smallest budget a plan fits (with 5% to spare): one sample and one output step over
+    the longest prefix, by this cost model."""
+    if n_buckets is None:
+        n_buckets = EXACT_PREFIXES if exact_prefixes(spec, cost) else 1
+    return math.ceil(cost.peak_bytes(spec, 1, 1, _longest_watch(spec, n_buckets)) / PLANNED_FRACTION * 1.05)
+
+
 def _longest_watch(spec: JacobianSpec, n_buckets: int) -> int:
     """The input prefix of the plan's last block: all steps, or the causal bucket covering the last output."""
     if not spec.causal:
         return spec.input_steps
-    buckets = watch_buckets(spec, default_time_chunk(spec.input_steps), n_buckets)
+    if n_buckets == EXACT_PREFIXES:
+        buckets = chunk_prefixes(spec, default_time_chunk(spec.in_axis_length))
+    else:
+        buckets = watch_buckets(spec, default_time_chunk(spec.input_steps), n_buckets)
     return next(n for n in buckets if n > spec.t_out[-1])
 
 
@@ -200,12 +233,13 @@ def _largest_blocks(spec: JacobianSpec, cost: CostModel, budget_bytes: float, n_
         t_in_chunk=t_in_chunk,
         chunks_per_block=chunks_per_block,
         n_buckets=n_buckets,
+        exact_prefixes=n_buckets == EXACT_PREFIXES,
     )
 
 
 def predicted_peak(spec: JacobianSpec, plan: Plan, cost: CostModel) -> float:
     """The largest predicted block peak, plus what the plan's other traced shapes retain."""
-    retained = cost.retained_bytes_per_trace * (len(plan.shape_keys) - 1)
+    retained = cost.retained_bytes_per_trace * (cost.traces(plan) - 1)
     return max(cost.block_peak_bytes(spec, b) for b in plan.blocks) + retained
 
 

@@ -126,6 +126,12 @@ def watch_buckets(spec: JacobianSpec, t_in_chunk: int, n_buckets: int) -> list[i
     return sorted(lengths | {steps})
 
 
+def chunk_prefixes(spec: JacobianSpec, t_in_chunk: int) -> list[int]:
+    """Every prefix that ends on the t_in chunk grid: the prefixes of exact-prefix plans."""
+    steps = spec.input_steps
+    return [min(steps, k * t_in_chunk) for k in range(1, math.ceil(steps / t_in_chunk) + 1)]
+
+
 def forward_length(spec: JacobianSpec, prefix: int) -> int:
     """Input steps fed to the model for a block that needs the first ``prefix`` steps."""
     return prefix if spec.truncatable else spec.input_steps
@@ -153,18 +159,29 @@ def make_plan(
     t_in_chunk: int,
     chunks_per_block: Callable[[int], int],
     n_buckets: int = 4,
+    exact_prefixes: bool = False,
 ) -> Plan:
     """Lay out blocks for ``spec`` on the given chunk grid.
 
     ``chunks_per_block(watch_steps)`` says how many t_out chunks fit in one block whose prefix has
     that length (the budget-aware part lives in :mod:`jacengine.costmodel`). Blocks never straddle
     two prefix buckets, so every block of a bucket has the same shape except possibly the last.
+
+    ``exact_prefixes`` (for a block computer whose one compiled function serves every shape,
+    full layout only) replaces the buckets by the t_in chunk grid itself: each causal block
+    differentiates just the whole t_in chunks its last row needs, and a block may span any
+    number of t_out chunks as long as ``chunks_per_block`` of its own prefix allows.
     """
     n_rows = len(spec.t_out)
     if min(batch_chunk, t_out_chunk, t_in_chunk) < 1:
         raise ValueError(f"chunk sizes must be positive, got {(batch_chunk, t_out_chunk, t_in_chunk)}")
     lag = spec.layout == "lag"
-    buckets = watch_buckets(spec, default_time_chunk(spec.input_steps) if lag else t_in_chunk, n_buckets)
+    if exact_prefixes and lag:
+        raise ValueError("exact prefixes apply to the full layout only")
+    if exact_prefixes:
+        buckets = chunk_prefixes(spec, t_in_chunk)
+    else:
+        buckets = watch_buckets(spec, default_time_chunk(spec.input_steps) if lag else t_in_chunk, n_buckets)
 
     def prefix_of_chunk(j: int) -> tuple[int, int]:
         """(t_in_stop, prefix) needed by t_out chunk j."""
@@ -181,12 +198,17 @@ def make_plan(
     j = 0
     while j < n_chunks:
         watch = prefix_of_chunk(j)[1]
-        per_block = chunks_per_block(watch)
-        if per_block < 1:
+        if chunks_per_block(watch) < 1:
             raise BudgetError(f"no block with a prefix of {watch} steps fits the budget")
-        stop = j
-        while stop < n_chunks and stop - j < per_block and prefix_of_chunk(stop)[1] == watch:
-            stop += 1
+        stop = j + 1
+        if exact_prefixes:  # grow while a block with the prefix of its new last chunk still fits
+            while stop < n_chunks and chunks_per_block(prefix_of_chunk(stop)[1]) > stop - j:
+                stop += 1
+            watch = prefix_of_chunk(stop - 1)[1]
+        else:
+            per_block = chunks_per_block(watch)
+            while stop < n_chunks and stop - j < per_block and prefix_of_chunk(stop)[1] == watch:
+                stop += 1
         row_runs.append((j * t_out_chunk, min(n_rows, stop * t_out_chunk), prefix_of_chunk(stop - 1)[0], watch))
         j = stop
 

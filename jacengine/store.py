@@ -23,6 +23,7 @@ from jacengine._version import __version__
 from jacengine.errors import BlockError, StoreError, StoreMismatchError
 from jacengine.plan import Block, Plan
 from jacengine.spec import JacobianSpec
+from jacengine.timing import phase
 
 FORMAT_VERSION = 1
 ATTRIBUTE = "jacengine"
@@ -215,6 +216,10 @@ class JacobianStore:
         expected = (block.n_batch, block.n_rows, len(self.spec.f_out), block.t_in_stop, len(self.spec.f_in))
         if data.shape != expected:
             raise ValueError(f"block {block.index} data has shape {data.shape}, expected {expected}")
+        with phase("store write"):
+            self._write_checked_block(block, data)
+
+    def _write_checked_block(self, block: Block, data: np.ndarray) -> None:
         with np.errstate(over="ignore"):  # float16 overflow is refused just below, with a message
             stored = np.ascontiguousarray(data, dtype=self.array.dtype)
         if self.array.dtype == np.float16:

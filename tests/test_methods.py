@@ -70,26 +70,58 @@ def test_forward_mode_on_an_rnn_is_refused_and_names_the_way_out(tmp_path) -> No
     assert not (tmp_path / "j.zarr").exists()
 
 
-def test_auto_drops_forward_mode_on_an_rnn_and_says_so_once(tmp_path, caplog) -> None:
+@pytest.fixture
+def probed_methods(monkeypatch) -> list[str]:
+    """The methods ``auto`` traces and measures, in order; pfor methods are always measured
+    (a test model is small enough for the loop-only fast path otherwise)."""
+    from jacengine.tf import method_choice
+
+    probed: list[str] = []
+    first_probe = method_choice.first_probe
+
+    def recording(model, spec, *args, **kwargs):
+        probed.append(spec.method)
+        return first_probe(model, spec, *args, **kwargs)
+
+    monkeypatch.setattr(method_choice, "first_probe", recording)
+    monkeypatch.setattr(method_choice, "PFOR_TRACE_FACTOR", 0.0)
+    return probed
+
+
+def test_auto_leaves_forward_mode_out_on_an_rnn_without_tracing_it(tmp_path, caplog, probed_methods) -> None:
     builder, f_in, _ = ZOO["gru_fin3_fout2"]
     model, x = builder(), inputs(f_in)
-    with caplog.at_level(logging.WARNING, logger="jacengine"):
+    with caplog.at_level(logging.INFO, logger="jacengine"):
         store = jacengine.compute(model, x, tmp_path / "j.zarr", method="auto", budget="1GiB", progress=False)
     assert store.spec.method in ("reverse", "reverse-loop")  # whichever measured faster; never forward
-    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(warnings) == 1 and "forward does not work for this model (TypeError" in warnings[0]
+    assert probed_methods == ["reverse-loop", "reverse"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # expected for every RNN: no warning
+    assert any("forward: Keras' GRU raise under ForwardAccumulator" in r.getMessage() for r in caplog.records)
     assert_matches_reference(store.to_numpy(), model, x)
 
 
-def test_auto_moves_past_a_pfor_fallback_naming_the_op_and_resumes_with_its_choice(tmp_path, caplog) -> None:
+def test_auto_takes_the_loop_alone_on_a_small_problem(tmp_path, monkeypatch) -> None:
+    """The fast path: the loop's whole run is predicted shorter than a pfor trace could take."""
+    from jacengine.tf import method_choice
+
+    monkeypatch.setattr(method_choice, "PFOR_TRACE_FACTOR", 1e6)
+    builder, f_in, _ = ZOO["conv1d_causal"]
+    model, x = builder(), inputs(f_in)
+    store = jacengine.compute(model, x, tmp_path / "j.zarr", method="auto", budget="1GiB", progress=False)
+    assert store.spec.method == "reverse-loop"
+    assert_matches_reference(store.to_numpy(), model, x)
+
+
+def test_auto_moves_past_a_pfor_fallback_naming_the_op_and_resumes_with_its_choice(tmp_path, caplog, probed_methods) -> None:
     keras.utils.set_random_seed(1)
     model, x = sorting_model(), inputs(2)
     path = tmp_path / "j.zarr"
     with caplog.at_level(logging.INFO, logger="jacengine"):
         store = jacengine.compute(model, x, path, method="auto", budget="1GiB", progress=False)
     assert store.spec.method in ("forward", "reverse-loop")
-    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(warnings) == 1 and "reverse does not work" in warnings[0] and "ScatterNd" in warnings[0]
+    assert probed_methods == ["reverse-loop", "reverse", "forward"]
+    reasons = [r.getMessage() for r in caplog.records if "reverse does not work" in r.getMessage()]
+    assert len(reasons) == 1 and "ScatterNd" in reasons[0]
     assert_matches_reference(store.to_numpy(), model, x)
     # a rerun with method="auto" takes the store's choice instead of choosing again
     again = jacengine.compute(model, x, path, method="auto", budget="1GiB", progress=False)

@@ -1,10 +1,16 @@
 """Compute one block of the Jacobian in a compiled function, by one of :mod:`jacengine.tf.methods`.
 
-One ``tf.function`` serves every block; TensorFlow traces it once per distinct input shape, and
-the planner keeps the set of block shapes small. Shapes are always static: Keras'
-``TimeDistributed`` computes wrong results inside ``tf.function`` when the time axis is dynamic
-(see DESIGN.md, "Known traps"), so the first call of every new shape is also checked against an
-eager forward pass of the same inputs before its results are trusted.
+In the full layout one shape-polymorphic ``tf.function`` serves every block: its input signature
+leaves the batch, the input length and the rows open, so it is traced once per run whatever the
+blocks' prefixes, and causal blocks differentiate exactly the prefix they need. Tracing a pfor
+Jacobian costs seconds, so this is what makes many block shapes cheap.
+
+Keras' ``TimeDistributed`` computes wrong results inside ``tf.function`` when the time axis is
+dynamic (see DESIGN.md, "Known traps"), so the first call of a function is checked against an
+eager forward pass of the same inputs, and every call's outputs against their expected shape.
+A model that fails the check in the polymorphic function falls back to one static-shape
+function per block shape (``polymorphic`` turns False; the planner then keeps the number of
+shapes small), checked the same way. The lag layout always uses static shapes.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import functools
 import gc
 import logging
+import time
 from typing import Any
 
 import keras
@@ -23,6 +30,7 @@ from jacengine.errors import BlockError, BlockOutOfMemory, MethodUnsupported, Mo
 from jacengine.plan import Block, window_start
 from jacengine.spec import JacobianSpec
 from jacengine.tf import methods
+from jacengine.timing import phase
 
 log = logging.getLogger("jacengine")
 
@@ -49,30 +57,42 @@ class BlockComputer:
         self.model = model
         self.spec = spec
         self.strict = strict
+        self.polymorphic = spec.layout == "full"  # one trace for every block shape (see the module docstring)
         self._warned_fallbacks: set[str] = set()
         self.dtype = tf.as_dtype(spec.compute_dtype)
         self.trace_count = 0
-        self._checked_shapes: set[tuple[int, ...]] = set()
+        self.last_trace_seconds = 0.0  # how long the latest trace took
+        self._checked_keys: set[tuple[int, ...]] = set()
         self._f_out = tf.constant(spec.f_out, dtype=tf.int32)
         self._f_in = tf.constant(spec.f_in, dtype=tf.int32)
-        self._shape: tuple[int, ...] | None = None
+        self._key: tuple[int, ...] | None = None
         self._compiled: Any = None
 
+    def _function_key(self, block: Block) -> tuple[int, ...]:
+        """Blocks with the same key share a compiled function: all of them when polymorphic."""
+        return () if self.polymorphic else block.shape_key
+
     def _function_for(self, block: Block) -> Any:
-        """The compiled function for one block shape. A traced graph holds tens of MB that
-        TensorFlow never frees while its function lives, so the function of the previous shape is
-        dropped (and the heap trimmed) when the shape changes: executors run blocks grouped by
-        shape, so each shape is traced once and at most one graph is alive."""
-        if block.shape_key != self._shape:
+        """The compiled function for ``block``. A traced graph holds tens of MB that TensorFlow
+        never frees while its function lives, so a static-shape function is dropped (and the heap
+        trimmed) when the shape changes: executors run blocks grouped by shape, so each shape is
+        traced once and at most one graph is alive."""
+        key = self._function_key(block)
+        if self._compiled is None or key != self._key:
             self.release()
-            jacobian = functools.partial(self._jacobian, watch=block.watch_steps)
-            self._compiled = tf.function(jacobian, reduce_retracing=False, autograph=False)
-            self._shape = block.shape_key
+            if self.polymorphic:
+                signature = [tf.TensorSpec((None, None, self.spec.input_features), self.dtype),
+                             tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.int32), tf.TensorSpec((None,), tf.int32)]
+                self._compiled = tf.function(self._jacobian, input_signature=signature, autograph=False)
+            else:
+                jacobian = functools.partial(self._jacobian, watch=block.watch_steps)
+                self._compiled = tf.function(jacobian, reduce_retracing=False, autograph=False)
+            self._key = key
         return self._compiled
 
     def release(self) -> None:
         """Drop the compiled function (and its graph's memory); the next block retraces."""
-        self._compiled, self._shape = None, None
+        self._compiled, self._key = None, None
         gc.collect()
         release_free_heap()
 
@@ -81,16 +101,20 @@ class BlockComputer:
         y = self.model(x, training=False)
         return y[:, None, :] if self.spec.sequence_to_one else y
 
-    def _jacobian(self, x: tf.Tensor, start: tf.Tensor, rows: tf.Tensor, *, watch: int) -> tuple[tf.Tensor, tf.Tensor]:
-        """(outputs at ``rows``, J with respect to the ``watch`` input steps from ``start``).
+    def _jacobian(self, x: tf.Tensor, start: tf.Tensor, stop: tf.Tensor, rows: tf.Tensor,
+                  *, watch: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+        """(outputs at ``rows``, J with respect to the input steps [start, stop)).
 
-        The full layout watches a prefix, split off statically. The lag layout's window moves from
-        block to block within one shape, so it is sliced at ``start`` (a tensor: no retrace) and
-        fed back as ``x + pad(window - stop_gradient(window))``, which adds exact zeros, keeps the
-        model's input shape static, and routes the derivative to the window only.
+        ``watch`` is the static window length of a static-shape function, None in the
+        polymorphic one. The full layout watches a prefix (start is 0), split off at ``stop``
+        (polymorphic) or ``watch`` (static). The lag layout's window moves from block to block
+        within one shape, so it is sliced at ``start`` (a tensor: no retrace) and fed back as
+        ``x + pad(window - stop_gradient(window))``, which adds exact zeros, keeps the model's
+        input shape static, and routes the derivative to the window only.
         """
         self.trace_count += 1  # runs at trace time only
         if self.spec.layout == "lag":
+            assert watch is not None
             n_batch, steps, features = x.shape
             x_watch = tf.slice(x, tf.stack([0, start, 0]), [n_batch, watch, features])
 
@@ -100,7 +124,8 @@ class BlockComputer:
                 embedded.set_shape(x.shape)
                 return x + embedded
         else:
-            x_watch, x_rest = x[:, :watch], x[:, watch:]
+            split = stop if watch is None else watch
+            x_watch, x_rest = x[:, :split], x[:, split:]
 
             def model_inputs(window: tf.Tensor) -> tf.Tensor:
                 return tf.concat([window, x_rest], axis=1)
@@ -109,22 +134,30 @@ class BlockComputer:
             y = self._outputs(model_inputs(window))
             return tf.gather(tf.gather(y, rows, axis=1), self._f_out, axis=2)
 
-        if self.spec.method == "forward":
-            return methods.forward(outputs, x_watch, self._f_in)
-        return methods.reverse(outputs, x_watch, self._f_in, loop=self.spec.method == "reverse-loop")
+        return methods.METHODS[self.spec.method](outputs, x_watch, self._f_in)
 
-    def _run(self, block: Block, x: tf.Tensor, start: tf.Tensor, rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Call the block's compiled function; the first call of a shape traces it, and is where
-        a method that does not work for this model shows (an error, or a pfor fallback)."""
+    def _run(self, block: Block, x: tf.Tensor, start: int, stop: int, rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Call the block's compiled function; the first call of a function traces it, and is
+        where a method that does not work for this model shows (an error, or a pfor fallback)."""
         function = self._function_for(block)
-        if block.shape_key in self._checked_shapes:
-            return function(x, start, rows)
+        arguments = (x, tf.constant(start, dtype=tf.int32), tf.constant(stop, dtype=tf.int32), rows)
+        if self._function_key(block) in self._checked_keys:
+            with phase("block compute"):
+                return function(*arguments)
         try:
             with methods.pfor_fallbacks() as fallbacks:
-                result = function(x, start, rows)
+                started = time.perf_counter()
+                with phase("trace"):
+                    self._trace(function, arguments)
+                self.last_trace_seconds = time.perf_counter() - started
+                with phase("block compute"):
+                    result = function(*arguments)
         except (TypeError, ValueError, NotImplementedError, LookupError,
                 tf.errors.UnimplementedError, tf.errors.InvalidArgumentError) as exc:
             self.release()
+            if self.polymorphic:  # perhaps a layer that needs a static time axis: try static shapes
+                self._give_up_polymorphism(exc)
+                return self._run(block, x, start, stop, rows)
             first_line = (str(exc).strip().splitlines() or [""])[0][:160]
             raise MethodUnsupported(self.spec.method, f"{type(exc).__name__}: {first_line}") from exc
         new = [op for op in fallbacks if op not in self._warned_fallbacks]
@@ -137,6 +170,22 @@ class BlockComputer:
                         ", ".join(new), self.spec.method)
         return result
 
+    def _give_up_polymorphism(self, why: object) -> None:
+        """From now on compile one static-shape function per block shape."""
+        log.info("the model fails with an open input shape (%s); compiling one function per block shape",
+                 str(why).strip().splitlines()[0][:160] if str(why).strip() else type(why).__name__)
+        self.polymorphic = False
+        self.release()
+
+    def _trace(self, function: Any, arguments: tuple[tf.Tensor, ...]) -> None:
+        """Trace ``function`` for ``arguments`` without computing the block. TensorFlow optimises
+        a graph on its first run, so a polymorphic function also runs once on a sliver of the
+        block (two samples, one row); a static-shape one cannot, and its first call includes that."""
+        function.get_concrete_function(*arguments)
+        if self.polymorphic:
+            x, start, stop, rows = arguments
+            function(x[:2], start, stop, rows[:1])
+
     def compute(self, block: Block, x: np.ndarray) -> np.ndarray:
         """J for ``block`` given x = inputs[batch_start:batch_stop, :forward_steps].
 
@@ -147,19 +196,33 @@ class BlockComputer:
         # dropped below). At least two samples: TensorFlow 2.21's oneDNN kernels corrupt the
         # heap on pfor Jacobians of attention with a batch of one.
         samples = x.shape[0]
-        x = tf.constant(_pad_axis0(np.asarray(x), max(block.compute_batch, 2)), dtype=self.dtype)
+        padded = tf.constant(_pad_axis0(np.asarray(x), max(block.compute_batch, 2)), dtype=self.dtype)
         steps = np.asarray(self.spec.t_out[block.row_start : block.row_stop])
         start = window_start(self.spec, block) if self.spec.layout == "lag" else 0
         rows = tf.constant(_pad_axis0(np.zeros_like(steps) if self.spec.sequence_to_one else steps, block.compute_rows),
                            dtype=tf.int32)
         try:
-            y_rows, jacobian = self._run(block, x, tf.constant(start, dtype=tf.int32), rows)
-            values = jacobian.numpy()[:samples, : block.n_rows]
+            y_rows, jacobian = self._run(block, padded, start, start + block.watch_steps, rows)
+            with phase("device-to-numpy copy"):
+                values = jacobian.numpy()[:samples, : block.n_rows]
         except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
             raise BlockOutOfMemory(f"block {block.index} ran out of memory: {str(exc)[:200]}") from exc
-        if block.shape_key not in self._checked_shapes:
-            self._check_against_eager(x, rows, y_rows)
-            self._checked_shapes.add(block.shape_key)
+        key = self._function_key(block)
+        expected_shape = (padded.shape[0], block.compute_rows, len(self.spec.f_out))
+        if key not in self._checked_keys or tuple(y_rows.shape) != expected_shape:
+            with phase("eager check"):
+                agrees = self._agrees_with_eager(padded, rows, y_rows)
+            if not agrees:
+                if self.polymorphic:
+                    self._give_up_polymorphism("the compiled forward pass disagrees with an eager call")
+                    return self.compute(block, x)
+                raise ModelError(
+                    "the compiled forward pass disagrees with an eager call of the same model on the "
+                    "same inputs; some layer computes differently inside tf.function (e.g. "
+                    "TimeDistributed with a dynamic time axis). Please report this model to the "
+                    "jacengine developers."
+                )
+            self._checked_keys.add(key)
         self._check_finite(block, values)
         if self.spec.layout == "lag":
             values = _lags(values, steps, start, self.spec.in_axis_length)
@@ -167,20 +230,18 @@ class BlockComputer:
             values = _fit_t_in(values, block.t_in_stop)
         return values.astype(self.spec.block_dtype, copy=False)
 
-    def _check_against_eager(self, x: tf.Tensor, rows: tf.Tensor, compiled: tf.Tensor) -> None:
-        eager = tf.gather(tf.gather(self._outputs(x), rows, axis=1), self._f_out, axis=2).numpy()
-        compiled = compiled.numpy()
+    def _agrees_with_eager(self, x: tf.Tensor, rows: tf.Tensor, compiled: tf.Tensor) -> bool:
+        """Whether the compiled outputs at ``rows`` match an eager call on the first two samples
+        (all a wrong layer needs to show; an eager pass over the whole block is slow)."""
+        samples = min(2, x.shape[0])
+        eager = tf.gather(tf.gather(self._outputs(x[:samples]), rows, axis=1), self._f_out, axis=2).numpy()
+        if compiled.shape[0] != x.shape[0]:
+            return False
+        compiled = compiled.numpy()[:samples]
         finite = eager[np.isfinite(eager)]
         scale = max(float(np.max(np.abs(finite))) if finite.size else 0.0, 1.0)
         tolerance = (1e-10 if self.dtype == tf.float64 else 1e-5) * scale
-        agree = compiled.shape == eager.shape and np.allclose(compiled, eager, rtol=0, atol=tolerance, equal_nan=True)
-        if not agree:
-            raise ModelError(
-                "the compiled forward pass disagrees with an eager call of the same model on the "
-                f"same inputs (shapes {compiled.shape} vs {eager.shape}); some layer computes "
-                "differently inside tf.function (e.g. TimeDistributed with a dynamic time axis). "
-                "Please report this model to the jacengine developers."
-            )
+        return compiled.shape == eager.shape and np.allclose(compiled, eager, rtol=0, atol=tolerance, equal_nan=True)
 
     def _check_finite(self, block: Block, values: np.ndarray) -> None:
         bad = ~np.isfinite(values)

@@ -10,11 +10,11 @@ is stored rather than thrown away. Two readers measure it:
   also contains tracing, graph construction and allocator slack: the difference is the fixed term.
   On a GPU the budget is the device peak itself, so there is no RSS term.
 
-A second call of the same block, now traced, gives the per-work time; the difference between the
-two calls is the trace time. The resident memory that stays after the probe (its graph, and what
-TensorFlow keeps per traced function) is the retained-per-trace term; the probe's is the first
-trace of the process and includes one-time runtime set-up, so a second measurement on another
-shape (see ``jacengine.api``) replaces it when there is one.
+The block computer times its traces apart from the calls (a concrete function is traced before
+it runs), so one call gives both the trace time and the time per work. The resident memory that
+stays after the probe (its graph, and what TensorFlow keeps per traced function) is the
+retained-per-trace term; the probe's is the first trace of the process and includes one-time
+runtime set-up, so a later probe (see ``jacengine.tf.method_choice.refine``) replaces it.
 """
 
 from __future__ import annotations
@@ -72,10 +72,8 @@ def calibrate(
     The fixed term is anchored to the observed peak: fixed = peak above baseline - per-work
     bytes x work, so it contains what the run already holds, the trace and allocator slack.
     ``process`` is None on a GPU, where the budgeted peak is the device's (read by ``tensors``).
-    With ``timed`` (the cost model of an earlier probe) the probe runs once: the memory terms need
-    one call, and a second call of a large planned block would cost as much as computing it
-    again. The trace time is then the earlier probe's, and the rest of the call is the work's
-    (a larger block measures the per-work time with less overhead than a small probe).
+    With ``timed`` (the cost model of an earlier probe) a probe that needed no trace keeps the
+    earlier trace time (a larger block measures the per-work time with less overhead).
     """
     spec = computer.spec
     x = inputs.read(probe.batch_start, probe.batch_stop, probe.forward_steps)
@@ -85,21 +83,18 @@ def calibrate(
     if process is not None:
         process.reset_peak()
         resident_before = process.current_above_baseline()
+    traces_before = computer.trace_count
     started = time.perf_counter()
     result = computer.compute(probe, x)
     first_seconds = time.perf_counter() - started
+    traced = computer.trace_count > traces_before
     tensor_peak = tensors.peak()
     observed_peak = process.peak_above_baseline() if process is not None else tensor_peak
 
-    if timed is None:
-        started = time.perf_counter()
-        computer.compute(probe, x)
-        steady_seconds = time.perf_counter() - started
-        trace_seconds, seconds_per_work = max(0.0, first_seconds - steady_seconds), steady_seconds / work
-    else:  # this call traced too: charge the earlier probe's trace time, the rest is the work's
-        trace_seconds = timed.trace_seconds
-        computing = first_seconds - trace_seconds
-        seconds_per_work = computing / work if computing > 0 else timed.seconds_per_work
+    trace_seconds = computer.last_trace_seconds if traced or timed is None else timed.trace_seconds
+    computing = first_seconds - (computer.last_trace_seconds if traced else 0.0)
+    fallback_rate = timed.seconds_per_work if timed is not None else 0.0
+    seconds_per_work = computing / work if computing > 0 else fallback_rate
     retained = 0
     if process is not None:
         # heap the block freed is reusable by the next block, not retained: return it to the OS first
@@ -117,5 +112,6 @@ def calibrate(
         trace_seconds=trace_seconds,
         seconds_per_work=seconds_per_work,
         retained_bytes_per_trace=retained * _HEADROOM,
+        one_trace=computer.polymorphic,
     )
     return cost, result

@@ -48,17 +48,18 @@ def build_spec(
     truncatable = expected[1] is None
 
     probe = inputs.read(0, min(batch, _PROBE_SAMPLES)).astype(dtype.as_numpy_dtype)
-    y = np.asarray(model(probe[:1], training=False))
-    if y.ndim == 2:
-        sequence_to_one, output_steps, output_features = True, 1, y.shape[1]
-    elif y.ndim == 3:
-        sequence_to_one, output_steps, output_features = False, y.shape[1], y.shape[2]
-    else:
-        raise ModelError(f"the model returns shape {y.shape}; jacengine needs (B, T, F) or (B, F).")
-
     # Structural questions are answered on a short prefix when the model accepts one: eager
-    # passes (and a persistent tape) over thousands of steps would hold memory the budget needs.
+    # passes (and a persistent tape) over thousands of steps are slow and hold memory the budget
+    # needs. The output shape is read symbolically for the full length.
     short = probe[:, :_PROBE_STEPS] if truncatable else probe
+    y_shape = _output_shape(model, (1, steps, features), short[:1])
+    if len(y_shape) == 2:
+        sequence_to_one, output_steps, output_features = True, 1, y_shape[1]
+    elif len(y_shape) == 3:
+        sequence_to_one, output_steps, output_features = False, y_shape[1], y_shape[2]
+    else:
+        raise ModelError(f"the model returns shape {y_shape}; jacengine needs (B, T, F) or (B, F).")
+
     decided, reason = _decide_causal(model, short, causal, sequence_to_one, output_steps == steps)
     spec = JacobianSpec(
         batch=batch,
@@ -82,6 +83,19 @@ def build_spec(
     gc.collect()
     release_free_heap()
     return spec, reason
+
+
+def _output_shape(model: keras.Model, input_shape: tuple[int, int, int], short: np.ndarray) -> tuple[int, ...]:
+    """The model's output shape for ``input_shape``: symbolically (Keras' shape inference,
+    checked against an eager call on ``short``), else from an eager call on zeros of that shape."""
+    try:
+        symbolic = tuple(model.compute_output_spec(keras.KerasTensor(input_shape)).shape)
+        short_symbolic = tuple(model.compute_output_spec(keras.KerasTensor(short.shape)).shape)
+    except Exception:  # shape inference is optional for custom layers
+        symbolic = short_symbolic = ()
+    if symbolic and None not in symbolic and short_symbolic == np.shape(model(short, training=False)):
+        return symbolic
+    return np.shape(model(np.zeros(input_shape, dtype=short.dtype), training=False))
 
 
 def check_connected(model: keras.Model, probe: np.ndarray, spec: JacobianSpec) -> None:

@@ -1,20 +1,28 @@
 """Calibrate a method's cost model on the actual model, and let ``method="auto"`` choose one.
 
-``auto`` walks a ladder: ``reverse`` (pfor VJPs), ``forward`` (pfor JVPs) and ``reverse-loop``
-(VJPs in a while loop) each measure a first probe block; a method that raises, or for which pfor
-falls back to a while loop, is dropped with one log line naming why; of those that work (and fit
-the budget) the one with the shortest predicted run time wins and alone goes on to measure
-larger blocks (:func:`refine`). None is assumed faster: the loop took 0.4-0.9 times the pfor
-method's time on the seed LSTM at (32, 500, 1) and a causal Conv1D, but 4.2 times on the LSTM
-at (8, 1000, 8) (see the methods benchmark). A first probe is small, so the comparison can
-miss: pfor's time per unit of work grows with the block.
+``auto`` decides in this order, tracing as little as it can (a pfor trace costs seconds):
+
+1. ``forward`` is left out without a trace where it cannot work: Keras' recurrent layers raise
+   under ``tf.autodiff.ForwardAccumulator`` inside ``tf.function``.
+2. ``reverse-loop`` (VJPs in a while loop) is measured first, on a probe of
+   :data:`LOOP_PROBE_SAMPLES` samples: its trace is the cheapest. If its
+   whole predicted run takes less than :data:`PFOR_TRACE_FACTOR` times its own trace, no pfor
+   method can win (their trace builds the same gradient graph and then vectorises it), so it is
+   chosen without tracing them: the small-problem fast path.
+3. Otherwise ``reverse`` (pfor VJPs) and ``forward`` (pfor JVPs) are measured too. A method that
+   raises, or for which pfor falls back to a while loop, is dropped with one log line naming
+   why; of those that work and fit the budget the one with the shortest predicted run wins and
+   alone goes on to measure larger blocks (:func:`refine`).
+
+Every probe is a block of a plan, and its result is kept: when the final plan contains the
+same block (:meth:`Calibrated.stored_results`), it is written rather than computed again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import keras
@@ -27,29 +35,40 @@ from jacengine.plan import Block, Plan
 from jacengine.spec import JacobianSpec
 from jacengine.tf.blocks import BlockComputer
 from jacengine.tf.calibrate import MemoryReader, calibrate, prior_cost
+from jacengine.tf.model import iter_layers
+from jacengine.timing import phase
 
 log = logging.getLogger("jacengine")
 
-CANDIDATES = ("reverse", "forward", "reverse-loop")  # what auto measures, in this order
+LOOP_FIRST = "reverse-loop"
+PFOR_METHODS = ("reverse", "forward")  # measured after the loop unless it wins outright
+# A pfor trace took 3.6-4.1x the loop's trace on the seed LSTM; 2 leaves room for simpler models.
+PFOR_TRACE_FACTOR = 2.0
+LOOP_PROBE_SAMPLES = 2  # the loop's first probe only needs its trace time and rate: keep it cheap
 TRUST_FACTOR = 16.0  # plans extrapolate the measured cost model at most this far beyond the largest probe
 MAX_REPROBES = 2  # probes grow up to TRUST_FACTOR ** MAX_REPROBES times the first
+_RECURRENT = (keras.layers.RNN, keras.layers.Bidirectional)  # LSTM, GRU, SimpleRNN are RNN subclasses
 
 
 @dataclass
 class Calibrated:
-    """A method with its block computer, measured cost model and plan."""
+    """A method with its block computer, measured cost model and plan, and its probes' results."""
 
     spec: JacobianSpec
     computer: BlockComputer
     cost: CostModel
     plan: Plan
     probe: Block
-    probe_result: np.ndarray
+    results: dict[Block, np.ndarray] = field(default_factory=dict)  # by block with index 0
 
-    @property
-    def first_block_result(self) -> np.ndarray | None:
-        """The probe's result when the probe is the plan's first block (it is stored, not redone)."""
-        return self.probe_result if self.plan.blocks[0] == self.probe else None
+    def stored_results(self) -> dict[Block, np.ndarray]:
+        """The probes' results for blocks of the final plan (same region and compute shape)."""
+        found = {}
+        for block in self.plan.blocks:
+            result = self.results.get(replace(block, index=0))
+            if result is not None:
+                found[block] = result
+        return found
 
 
 @dataclass
@@ -68,42 +87,72 @@ def calibrated(model: keras.Model, spec: JacobianSpec, meters: Meters, strict: b
     return refine(first_probe(model, spec, meters, strict), meters)
 
 
-def first_probe(model: keras.Model, spec: JacobianSpec, meters: Meters, strict: bool = False) -> Calibrated:
-    """Measure the first block of a plan sized by a pessimistic prior (twice: the second call
-    gives the time per work without the trace), and plan within the trust region around it."""
+def _calibrating(spec: JacobianSpec) -> Any:
+    return phase(f"calibrate {spec.method}")
+
+
+def first_probe(model: keras.Model, spec: JacobianSpec, meters: Meters, strict: bool = False,
+                samples: int | None = None) -> Calibrated:
+    """Measure the first block of a plan sized by a pessimistic prior (its first ``samples``
+    samples only, when given) and plan within the trust region around it."""
+    with _calibrating(spec):
+        return _first_probe(model, spec, meters, strict, samples)
+
+
+def _first_probe(model: keras.Model, spec: JacobianSpec, meters: Meters, strict: bool, samples: int | None) -> Calibrated:
     computer = BlockComputer(model, spec, strict=strict)
     probe = choose_plan(spec, prior_cost(model, spec), meters.budget_bytes, fallback_to_smallest=True).blocks[0]
+    if samples is not None and probe.n_batch > samples:
+        probe = replace(probe, batch_stop=probe.batch_start + samples, compute_batch=samples)
     cost, result = calibrate(computer, meters.inputs, probe, meters.tensors, meters.process)
     plan = choose_plan(spec, cost, meters.budget_bytes, max_work=TRUST_FACTOR * CostModel.work(spec, probe))
-    return Calibrated(spec, computer, cost, plan, probe, result)
+    return Calibrated(spec, computer, cost, plan, probe, {replace(probe, index=0): result})
 
 
 def refine(start: Calibrated, meters: Meters) -> Calibrated:
-    """Measure the plan's first block while its shape differs from the last probe's (a trace's
-    memory depends on the shape, and the plan's first block is the one whose peak matters),
-    keeping the most pessimistic fixed term seen.
+    """Measure the plan's first block while it is not a block measured already (a block's
+    peak depends on its shape; plans pack their blocks to about the same predicted peak, so the
+    first is representative, and the one a replanned grid is most likely to keep), keeping the
+    most pessimistic fixed term seen.
 
     Memory is not quite linear in the work over large ranges (allocator pools, oneDNN scratch
     buffers), so a plan never trusts the cost model more than :data:`TRUST_FACTOR` times beyond
     the largest block measured: a large budget is reached by measuring blocks that grow by that
-    factor (at most a third more compute than the last block alone), never by one long
-    extrapolation. Measured here: a block 60 times the probe's work overran an 8 GiB budget by 10%.
+    factor, never by one long extrapolation. Measured here: a block 60 times the probe's work
+    overran an 8 GiB budget by 10%. Each measured block is a block of the plan at the time, and
+    its result is kept for the final plan.
     """
-    spec, computer, cost, probe, result = start.spec, start.computer, start.cost, start.probe, start.probe_result
+    with _calibrating(start.spec):
+        return _refine(start, meters)
+
+
+def _refine(start: Calibrated, meters: Meters) -> Calibrated:
+    spec, computer, cost, probe = start.spec, start.computer, start.cost, start.probe
+    results = dict(start.results)
     measured_work = CostModel.work(spec, probe)
     plan = choose_plan(spec, cost, meters.budget_bytes, max_work=TRUST_FACTOR * measured_work)
     for _ in range(MAX_REPROBES):
-        if plan.blocks[0].shape_key == probe.shape_key:
+        if replace(plan.blocks[0], index=0) in results:
             break
-        computer.release()  # the probe's compiled graph will not be used again: free it
+        if not computer.polymorphic and plan.blocks[0].shape_key != probe.shape_key:
+            computer.release()  # the probe's compiled graph will not be used again: free it
         probe = plan.blocks[0]
         measured, result = calibrate(computer, meters.inputs, probe, meters.tensors, meters.process, timed=cost)
+        results[replace(probe, index=0)] = result
         # the second trace's retention excludes the first trace's one-time runtime set-up
         cost = replace(measured, fixed_bytes=max(cost.fixed_bytes, measured.fixed_bytes))
         measured_work = max(measured_work, CostModel.work(spec, probe))
         plan = choose_plan(spec, cost, meters.budget_bytes, max_work=TRUST_FACTOR * measured_work)
     computer.strict = False  # from here on a fallback on some other block shape only warns
-    return Calibrated(spec, computer, cost, plan, probe, result)
+    return Calibrated(spec, computer, cost, plan, probe, results)
+
+
+def forward_mode_cannot_work(model: keras.Model) -> str | None:
+    """Why forward mode is bound to fail for ``model`` (without tracing it), or None."""
+    recurrent = sorted({type(layer).__name__ for layer in iter_layers(model) if isinstance(layer, _RECURRENT)})
+    if recurrent:
+        return f"Keras' {', '.join(recurrent)} raise under ForwardAccumulator in tf.function"
+    return None
 
 
 def choose_method(model: keras.Model, spec: JacobianSpec, meters: Meters) -> tuple[Calibrated, str]:
@@ -111,31 +160,45 @@ def choose_method(model: keras.Model, spec: JacobianSpec, meters: Meters) -> tup
     working: list[tuple[Calibrated, int]] = []  # with the resident memory when it finished
     dropped: list[str] = []
     budget_refusals: list[BudgetError] = []
-    for method in CANDIDATES:
+
+    def measure(method: str, samples: int | None = None) -> Calibrated | None:
         try:
-            candidate = first_probe(model, replace(spec, method=method), meters, strict=True)
+            candidate = first_probe(model, replace(spec, method=method), meters, strict=True, samples=samples)
         except MethodUnsupported as why:
             dropped.append(f"{method}: {why.reason}")
-            log.warning("method auto: %s does not work for this model (%s); trying the next method", method, why.reason)
-            continue
+            log.info("method auto: %s does not work for this model (%s); trying the next method", method, why.reason)
+            return None
         except BudgetError as refusal:
             budget_refusals.append(refusal)
             dropped.append(f"{method}: does not fit the budget")
-            continue
+            return None
         working.append((candidate, _resident(meters)))
+        return candidate
+
+    def predicted_seconds(candidate: Calibrated) -> float:
+        return candidate.cost.plan_seconds(candidate.spec, candidate.plan)
+
+    loop = measure(LOOP_FIRST, samples=LOOP_PROBE_SAMPLES)
+    fast_path = loop is not None and predicted_seconds(loop) <= PFOR_TRACE_FACTOR * loop.cost.trace_seconds
+    if fast_path:
+        dropped.append(f"pfor methods not traced: the loop's whole run is predicted within {PFOR_TRACE_FACTOR:g}x its trace")
+    else:
+        for method in PFOR_METHODS:
+            why_not = forward_mode_cannot_work(model) if method == "forward" else None
+            if why_not:
+                dropped.append(f"forward: {why_not}")
+            else:
+                measure(method)
     if not working:
         if budget_refusals:
             raise budget_refusals[0]  # it names the minimum budget
         raise MethodUnsupported("auto", "no method works for this model: " + "; ".join(dropped))
 
-    def predicted_seconds(entry: tuple[Calibrated, int]) -> float:
-        return entry[0].cost.plan_seconds(entry[0].spec, entry[0].plan)
-
-    chosen, resident_then = min(working, key=predicted_seconds)
+    chosen, resident_then = min(working, key=lambda entry: predicted_seconds(entry[0]))
     for other, _ in working:
         if other is not chosen:
             other.computer.release()
-    times = ", ".join(f"{c.spec.method} {predicted_seconds((c, 0)):.1f} s" for c, _ in working)
+    times = ", ".join(f"{c.spec.method} {predicted_seconds(c):.1f} s" for c, _ in working)
     chosen = refine(_charge_leftovers(chosen, resident_then, meters), meters)
     return chosen, f"method {chosen.spec.method} (auto: predicted {'; '.join([times, *dropped])})"
 

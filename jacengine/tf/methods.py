@@ -49,20 +49,30 @@ def reverse(outputs: Outputs, x_watch: tf.Tensor, f_in: tf.Tensor, *, loop: bool
 
 def forward(outputs: Outputs, x_watch: tf.Tensor, f_in: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Forward mode: one JVP per (watched step, selected input feature), vectorised by pfor."""
-    n_batch, watch, features = x_watch.shape
+    shape = tf.shape(x_watch)  # (B, W, F), dynamic in a shape-polymorphic block function
+    n_batch, watch, features = shape[0], shape[1], shape[2]
     n_f_in = f_in.shape[0]
 
     def column(direction: tf.Tensor) -> tf.Tensor:
         step, feature = direction // n_f_in, tf.gather(f_in, direction % n_f_in)
         unit = tf.one_hot(step * features + feature, watch * features, dtype=x_watch.dtype)
-        tangent = tf.broadcast_to(tf.reshape(unit, (1, watch, features)), (n_batch, watch, features))
+        tangent = tf.broadcast_to(tf.reshape(unit, tf.stack([1, watch, features])), shape)
         with tf.autodiff.ForwardAccumulator(x_watch, tangent) as accumulator:
             y_rows = outputs(x_watch)
         return accumulator.jvp(y_rows)
 
     columns = tf.vectorized_map(column, tf.range(watch * n_f_in), warn=False)  # (W * |f_in|, B, R, Fo)
-    columns = tf.reshape(columns, (watch, n_f_in, *columns.shape[1:]))
+    columns = tf.reshape(columns, tf.concat([tf.stack([watch, n_f_in]), tf.shape(columns)[1:]], axis=0))
     return outputs(x_watch), tf.transpose(columns, (2, 3, 4, 0, 1))
+
+
+def reverse_loop(outputs: Outputs, x_watch: tf.Tensor, f_in: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Reverse mode in a while loop over rows (no pfor)."""
+    return reverse(outputs, x_watch, f_in, loop=True)
+
+
+Method = Callable[[Outputs, tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+METHODS: dict[str, Method] = {"reverse": reverse, "reverse-loop": reverse_loop, "forward": forward}  # by spec.method
 
 
 @contextlib.contextmanager

@@ -1,0 +1,70 @@
+"""Where a run's time goes: exclusive seconds and counts per phase, for profiles and benchmarks.
+
+Phases are named where the work happens (``with phase("trace"): ...``) and add up across a
+process until :func:`reset`. A phase opened inside another is recorded under both names
+(``"calibrate reverse / trace"``) and its time is taken out of the outer phase's, so the phases of
+one thread add up to no more than the wall time: :func:`snapshot` reports the rest as ``idle``.
+Phases of the writer thread (``store write``) overlap with the main thread's and are listed
+apart (``overlapped``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_lock = threading.Lock()
+_seconds: dict[str, float] = {}
+_counts: dict[str, int] = {}
+_overlapped: set[str] = set()
+_started = time.perf_counter()
+_stack = threading.local()
+
+
+def reset() -> None:
+    """Forget every phase and restart the wall clock."""
+    global _started
+    with _lock:
+        _seconds.clear()
+        _counts.clear()
+        _overlapped.clear()
+        _started = time.perf_counter()
+
+
+@contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Add the time spent inside the block, less that of phases opened inside it, to ``name``."""
+    frames = _stack.__dict__.setdefault("frames", [])
+    full_name = " / ".join([*(frame[0] for frame in frames), name])
+    frame = [full_name, 0.0]  # name, seconds spent in inner phases
+    frames.append(frame)
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        elapsed = time.perf_counter() - started
+        frames.pop()
+        if frames:
+            frames[-1][1] += elapsed
+        with _lock:
+            _seconds[full_name] = _seconds.get(full_name, 0.0) + elapsed - frame[1]
+            _counts[full_name] = _counts.get(full_name, 0) + 1
+            if threading.current_thread() is not threading.main_thread():
+                _overlapped.add(full_name)
+
+
+def snapshot() -> list[dict[str, object]]:
+    """Every phase as ``{"phase", "seconds", "count", "overlapped"}`` in first-use order, then
+    ``idle`` (wall time no main-thread phase covers) and ``wall`` (since :func:`reset`)."""
+    with _lock:
+        wall = time.perf_counter() - _started
+        rows: list[dict[str, object]] = [
+            {"phase": name, "seconds": seconds, "count": _counts[name], "overlapped": name in _overlapped}
+            for name, seconds in _seconds.items()
+        ]
+    covered = sum(float(row["seconds"]) for row in rows if not row["overlapped"])  # type: ignore[arg-type]
+    rows.append({"phase": "idle", "seconds": max(0.0, wall - covered), "count": 1, "overlapped": False})
+    rows.append({"phase": "wall", "seconds": wall, "count": 1, "overlapped": False})
+    return rows
