@@ -20,7 +20,6 @@ import numpy as np
 
 from benchmarks.cases import Case
 
-
 SAMPLE_SIZE = 256
 STEADY_STATE_LIMIT_S = 20.0  # no repeats after a first call longer than this
 

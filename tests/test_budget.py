@@ -55,7 +55,8 @@ def test_gpu_path_calibrates_on_the_device_peak_and_plans_within_budget() -> Non
     prepared = prepare(seed_model(units=4), x, calibrate=False)
     probe = prepared.plan.blocks[0]
     device = FakeDeviceMemory(peak=50 * 2**20)
-    cost, result = calibrate(prepared.computer, Inputs(x), probe, device, process=None)
+    cost, result, measurement = calibrate(prepared.computer, Inputs(x), probe, device, process=None)
+    assert measurement.peak_bytes == 50 * 2**20
     assert device.resets == 1
     assert cost.fixed_bytes == 0  # on a GPU the budgeted peak is the device's: no RSS term
     assert cost.bytes_per_work == pytest.approx(50 * 2**20 * 1.15 / cost.work(prepared.spec, probe))

@@ -20,6 +20,7 @@ runtime set-up, so a later probe (see ``jacengine.tf.method_choice.refine``) rep
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Protocol
 
 import keras
@@ -59,6 +60,14 @@ def prior_cost(model: keras.Model, spec: JacobianSpec) -> CostModel:
     )
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """A probe's work and the peak the budget bounds (RSS above baseline on CPU, device peak on a GPU)."""
+
+    work: int
+    peak_bytes: int
+
+
 def calibrate(
     computer: BlockComputer,
     inputs: Inputs,
@@ -66,14 +75,19 @@ def calibrate(
     tensors: MemoryReader,
     process: ProcessMemory | None,
     timed: CostModel | None = None,
-) -> tuple[CostModel, np.ndarray]:
-    """Measure ``probe``; return the fitted cost model and the probe's result.
+    earlier: Measurement | None = None,
+) -> tuple[CostModel, np.ndarray, Measurement]:
+    """Measure ``probe``; return the fitted cost model, the probe's result and its measurement.
 
     The fixed term is anchored to the observed peak: fixed = peak above baseline - per-work
     bytes x work, so it contains what the run already holds, the trace and allocator slack.
     ``process`` is None on a GPU, where the budgeted peak is the device's (read by ``tensors``).
     With ``timed`` (the cost model of an earlier probe) a probe that needed no trace keeps the
     earlier trace time (a larger block measures the per-work time with less overhead).
+    With ``earlier`` (a probe of at most half this one's work) the memory terms are the line
+    through both peaks instead, anchored at this probe, with the headroom on its slope: a line
+    through the origin charges the fixed memory (runtime, graph, allocator slack) to the work
+    and sizes large blocks too small.
     """
     spec = computer.spec
     x = inputs.read(probe.batch_start, probe.batch_stop, probe.forward_steps)
@@ -106,12 +120,16 @@ def calibrate(
     measured = tensor_peak if tensor_peak > 0 else observed_peak
     bytes_per_work = max(measured, 2 * result.nbytes) / work * _HEADROOM
     floor = _MIN_FIXED_BYTES if process is not None else 0
+    fixed_bytes = max(floor, observed_peak * _HEADROOM - bytes_per_work * work)
+    if earlier is not None and work >= 2 * earlier.work and observed_peak > earlier.peak_bytes:
+        slope = max((observed_peak - earlier.peak_bytes) / (work - earlier.work), 2 * result.nbytes / work)
+        bytes_per_work, fixed_bytes = slope * _HEADROOM, max(floor, observed_peak - slope * work)
     cost = CostModel(
-        fixed_bytes=max(floor, observed_peak * _HEADROOM - bytes_per_work * work),
+        fixed_bytes=fixed_bytes,
         bytes_per_work=bytes_per_work,
         trace_seconds=trace_seconds,
         seconds_per_work=seconds_per_work,
         retained_bytes_per_trace=retained * _HEADROOM,
         one_trace=computer.polymorphic,
     )
-    return cost, result
+    return cost, result, Measurement(work, observed_peak)

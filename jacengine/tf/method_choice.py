@@ -4,8 +4,7 @@
 
 1. ``forward`` is left out without a trace where it cannot work: Keras' recurrent layers raise
    under ``tf.autodiff.ForwardAccumulator`` inside ``tf.function``.
-2. ``reverse-loop`` (VJPs in a while loop) is measured first, on a probe of
-   :data:`LOOP_PROBE_SAMPLES` samples: its trace is the cheapest. If its
+2. ``reverse-loop`` (VJPs in a while loop) is measured first: its trace is the cheapest. If its
    whole predicted run takes less than :data:`PFOR_TRACE_FACTOR` times its own trace, no pfor
    method can win (their trace builds the same gradient graph and then vectorises it), so it is
    chosen without tracing them: the small-problem fast path.
@@ -31,10 +30,10 @@ import numpy as np
 from jacengine.costmodel import CostModel, choose_plan
 from jacengine.errors import BudgetError, MethodUnsupported
 from jacengine.inputs import Inputs
-from jacengine.plan import Block, Plan
+from jacengine.plan import Block, Plan, make_plan
 from jacengine.spec import JacobianSpec
 from jacengine.tf.blocks import BlockComputer
-from jacengine.tf.calibrate import MemoryReader, calibrate, prior_cost
+from jacengine.tf.calibrate import Measurement, MemoryReader, calibrate, prior_cost
 from jacengine.tf.model import iter_layers
 from jacengine.timing import phase
 
@@ -44,9 +43,9 @@ LOOP_FIRST = "reverse-loop"
 PFOR_METHODS = ("reverse", "forward")  # measured after the loop unless it wins outright
 # A pfor trace took 3.6-4.1x the loop's trace on the seed LSTM; 2 leaves room for simpler models.
 PFOR_TRACE_FACTOR = 2.0
-LOOP_PROBE_SAMPLES = 2  # the loop's first probe only needs its trace time and rate: keep it cheap
+FIRST_PROBE_SAMPLES = 2  # a method's first probe pays its trace and gives its rates: keep it cheap
 TRUST_FACTOR = 16.0  # plans extrapolate the measured cost model at most this far beyond the largest probe
-MAX_REPROBES = 2  # probes grow up to TRUST_FACTOR ** MAX_REPROBES times the first
+MAX_REPROBES = 3  # probes grow up to TRUST_FACTOR ** MAX_REPROBES times the first
 _RECURRENT = (keras.layers.RNN, keras.layers.Bidirectional)  # LSTM, GRU, SimpleRNN are RNN subclasses
 
 
@@ -60,6 +59,7 @@ class Calibrated:
     plan: Plan
     probe: Block
     results: dict[Block, np.ndarray] = field(default_factory=dict)  # by block with index 0
+    largest: Measurement | None = None  # of the largest probe measured
 
     def stored_results(self) -> dict[Block, np.ndarray]:
         """The probes' results for blocks of the final plan (same region and compute shape)."""
@@ -91,22 +91,32 @@ def _calibrating(spec: JacobianSpec) -> Any:
     return phase(f"calibrate {spec.method}")
 
 
-def first_probe(model: keras.Model, spec: JacobianSpec, meters: Meters, strict: bool = False,
-                samples: int | None = None) -> Calibrated:
-    """Measure the first block of a plan sized by a pessimistic prior (its first ``samples``
-    samples only, when given) and plan within the trust region around it."""
+def first_probe(model: keras.Model, spec: JacobianSpec, meters: Meters, strict: bool = False) -> Calibrated:
+    """Trace the method and measure a first, cheap probe block; plan within the trust region
+    around it."""
     with _calibrating(spec):
-        return _first_probe(model, spec, meters, strict, samples)
+        return _first_probe(model, spec, meters, strict)
 
 
-def _first_probe(model: keras.Model, spec: JacobianSpec, meters: Meters, strict: bool, samples: int | None) -> Calibrated:
+def _first_probe(model: keras.Model, spec: JacobianSpec, meters: Meters, strict: bool) -> Calibrated:
     computer = BlockComputer(model, spec, strict=strict)
-    probe = choose_plan(spec, prior_cost(model, spec), meters.budget_bytes, fallback_to_smallest=True).blocks[0]
-    if samples is not None and probe.n_batch > samples:
-        probe = replace(probe, batch_stop=probe.batch_start + samples, compute_batch=samples)
-    cost, result = calibrate(computer, meters.inputs, probe, meters.tensors, meters.process)
+    probe = _sliver(spec, choose_plan(spec, prior_cost(model, spec), meters.budget_bytes, fallback_to_smallest=True))
+    cost, result, measurement = calibrate(computer, meters.inputs, probe, meters.tensors, meters.process)
     plan = choose_plan(spec, cost, meters.budget_bytes, max_work=TRUST_FACTOR * CostModel.work(spec, probe))
-    return Calibrated(spec, computer, cost, plan, probe, {replace(probe, index=0): result})
+    return Calibrated(spec, computer, cost, plan, probe, {replace(probe, index=0): result}, measurement)
+
+
+def _sliver(spec: JacobianSpec, prior: Plan) -> Block:
+    """The first probe: the first t_out chunk of the first :data:`FIRST_PROBE_SAMPLES` samples
+    on the grid of the prior's plan, with its exact prefix. It pays the trace and gives the
+    rates at little cost of its own; the trust region then grows the probes to the plan's blocks.
+    The lag layout's static-shape functions trace once per shape: there the prior plan's first
+    block itself is the probe."""
+    if spec.layout != "full":
+        return prior.blocks[0]
+    sliver = make_plan(spec, batch_chunk=min(FIRST_PROBE_SAMPLES, spec.batch), t_out_chunk=prior.t_out_chunk,
+                       t_in_chunk=prior.t_in_chunk, chunks_per_block=lambda watch: 1, exact_prefixes=True)
+    return sliver.blocks[0]
 
 
 def refine(start: Calibrated, meters: Meters) -> Calibrated:
@@ -127,7 +137,7 @@ def refine(start: Calibrated, meters: Meters) -> Calibrated:
 
 
 def _refine(start: Calibrated, meters: Meters) -> Calibrated:
-    spec, computer, cost, probe = start.spec, start.computer, start.cost, start.probe
+    spec, computer, cost, probe, largest = start.spec, start.computer, start.cost, start.probe, start.largest
     results = dict(start.results)
     measured_work = CostModel.work(spec, probe)
     plan = choose_plan(spec, cost, meters.budget_bytes, max_work=TRUST_FACTOR * measured_work)
@@ -137,14 +147,16 @@ def _refine(start: Calibrated, meters: Meters) -> Calibrated:
         if not computer.polymorphic and plan.blocks[0].shape_key != probe.shape_key:
             computer.release()  # the probe's compiled graph will not be used again: free it
         probe = plan.blocks[0]
-        measured, result = calibrate(computer, meters.inputs, probe, meters.tensors, meters.process, timed=cost)
+        measured, result, measurement = calibrate(computer, meters.inputs, probe, meters.tensors, meters.process,
+                                                  timed=cost, earlier=largest)
         results[replace(probe, index=0)] = result
-        # the second trace's retention excludes the first trace's one-time runtime set-up
-        cost = replace(measured, fixed_bytes=max(cost.fixed_bytes, measured.fixed_bytes))
+        if largest is None or measurement.work >= largest.work:
+            # a line through the two largest probes (see calibrate)
+            cost, largest = measured, measurement
         measured_work = max(measured_work, CostModel.work(spec, probe))
         plan = choose_plan(spec, cost, meters.budget_bytes, max_work=TRUST_FACTOR * measured_work)
     computer.strict = False  # from here on a fallback on some other block shape only warns
-    return Calibrated(spec, computer, cost, plan, probe, results)
+    return Calibrated(spec, computer, cost, plan, probe, results, largest)
 
 
 def forward_mode_cannot_work(model: keras.Model) -> str | None:
@@ -161,9 +173,9 @@ def choose_method(model: keras.Model, spec: JacobianSpec, meters: Meters) -> tup
     dropped: list[str] = []
     budget_refusals: list[BudgetError] = []
 
-    def measure(method: str, samples: int | None = None) -> Calibrated | None:
+    def measure(method: str) -> Calibrated | None:
         try:
-            candidate = first_probe(model, replace(spec, method=method), meters, strict=True, samples=samples)
+            candidate = first_probe(model, replace(spec, method=method), meters, strict=True)
         except MethodUnsupported as why:
             dropped.append(f"{method}: {why.reason}")
             log.info("method auto: %s does not work for this model (%s); trying the next method", method, why.reason)
@@ -178,7 +190,7 @@ def choose_method(model: keras.Model, spec: JacobianSpec, meters: Meters) -> tup
     def predicted_seconds(candidate: Calibrated) -> float:
         return candidate.cost.plan_seconds(candidate.spec, candidate.plan)
 
-    loop = measure(LOOP_FIRST, samples=LOOP_PROBE_SAMPLES)
+    loop = measure(LOOP_FIRST)
     fast_path = loop is not None and predicted_seconds(loop) <= PFOR_TRACE_FACTOR * loop.cost.trace_seconds
     if fast_path:
         dropped.append(f"pfor methods not traced: the loop's whole run is predicted within {PFOR_TRACE_FACTOR:g}x its trace")
