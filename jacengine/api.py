@@ -109,7 +109,7 @@ def prepare(
     configure_gpus(parse_budget(gpu_memory_limit) if gpu_memory_limit is not None else None)
     from jacengine.tf.blocks import BlockComputer
     from jacengine.tf.calibrate import prior_cost
-    from jacengine.tf.introspect import build_spec
+    from jacengine.tf.introspect import PROBE_SAMPLES, PROBE_STEPS, build_spec
     from jacengine.tf.memory import TensorMemory, compute_device
     from jacengine.tf.method_choice import Meters, calibrated, choose_method
     from jacengine.tf.model import float64_copy, load_model, model_hash
@@ -138,7 +138,7 @@ def prepare(
             keras_model, source, t_out=t_out, f_out=f_out, f_in=f_in, causal=causal, method=method, layout=layout,
             max_lag=max_lag, store_dtype=store_dtype,
         )
-        probe_inputs = source.read(0, min(spec.batch, 2), 64 if spec.truncatable else None).astype(spec.compute_dtype)
+        probe_inputs = source.read(0, PROBE_SAMPLES, PROBE_STEPS if spec.truncatable else None).astype(spec.compute_dtype)
         block_model = without_time_distributed_dense(keras_model, probe_inputs)
     if calibrate:
         meters = Meters(source, budget_bytes, tensors, process)

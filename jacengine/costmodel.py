@@ -11,7 +11,7 @@ work plus a fixed cost (TensorFlow's tracing and runtime):
 
     peak_bytes = fixed_bytes + bytes_per_work * work
                  + retained_bytes_per_trace * (n_traces - 1)
-    seconds    = trace_seconds * n_traces + seconds_per_work * sum(work over blocks)
+    seconds    = trace_seconds * n_traces + sum(seconds_per_block + seconds_per_work * work)
 
 The last memory term is what TensorFlow keeps after each traced shape even once its function is
 dropped, so a plan with many traced shapes needs room for all of them by its last block.
@@ -53,6 +53,7 @@ class CostModel:
     seconds_per_work: float
     retained_bytes_per_trace: float = 0.0
     one_trace: bool = False  # one compiled function serves every block shape
+    seconds_per_block: float = 0.0  # what a call costs besides its work (dispatch, loop set-up, copies)
 
     def traces(self, plan: Plan) -> int:
         """How many times a plan's blocks are traced."""
@@ -73,7 +74,7 @@ class CostModel:
         return self.fixed_bytes + self.bytes_per_work * self.work(spec, block)
 
     def block_seconds(self, spec: JacobianSpec, block: Block) -> float:
-        return self.seconds_per_work * self.work(spec, block)
+        return self.seconds_per_block + self.seconds_per_work * self.work(spec, block)
 
     def plan_seconds(self, spec: JacobianSpec, plan: Plan) -> float:
         compute = sum(self.block_seconds(spec, b) for b in plan.blocks)
@@ -195,23 +196,43 @@ def _longest_watch(spec: JacobianSpec, n_buckets: int) -> int:
 
 def _largest_blocks(spec: JacobianSpec, cost: CostModel, budget_bytes: float, n_buckets: int,
                     max_work: float = math.inf) -> Plan:
-    """Blocks as large as fit ``budget_bytes`` by the per-block terms alone, and ``max_work``.
-
-    Tries the whole batch per block first (fewest blocks, fewest traces), halving the batch chunk
-    and then the time chunk until the largest block fits (down to one sample and one output step).
-    """
+    """The fastest predicted plan whose blocks fit ``budget_bytes`` by the per-block terms alone,
+    and ``max_work``, over chunk grids (batch chunk x t_out chunk); on each grid blocks take as
+    many t_out chunks as fit (down to one sample and one output step)."""
     n_rows = len(spec.t_out)
     t_in_chunk = default_time_chunk(spec.in_axis_length)
-    t_out_chunk = 1 if spec.sequence_to_one else default_time_chunk(n_rows)
+    default_t_out_chunk = 1 if spec.sequence_to_one else default_time_chunk(n_rows)
     longest_watch = _longest_watch(spec, n_buckets)
+
     def too_big(batch: int, rows: int, watch: int) -> bool:
         return cost.peak_bytes(spec, batch, rows, watch) > budget_bytes or block_work(spec, batch, rows, watch) > max_work
 
-    batch_chunk = spec.batch
-    while batch_chunk > 1 and too_big(batch_chunk, t_out_chunk, longest_watch):
-        batch_chunk = math.ceil(batch_chunk / 2)
-    while t_out_chunk > 1 and too_big(batch_chunk, t_out_chunk, longest_watch):
-        t_out_chunk = math.ceil(t_out_chunk / 2)
+    def plan_on_grid(batch_chunk: int, t_out_chunk: int) -> Plan:
+        return _blocks_on_grid(spec, cost, budget_bytes, n_buckets, max_work, batch_chunk, t_out_chunk, t_in_chunk)
+
+    # Every grid whose largest block fits, from the whole batch and the default t_out chunk down
+    # by halves (finer t_out chunks let blocks fill the budget more closely); the fastest wins.
+    batch_chunks = _halvings(spec.batch, 1)
+    t_out_chunks = _halvings(default_t_out_chunk, max(1, default_t_out_chunk // 8))
+    fitting = [(b, t) for b in batch_chunks for t in t_out_chunks if not too_big(b, t, longest_watch)]
+    if not fitting:
+        return plan_on_grid(1, 1)
+    plans = [plan_on_grid(b, t) for b, t in fitting]
+    return min(plans, key=lambda plan: (cost.plan_seconds(spec, plan), len(plan.blocks)))
+
+
+def _halvings(start: int, stop: int) -> list[int]:
+    """start, ceil(start / 2), ... down to ``stop``."""
+    values = [start]
+    while values[-1] > stop:
+        values.append(max(stop, math.ceil(values[-1] / 2)))
+    return values
+
+
+def _blocks_on_grid(spec: JacobianSpec, cost: CostModel, budget_bytes: float, n_buckets: int, max_work: float,
+                    batch_chunk: int, t_out_chunk: int, t_in_chunk: int) -> Plan:
+    """On the given chunk grid, blocks of as many t_out chunks as fit ``budget_bytes`` and ``max_work``."""
+    n_rows = len(spec.t_out)
 
     def chunks_within(limit: float, size: Callable[[int], float]) -> int:
         """How many t_out chunks a block may hold while ``size(chunks)`` (linear) stays within ``limit``."""

@@ -10,8 +10,11 @@ is stored rather than thrown away. Two readers measure it:
   also contains tracing, graph construction and allocator slack: the difference is the fixed term.
   On a GPU the budget is the device peak itself, so there is no RSS term.
 
-The block computer times its traces apart from the calls (a concrete function is traced before
-it runs), so one call gives both the trace time and the time per work. The resident memory that
+A first probe (a cheap sliver) runs twice: the second call gives its steady time, and the first
+call's excess the trace time (TensorFlow also optimises a graph on its first run); a sliver of
+twice its size (``rate_probe``) then separates the time per work from the time per call. Later,
+larger probes run once: the block computer times a trace apart from the call, and a probe served
+by an existing trace is all work. The resident memory that
 stays after the probe (its graph, and what TensorFlow keeps per traced function) is the
 retained-per-trace term; the probe's is the first trace of the process and includes one-time
 runtime set-up, so a later probe (see ``jacengine.tf.method_choice.refine``) replaces it.
@@ -76,14 +79,16 @@ def calibrate(
     process: ProcessMemory | None,
     timed: CostModel | None = None,
     earlier: Measurement | None = None,
+    rate_probe: Block | None = None,
 ) -> tuple[CostModel, np.ndarray, Measurement]:
     """Measure ``probe``; return the fitted cost model, the probe's result and its measurement.
 
     The fixed term is anchored to the observed peak: fixed = peak above baseline - per-work
     bytes x work, so it contains what the run already holds, the trace and allocator slack.
     ``process`` is None on a GPU, where the budgeted peak is the device's (read by ``tensors``).
-    With ``timed`` (the cost model of an earlier probe) a probe that needed no trace keeps the
-    earlier trace time (a larger block measures the per-work time with less overhead).
+    With ``timed`` (the cost model of an earlier probe) the probe runs once, and one that needed
+    no trace keeps the earlier trace time (a larger block measures the per-work time with less
+    overhead).
     With ``earlier`` (a probe of at most half this one's work) the memory terms are the line
     through both peaks instead, anchored at this probe, with the headroom on its slope: a line
     through the origin charges the fixed memory (runtime, graph, allocator slack) to the work
@@ -105,10 +110,21 @@ def calibrate(
     tensor_peak = tensors.peak()
     observed_peak = process.peak_above_baseline() if process is not None else tensor_peak
 
-    trace_seconds = computer.last_trace_seconds if traced or timed is None else timed.trace_seconds
-    computing = first_seconds - (computer.last_trace_seconds if traced else 0.0)
-    fallback_rate = timed.seconds_per_work if timed is not None else 0.0
-    seconds_per_work = computing / work if computing > 0 else fallback_rate
+    seconds_per_block = timed.seconds_per_block if timed is not None else 0.0
+    if timed is None:  # a first probe is a sliver: more calls cost little and give the steady times
+        steady_seconds = _timed_call(computer, probe, x)
+        trace_seconds, seconds_per_work = max(0.0, first_seconds - steady_seconds), steady_seconds / work
+        if rate_probe is not None:  # a second point: the time per call apart from the time per work
+            larger_work = CostModel.work(spec, rate_probe)
+            larger_x = inputs.read(rate_probe.batch_start, rate_probe.batch_stop, rate_probe.forward_steps)
+            larger_seconds = _timed_call(computer, rate_probe, larger_x)
+            if larger_work > work and larger_seconds > steady_seconds:
+                seconds_per_work = (larger_seconds - steady_seconds) / (larger_work - work)
+                seconds_per_block = max(0.0, steady_seconds - seconds_per_work * work)
+    else:
+        trace_seconds = computer.last_trace_seconds if traced else timed.trace_seconds
+        computing = first_seconds - (computer.last_trace_seconds if traced else 0.0) - seconds_per_block
+        seconds_per_work = computing / work if computing > 0 else timed.seconds_per_work
     retained = 0
     if process is not None:
         # heap the block freed is reusable by the next block, not retained: return it to the OS first
@@ -131,5 +147,12 @@ def calibrate(
         seconds_per_work=seconds_per_work,
         retained_bytes_per_trace=retained * _HEADROOM,
         one_trace=computer.polymorphic,
+        seconds_per_block=seconds_per_block,
     )
     return cost, result, Measurement(work, observed_peak)
+
+
+def _timed_call(computer: BlockComputer, block: Block, x: np.ndarray) -> float:
+    started = time.perf_counter()
+    computer.compute(block, x)
+    return time.perf_counter() - started

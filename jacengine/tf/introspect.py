@@ -18,8 +18,8 @@ from jacengine.tf.model import check_model
 
 Causal = Literal["auto"] | bool
 
-_PROBE_SAMPLES = 2
-_PROBE_STEPS = 64
+PROBE_SAMPLES = 2
+PROBE_STEPS = 24  # eager Keras RNNs cost milliseconds per step and call; structure shows on short inputs
 
 
 def build_spec(
@@ -47,11 +47,11 @@ def build_spec(
         raise InputError(f"the model expects sequences of length {expected[1]}, the inputs have {steps}.")
     truncatable = expected[1] is None
 
-    probe = inputs.read(0, min(batch, _PROBE_SAMPLES)).astype(dtype.as_numpy_dtype)
+    probe = inputs.read(0, min(batch, PROBE_SAMPLES)).astype(dtype.as_numpy_dtype)
     # Structural questions are answered on a short prefix when the model accepts one: eager
     # passes (and a persistent tape) over thousands of steps are slow and hold memory the budget
     # needs. The output shape is read symbolically for the full length.
-    short = probe[:, :_PROBE_STEPS] if truncatable else probe
+    short = probe[:, :PROBE_STEPS] if truncatable else probe
     y_shape = _output_shape(model, (1, steps, features), short[:1])
     if len(y_shape) == 2:
         sequence_to_one, output_steps, output_features = True, 1, y_shape[1]

@@ -10,8 +10,9 @@
    chosen without tracing them: the small-problem fast path.
 3. Otherwise ``reverse`` (pfor VJPs) and ``forward`` (pfor JVPs) are measured too. A method that
    raises, or for which pfor falls back to a while loop, is dropped with one log line naming
-   why; of those that work and fit the budget the one with the shortest predicted run wins and
-   alone goes on to measure larger blocks (:func:`refine`).
+   why; of the pfor methods that work and fit the budget the one with the shortest predicted run
+   wins, the loop only when none does; the winner alone goes on to measure larger blocks
+   (:func:`refine`).
 
 Every probe is a block of a plan, and its result is kept: when the final plan contains the
 same block (:meth:`Calibrated.stored_results`), it is written rather than computed again.
@@ -44,6 +45,7 @@ PFOR_METHODS = ("reverse", "forward")  # measured after the loop unless it wins 
 # A pfor trace took 3.6-4.1x the loop's trace on the seed LSTM; 2 leaves room for simpler models.
 PFOR_TRACE_FACTOR = 2.0
 FIRST_PROBE_SAMPLES = 2  # a method's first probe pays its trace and gives its rates: keep it cheap
+SLIVER_ROWS = 8
 TRUST_FACTOR = 16.0  # plans extrapolate the measured cost model at most this far beyond the largest probe
 MAX_REPROBES = 3  # probes grow up to TRUST_FACTOR ** MAX_REPROBES times the first
 _RECURRENT = (keras.layers.RNN, keras.layers.Bidirectional)  # LSTM, GRU, SimpleRNN are RNN subclasses
@@ -100,23 +102,28 @@ def first_probe(model: keras.Model, spec: JacobianSpec, meters: Meters, strict: 
 
 def _first_probe(model: keras.Model, spec: JacobianSpec, meters: Meters, strict: bool) -> Calibrated:
     computer = BlockComputer(model, spec, strict=strict)
-    probe = _sliver(spec, choose_plan(spec, prior_cost(model, spec), meters.budget_bytes, fallback_to_smallest=True))
-    cost, result, measurement = calibrate(computer, meters.inputs, probe, meters.tensors, meters.process)
+    probe, rate_probe = _slivers(spec, choose_plan(spec, prior_cost(model, spec), meters.budget_bytes, fallback_to_smallest=True))
+    cost, result, measurement = calibrate(computer, meters.inputs, probe, meters.tensors, meters.process,
+                                          rate_probe=rate_probe)
     plan = choose_plan(spec, cost, meters.budget_bytes, max_work=TRUST_FACTOR * CostModel.work(spec, probe))
     return Calibrated(spec, computer, cost, plan, probe, {replace(probe, index=0): result}, measurement)
 
 
-def _sliver(spec: JacobianSpec, prior: Plan) -> Block:
-    """The first probe: the first t_out chunk of the first :data:`FIRST_PROBE_SAMPLES` samples
-    on the grid of the prior's plan, with its exact prefix. It pays the trace and gives the
-    rates at little cost of its own; the trust region then grows the probes to the plan's blocks.
-    The lag layout's static-shape functions trace once per shape: there the prior plan's first
-    block itself is the probe."""
+def _slivers(spec: JacobianSpec, prior: Plan) -> tuple[Block, Block | None]:
+    """The first probe and the block that times it against a larger one: the first
+    :data:`SLIVER_ROWS` output steps, and twice as many, of the first :data:`FIRST_PROBE_SAMPLES`
+    samples (pfor methods) or of the
+    prior's batch chunk (the loop, which vectorises over samples only) on the grid of the prior's
+    plan, with exact prefixes. They pay the trace and give the rates at little cost of their own;
+    the trust region then grows the probes to the plan's blocks. The lag layout's static-shape
+    functions trace once per shape: there the prior plan's first block alone is the probe."""
     if spec.layout != "full":
-        return prior.blocks[0]
-    sliver = make_plan(spec, batch_chunk=min(FIRST_PROBE_SAMPLES, spec.batch), t_out_chunk=prior.t_out_chunk,
-                       t_in_chunk=prior.t_in_chunk, chunks_per_block=lambda watch: 1, exact_prefixes=True)
-    return sliver.blocks[0]
+        return prior.blocks[0], None
+    samples = prior.batch_chunk if spec.method == LOOP_FIRST else min(FIRST_PROBE_SAMPLES, spec.batch)
+    rows = min(prior.t_out_chunk, SLIVER_ROWS)
+    slivers = [make_plan(spec, batch_chunk=samples, t_out_chunk=rows, t_in_chunk=prior.t_in_chunk,
+                         chunks_per_block=lambda watch: chunks, exact_prefixes=True).blocks[0] for chunks in (1, 2)]
+    return slivers[0], slivers[1] if slivers[1] != slivers[0] else None
 
 
 def refine(start: Calibrated, meters: Meters) -> Calibrated:
@@ -206,7 +213,11 @@ def choose_method(model: keras.Model, spec: JacobianSpec, meters: Meters) -> tup
             raise budget_refusals[0]  # it names the minimum budget
         raise MethodUnsupported("auto", "no method works for this model: " + "; ".join(dropped))
 
-    chosen, resident_then = min(working, key=lambda entry: predicted_seconds(entry[0]))
+    # Beyond the fast path a pfor method that works and fits wins: the loop's rate on a sliver
+    # is not comparable with pfor's (the loop vectorises over samples only, pfor over rows too;
+    # on the seed LSTM at (32, 1000, 1) pfor took 0.6 us per unit of work, the loop 1.5 us).
+    pfor = [entry for entry in working if entry[0].spec.method in PFOR_METHODS]
+    chosen, resident_then = min(pfor or working, key=lambda entry: predicted_seconds(entry[0]))
     for other, _ in working:
         if other is not chosen:
             other.computer.release()
