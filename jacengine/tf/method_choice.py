@@ -121,8 +121,8 @@ def _slivers(spec: JacobianSpec, prior: Plan) -> tuple[Block, Block | None]:
         return prior.blocks[0], None
     samples = prior.batch_chunk if spec.method == LOOP_FIRST else min(FIRST_PROBE_SAMPLES, spec.batch)
     rows = min(prior.t_out_chunk, SLIVER_ROWS)
-    slivers = [make_plan(spec, batch_chunk=samples, t_out_chunk=rows, t_in_chunk=prior.t_in_chunk,
-                         chunks_per_block=lambda watch: chunks, exact_prefixes=True).blocks[0] for chunks in (1, 2)]
+    slivers = [make_plan(spec, batch_chunk=samples, t_out_chunk=rows * chunks, t_in_chunk=prior.t_in_chunk,
+                         chunks_per_block=lambda watch: 1, exact_prefixes=True).blocks[0] for chunks in (1, 2)]
     return slivers[0], slivers[1] if slivers[1] != slivers[0] else None
 
 

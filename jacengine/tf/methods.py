@@ -50,7 +50,7 @@ def reverse(outputs: Outputs, x_watch: tf.Tensor, f_in: tf.Tensor, *, loop: bool
 def forward(outputs: Outputs, x_watch: tf.Tensor, f_in: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Forward mode: one JVP per (watched step, selected input feature), vectorised by pfor."""
     shape = tf.shape(x_watch)  # (B, W, F), dynamic in a shape-polymorphic block function
-    n_batch, watch, features = shape[0], shape[1], shape[2]
+    watch, features = shape[1], shape[2]
     n_f_in = f_in.shape[0]
 
     def column(direction: tf.Tensor) -> tf.Tensor:
