@@ -35,6 +35,7 @@ from jacengine.inputs import Inputs
 from jacengine.plan import Block
 from jacengine.spec import JacobianSpec
 from jacengine.tf.blocks import BlockComputer
+from jacengine.tf.memory import allocator_pool_factor
 from jacengine.tf.model import iter_layers
 
 _MIN_FIXED_BYTES = 48 * 2**20  # TensorFlow's tracing and runtime never cost less than this on CPU
@@ -60,6 +61,7 @@ def prior_cost(model: keras.Model, spec: JacobianSpec) -> CostModel:
         bytes_per_work=2.0 * itemsize * max(width, spec.input_features),
         trace_seconds=3.0,
         seconds_per_work=2e-8 * max(width, 1),
+        pool_factor=allocator_pool_factor(),
     )
 
 
@@ -80,6 +82,7 @@ def calibrate(
     timed: CostModel | None = None,
     earlier: Measurement | None = None,
     rate_probe: Block | None = None,
+    assumed_bytes_per_work: float | None = None,
 ) -> tuple[CostModel, np.ndarray, Measurement]:
     """Measure ``probe``; return the fitted cost model, the probe's result and its measurement.
 
@@ -92,7 +95,9 @@ def calibrate(
     With ``earlier`` (a probe of at most half this one's work) the memory terms are the line
     through both peaks instead, anchored at this probe, with the headroom on its slope: a line
     through the origin charges the fixed memory (runtime, graph, allocator slack) to the work
-    and sizes large blocks too small.
+    and sizes large blocks too small. With ``assumed_bytes_per_work`` (a sliver, whose peak is
+    nearly all trace and runtime) the whole peak is the fixed term and the per-work term is that
+    assumption (the pessimistic prior) until larger probes measure it.
     """
     spec = computer.spec
     x = inputs.read(probe.batch_start, probe.batch_stop, probe.forward_steps)
@@ -137,7 +142,10 @@ def calibrate(
     bytes_per_work = max(measured, 2 * result.nbytes) / work * _HEADROOM
     floor = _MIN_FIXED_BYTES if process is not None else 0
     fixed_bytes = max(floor, observed_peak * _HEADROOM - bytes_per_work * work)
-    if earlier is not None and work >= 2 * earlier.work and observed_peak > earlier.peak_bytes:
+    if assumed_bytes_per_work is not None:
+        bytes_per_work = max(assumed_bytes_per_work, 2 * result.nbytes / work)
+        fixed_bytes = max(floor, observed_peak * _HEADROOM)
+    elif earlier is not None and work >= 2 * earlier.work and observed_peak > earlier.peak_bytes:
         slope = max((observed_peak - earlier.peak_bytes) / (work - earlier.work), 2 * result.nbytes / work)
         bytes_per_work, fixed_bytes = slope * _HEADROOM, max(floor, observed_peak - slope * work)
     cost = CostModel(
@@ -148,6 +156,7 @@ def calibrate(
         retained_bytes_per_trace=retained * _HEADROOM,
         one_trace=computer.polymorphic,
         seconds_per_block=seconds_per_block,
+        pool_factor=allocator_pool_factor(),
     )
     return cost, result, Measurement(work, observed_peak)
 

@@ -102,9 +102,11 @@ def first_probe(model: keras.Model, spec: JacobianSpec, meters: Meters, strict: 
 
 def _first_probe(model: keras.Model, spec: JacobianSpec, meters: Meters, strict: bool) -> Calibrated:
     computer = BlockComputer(model, spec, strict=strict)
-    probe, rate_probe = _slivers(spec, choose_plan(spec, prior_cost(model, spec), meters.budget_bytes, fallback_to_smallest=True))
-    cost, result, measurement = calibrate(computer, meters.inputs, probe, meters.tensors, meters.process,
-                                          rate_probe=rate_probe)
+    prior = prior_cost(model, spec)
+    probe, rate_probe = _slivers(spec, choose_plan(spec, prior, meters.budget_bytes, fallback_to_smallest=True))
+    cost, result, measurement = calibrate(
+        computer, meters.inputs, probe, meters.tensors, meters.process, rate_probe=rate_probe,
+        assumed_bytes_per_work=prior.bytes_per_work if rate_probe is not None else None)
     plan = choose_plan(spec, cost, meters.budget_bytes, max_work=TRUST_FACTOR * CostModel.work(spec, probe))
     return Calibrated(spec, computer, cost, plan, probe, {replace(probe, index=0): result}, measurement)
 
