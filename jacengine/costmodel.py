@@ -5,11 +5,12 @@ over ``watch`` input steps; pfor keeps one copy of the backward pass' intermedia
 row), so memory and time grow with the "work" batch*rows*watch. A forward-mode block pushes one
 tangent per watched input (step, feature) through the forward pass of ``forward`` steps and
 keeps the block's result, so its work is batch*watch*n_f_in*(forward + rows) (see
-:func:`block_work`). A reverse-loop block runs its rows a bounded number at a time and is
-charged like a pfor block, which makes the prediction an upper bound. The model is linear in the
-work plus a fixed cost (TensorFlow's tracing and runtime):
+:func:`block_work`). A reverse-loop block runs its rows :data:`LOOP_PARALLEL_ROWS` at a time:
+its time grows with all its rows, its memory with that many (its "memory work"). The model is
+linear in the work plus a fixed cost (TensorFlow's tracing and runtime), times the allocator's
+pool factor:
 
-    peak_bytes = fixed_bytes + bytes_per_work * work
+    peak_bytes = pool_factor * (fixed_bytes + bytes_per_work * memory work)
                  + retained_bytes_per_trace * (n_traces - 1)
     seconds    = trace_seconds * n_traces + sum(seconds_per_block + seconds_per_work * work)
 
@@ -63,18 +64,20 @@ class CostModel:
         return 1 if self.one_trace else len(plan.shape_keys)
 
     @staticmethod
-    def work(spec: JacobianSpec, block: Block) -> int:
-        """The work a block is computed at (its padded compute shape)."""
+    def work(spec: JacobianSpec, block: Block, memory: bool = False) -> int:
+        """The work a block is computed at (its padded compute shape); with ``memory``, the work
+        its memory grows with (see :func:`block_work`)."""
         prefix = block.forward_steps if spec.layout == "lag" else block.watch_steps
-        return block_work(spec, block.compute_batch, block.compute_rows, prefix, block.watch_steps)
+        return block_work(spec, block.compute_batch, block.compute_rows, prefix, block.watch_steps, memory)
 
     def peak_bytes(self, spec: JacobianSpec, batch: int, rows: int, prefix: int) -> float:
         """Predicted peak of a block of ``batch`` samples and ``rows`` output steps that needs
         the first ``prefix`` input steps."""
-        return self.pool_factor * (self.fixed_bytes + self.bytes_per_work * block_work(spec, batch, rows, prefix))
+        work = block_work(spec, batch, rows, prefix, memory=True)
+        return self.pool_factor * (self.fixed_bytes + self.bytes_per_work * work)
 
     def block_peak_bytes(self, spec: JacobianSpec, block: Block) -> float:
-        return self.pool_factor * (self.fixed_bytes + self.bytes_per_work * self.work(spec, block))
+        return self.pool_factor * (self.fixed_bytes + self.bytes_per_work * self.work(spec, block, memory=True))
 
     def block_seconds(self, spec: JacobianSpec, block: Block) -> float:
         return self.seconds_per_block + self.seconds_per_work * self.work(spec, block)
@@ -87,7 +90,11 @@ class CostModel:
         return dataclasses.asdict(self)
 
 
-def block_work(spec: JacobianSpec, batch: int, rows: int, prefix: int, watched: int | None = None) -> int:
+LOOP_PARALLEL_ROWS = 16  # rows a reverse-loop block runs concurrently (jacengine.tf.methods uses it)
+
+
+def block_work(spec: JacobianSpec, batch: int, rows: int, prefix: int, watched: int | None = None,
+               memory: bool = False) -> int:
     """The work of a block of ``batch`` samples and ``rows`` output steps that needs the first
     ``prefix`` input steps and differentiates ``watched`` of them (default: the whole prefix in
     the full layout, the lag window of ``rows`` consecutive steps in the lag layout), under
@@ -97,8 +104,12 @@ def block_work(spec: JacobianSpec, batch: int, rows: int, prefix: int, watched: 
     Reverse mode (pfor or loop) runs one backward pass over the prefix per output row: batch x
     rows x F_out x prefix. Forward mode runs one forward pass per watched input direction and
     keeps every direction's rows: batch x watched x F_in x (forward steps + rows x F_out).
+    With ``memory``, the work memory grows with: the same, except that a reverse-loop block holds
+    only :data:`LOOP_PARALLEL_ROWS` rows' backward passes at a time.
     """
     batch = max(batch, 2)
+    if spec.method == "reverse-loop" and memory:
+        rows = min(rows, math.ceil(LOOP_PARALLEL_ROWS / len(spec.f_out)))
     if spec.method != "forward":
         return batch * rows * len(spec.f_out) * prefix
     if watched is None:
@@ -208,7 +219,8 @@ def _largest_blocks(spec: JacobianSpec, cost: CostModel, budget_bytes: float, n_
     longest_watch = _longest_watch(spec, n_buckets)
 
     def too_big(batch: int, rows: int, watch: int) -> bool:
-        return cost.peak_bytes(spec, batch, rows, watch) > budget_bytes or block_work(spec, batch, rows, watch) > max_work
+        return (cost.peak_bytes(spec, batch, rows, watch) > budget_bytes
+                or block_work(spec, batch, rows, watch, memory=True) > max_work)
 
     def plan_on_grid(batch_chunk: int, t_out_chunk: int) -> Plan:
         return _blocks_on_grid(spec, cost, budget_bytes, n_buckets, max_work, batch_chunk, t_out_chunk, t_in_chunk)
@@ -248,7 +260,8 @@ def _blocks_on_grid(spec: JacobianSpec, cost: CostModel, budget_bytes: float, n_
         by_memory = chunks_within(budget_bytes, lambda k: cost.peak_bytes(spec, batch_chunk, k * t_out_chunk, watch))
         if max_work == math.inf:
             return by_memory
-        return min(by_memory, chunks_within(max_work, lambda k: block_work(spec, batch_chunk, k * t_out_chunk, watch)))
+        by_trust = chunks_within(max_work, lambda k: block_work(spec, batch_chunk, k * t_out_chunk, watch, memory=True))
+        return min(by_memory, by_trust)
 
     return make_plan(
         spec,

@@ -43,7 +43,10 @@ def test_quick_run_covers_every_suite_and_methods_agree(quick_results: Path) -> 
         assert result["machine"]["cores"] >= 1 and result["machine"]["versions"]["tensorflow"] and result["complete"]
     seed_methods = {r["method"]: r for r in results["seed"]["records"]}
     assert seed_methods["jacengine"]["reference"] == "tf-eager"
-    assert (quick_results / "scaling-T.png").stat().st_size > 0 and (quick_results / "seed.md").read_text().count("\n") == 8
+    assert (quick_results / "scaling-T.png").stat().st_size > 0
+    seed_table, _, profile = (quick_results / "seed.md").read_text().partition("\n\n")
+    assert seed_table.count("\n") == len(suite_cases("seed", quick=True)) + 1
+    assert "first call spent its time" in profile and "trace |" in profile and "| idle |" in profile
 
 
 def test_readme_section_is_generated_between_markers(quick_results: Path, tmp_path: Path) -> None:

@@ -29,6 +29,9 @@ def test_compute_status_plan_on_files(tmp_path) -> None:
     summary = json.loads(result.output)
     assert summary["shape"] == [3, 10, 1, 10, 1]
     assert summary["budget_bytes"] == 512 * 2**20 and summary["predicted_peak_bytes"] <= summary["budget_bytes"]
+    assert 0 < summary["minimum_budget_bytes"] <= summary["budget_bytes"] and summary["traces"] == 1
+    result = runner.invoke(main, ["plan", *files, "--budget", "512MiB"])
+    assert result.exit_code == 0 and "minimum for this model and shape" in result.output
     lag_plan = ["plan", *files, "--layout", "lag", "--max-lag", "4", "--method", "reverse-loop", "--json"]
     result = runner.invoke(main, lag_plan)
     assert result.exit_code == 0, result.output

@@ -39,6 +39,7 @@ from jacengine.tf.memory import allocator_pool_factor
 from jacengine.tf.model import iter_layers
 
 _MIN_FIXED_BYTES = 48 * 2**20  # TensorFlow's tracing and runtime never cost less than this on CPU
+_MEASURABLE_BYTES = 16 * 2**20  # peaks closer than this are noise (RSS moves by MiBs between calls)
 _HEADROOM = 1.15  # margin on the measured terms: allocation patterns vary a little between shapes
 _RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}
 
@@ -67,7 +68,8 @@ def prior_cost(model: keras.Model, spec: JacobianSpec) -> CostModel:
 
 @dataclass(frozen=True)
 class Measurement:
-    """A probe's work and the peak the budget bounds (RSS above baseline on CPU, device peak on a GPU)."""
+    """A probe's memory work and the peak the budget bounds (RSS above baseline on CPU, device
+    peak on a GPU)."""
 
     work: int
     peak_bytes: int
@@ -95,13 +97,14 @@ def calibrate(
     With ``earlier`` (a probe of at most half this one's work) the memory terms are the line
     through both peaks instead, anchored at this probe, with the headroom on its slope: a line
     through the origin charges the fixed memory (runtime, graph, allocator slack) to the work
-    and sizes large blocks too small. With ``assumed_bytes_per_work`` (a sliver, whose peak is
+    and sizes large blocks too small; a probe too close to ``earlier`` for a line keeps the
+    ``timed`` memory terms, its fixed term raised to cover this peak. With ``assumed_bytes_per_work`` (a sliver, whose peak is
     nearly all trace and runtime) the whole peak is the fixed term and the per-work term is that
     assumption (the pessimistic prior) until larger probes measure it.
     """
     spec = computer.spec
     x = inputs.read(probe.batch_start, probe.batch_stop, probe.forward_steps)
-    work = CostModel.work(spec, probe)
+    work, memory_work = CostModel.work(spec, probe), CostModel.work(spec, probe, memory=True)
 
     tensors.reset()
     if process is not None:
@@ -139,15 +142,19 @@ def calibrate(
     # without tensor statistics (or below their resolution) charge the whole observed peak to
     # the work, which is conservative; the result itself is a floor in any case
     measured = tensor_peak if tensor_peak > 0 else observed_peak
-    bytes_per_work = max(measured, 2 * result.nbytes) / work * _HEADROOM
+    bytes_per_work = max(measured, 2 * result.nbytes) / memory_work * _HEADROOM
     floor = _MIN_FIXED_BYTES if process is not None else 0
-    fixed_bytes = max(floor, observed_peak * _HEADROOM - bytes_per_work * work)
+    fixed_bytes = max(floor, observed_peak * _HEADROOM - bytes_per_work * memory_work)
     if assumed_bytes_per_work is not None:
-        bytes_per_work = max(assumed_bytes_per_work, 2 * result.nbytes / work)
+        bytes_per_work = max(assumed_bytes_per_work, 2 * result.nbytes / memory_work)
         fixed_bytes = max(floor, observed_peak * _HEADROOM)
-    elif earlier is not None and work >= 2 * earlier.work and observed_peak > earlier.peak_bytes:
-        slope = max((observed_peak - earlier.peak_bytes) / (work - earlier.work), 2 * result.nbytes / work)
-        bytes_per_work, fixed_bytes = slope * _HEADROOM, max(floor, observed_peak - slope * work)
+    elif (earlier is not None and memory_work >= 2 * earlier.work
+          and observed_peak - earlier.peak_bytes >= _MEASURABLE_BYTES):
+        slope = max((observed_peak - earlier.peak_bytes) / (memory_work - earlier.work), 2 * result.nbytes / memory_work)
+        bytes_per_work, fixed_bytes = slope * _HEADROOM, max(floor, observed_peak - slope * memory_work)
+    elif timed is not None:  # too close to the earlier probe for a line: keep its terms, raised to cover this peak
+        bytes_per_work = timed.bytes_per_work
+        fixed_bytes = max(timed.fixed_bytes, observed_peak * _HEADROOM - bytes_per_work * memory_work)
     cost = CostModel(
         fixed_bytes=fixed_bytes,
         bytes_per_work=bytes_per_work,
@@ -158,7 +165,7 @@ def calibrate(
         seconds_per_block=seconds_per_block,
         pool_factor=allocator_pool_factor(),
     )
-    return cost, result, Measurement(work, observed_peak)
+    return cost, result, Measurement(memory_work, observed_peak)
 
 
 def _timed_call(computer: BlockComputer, block: Block, x: np.ndarray) -> float:

@@ -7,7 +7,9 @@
 2. ``reverse-loop`` (VJPs in a while loop) is measured first: its trace is the cheapest. If its
    whole predicted run takes less than :data:`PFOR_TRACE_FACTOR` times its own trace, no pfor
    method can win (their trace builds the same gradient graph and then vectorises it), so it is
-   chosen without tracing them: the small-problem fast path.
+   chosen without tracing them: the small-problem fast path. Nor are they traced when the budget
+   is below :data:`PFOR_TRACE_MEMORY_FACTOR` times the loop's first probe's peak: a pfor trace
+   alone would take most of it.
 3. Otherwise ``reverse`` (pfor VJPs) and ``forward`` (pfor JVPs) are measured too. A method that
    raises, or for which pfor falls back to a while loop, is dropped with one log line naming
    why; of the pfor methods that work and fit the budget the one with the shortest predicted run
@@ -28,7 +30,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from jacengine.costmodel import CostModel, choose_plan
+from jacengine.costmodel import PLANNED_FRACTION, CostModel, choose_plan
 from jacengine.errors import BudgetError, MethodUnsupported
 from jacengine.inputs import Inputs
 from jacengine.plan import Block, Plan, make_plan
@@ -44,6 +46,9 @@ LOOP_FIRST = "reverse-loop"
 PFOR_METHODS = ("reverse", "forward")  # measured after the loop unless it wins outright
 # A pfor trace took 3.6-4.1x the loop's trace on the seed LSTM; 2 leaves room for simpler models.
 PFOR_TRACE_FACTOR = 2.0
+# A pfor trace's peak was 3.0x the loop's first probe on the seed LSTM (118 vs 39 MiB): below 3x
+# that probe's peak no pfor method is traced, so a small budget is not spent on a trace alone.
+PFOR_TRACE_MEMORY_FACTOR = 3.0
 FIRST_PROBE_SAMPLES = 2  # a method's first probe pays its trace and gives its rates: keep it cheap
 SLIVER_ROWS = 8
 TRUST_FACTOR = 16.0  # plans extrapolate the measured cost model at most this far beyond the largest probe
@@ -107,7 +112,7 @@ def _first_probe(model: keras.Model, spec: JacobianSpec, meters: Meters, strict:
     cost, result, measurement = calibrate(
         computer, meters.inputs, probe, meters.tensors, meters.process, rate_probe=rate_probe,
         assumed_bytes_per_work=prior.bytes_per_work if rate_probe is not None else None)
-    plan = choose_plan(spec, cost, meters.budget_bytes, max_work=TRUST_FACTOR * CostModel.work(spec, probe))
+    plan = choose_plan(spec, cost, meters.budget_bytes, max_work=TRUST_FACTOR * CostModel.work(spec, probe, memory=True))
     return Calibrated(spec, computer, cost, plan, probe, {replace(probe, index=0): result}, measurement)
 
 
@@ -148,7 +153,7 @@ def refine(start: Calibrated, meters: Meters) -> Calibrated:
 def _refine(start: Calibrated, meters: Meters) -> Calibrated:
     spec, computer, cost, probe, largest = start.spec, start.computer, start.cost, start.probe, start.largest
     results = dict(start.results)
-    measured_work = CostModel.work(spec, probe)
+    measured_work = CostModel.work(spec, probe, memory=True)
     plan = choose_plan(spec, cost, meters.budget_bytes, max_work=TRUST_FACTOR * measured_work)
     for _ in range(MAX_REPROBES):
         if replace(plan.blocks[0], index=0) in results:
@@ -159,10 +164,10 @@ def _refine(start: Calibrated, meters: Meters) -> Calibrated:
         measured, result, measurement = calibrate(computer, meters.inputs, probe, meters.tensors, meters.process,
                                                   timed=cost, earlier=largest)
         results[replace(probe, index=0)] = result
+        cost = measured  # a line through this probe and the largest before it (see calibrate)
         if largest is None or measurement.work >= largest.work:
-            # a line through the two largest probes (see calibrate)
-            cost, largest = measured, measurement
-        measured_work = max(measured_work, CostModel.work(spec, probe))
+            largest = measurement
+        measured_work = max(measured_work, CostModel.work(spec, probe, memory=True))
         plan = choose_plan(spec, cost, meters.budget_bytes, max_work=TRUST_FACTOR * measured_work)
     computer.strict = False  # from here on a fallback on some other block shape only warns
     return Calibrated(spec, computer, cost, plan, probe, results, largest)
@@ -201,8 +206,13 @@ def choose_method(model: keras.Model, spec: JacobianSpec, meters: Meters) -> tup
 
     loop = measure(LOOP_FIRST)
     fast_path = loop is not None and predicted_seconds(loop) <= PFOR_TRACE_FACTOR * loop.cost.trace_seconds
+    too_tight = (loop is not None and loop.largest is not None
+                 and PFOR_TRACE_MEMORY_FACTOR * loop.largest.peak_bytes > PLANNED_FRACTION * meters.budget_bytes)
     if fast_path:
         dropped.append(f"pfor methods not traced: the loop's whole run is predicted within {PFOR_TRACE_FACTOR:g}x its trace")
+    elif too_tight:
+        dropped.append(f"pfor methods not traced: their trace is predicted to need {PFOR_TRACE_MEMORY_FACTOR:g}x the loop's "
+                       "first probe, more than the budget")
     else:
         for method in PFOR_METHODS:
             why_not = forward_mode_cannot_work(model) if method == "forward" else None

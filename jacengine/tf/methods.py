@@ -29,7 +29,8 @@ from collections.abc import Callable, Iterator
 
 import tensorflow as tf
 
-LOOP_PARALLEL_ROWS = 16  # rows a reverse-loop block runs concurrently (memory: that many backward passes)
+from jacengine.costmodel import LOOP_PARALLEL_ROWS
+
 
 Outputs = Callable[[tf.Tensor], tf.Tensor]
 _FALLBACK = re.compile(r"Using a while_loop for converting (\S+)")
