@@ -31,7 +31,6 @@ import tensorflow as tf
 
 from jacengine.costmodel import LOOP_PARALLEL_ROWS
 
-
 Outputs = Callable[[tf.Tensor], tf.Tensor]
 _FALLBACK = re.compile(r"Using a while_loop for converting (\S+)")
 
