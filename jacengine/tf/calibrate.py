@@ -98,9 +98,11 @@ def calibrate(
     through both peaks instead, anchored at this probe, with the headroom on its slope: a line
     through the origin charges the fixed memory (runtime, graph, allocator slack) to the work
     and sizes large blocks too small; a probe too close to ``earlier`` for a line keeps the
-    ``timed`` memory terms, its fixed term raised to cover this peak. With ``assumed_bytes_per_work`` (a sliver, whose peak is
-    nearly all trace and runtime) the whole peak is the fixed term and the per-work term is that
-    assumption (the pessimistic prior) until larger probes measure it.
+    ``timed`` memory terms, its fixed term raised to cover this peak. With
+    ``assumed_bytes_per_work`` (a sliver, whose peak is nearly all trace and runtime) the whole
+    peak is the fixed term and the per-work term is that assumption (the pessimistic prior) until
+    larger probes measure it. Either per-work term is capped by the line through the origin and
+    this probe, which bounds the slope from above.
     """
     spec = computer.spec
     x = inputs.read(probe.batch_start, probe.batch_stop, probe.forward_steps)
@@ -145,15 +147,17 @@ def calibrate(
     bytes_per_work = max(measured, 2 * result.nbytes) / memory_work * _HEADROOM
     floor = _MIN_FIXED_BYTES if process is not None else 0
     fixed_bytes = max(floor, observed_peak * _HEADROOM - bytes_per_work * memory_work)
+    # the line through the origin bounds the slope from above (a fixed term is never negative)
+    through_origin = max(observed_peak * _HEADROOM, 2 * result.nbytes) / memory_work
     if assumed_bytes_per_work is not None:
-        bytes_per_work = max(assumed_bytes_per_work, 2 * result.nbytes / memory_work)
+        bytes_per_work = min(assumed_bytes_per_work, through_origin)
         fixed_bytes = max(floor, observed_peak * _HEADROOM)
     elif (earlier is not None and memory_work >= 2 * earlier.work
           and observed_peak - earlier.peak_bytes >= _MEASURABLE_BYTES):
         slope = max((observed_peak - earlier.peak_bytes) / (memory_work - earlier.work), 2 * result.nbytes / memory_work)
         bytes_per_work, fixed_bytes = slope * _HEADROOM, max(floor, observed_peak - slope * memory_work)
     elif timed is not None:  # too close to the earlier probe for a line: keep its terms, raised to cover this peak
-        bytes_per_work = timed.bytes_per_work
+        bytes_per_work = min(timed.bytes_per_work, through_origin)
         fixed_bytes = max(timed.fixed_bytes, observed_peak * _HEADROOM - bytes_per_work * memory_work)
     cost = CostModel(
         fixed_bytes=fixed_bytes,

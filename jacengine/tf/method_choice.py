@@ -50,6 +50,7 @@ PFOR_TRACE_FACTOR = 2.0
 # that probe's peak no pfor method is traced, so a small budget is not spent on a trace alone.
 PFOR_TRACE_MEMORY_FACTOR = 3.0
 FIRST_PROBE_SAMPLES = 2  # a method's first probe pays its trace and gives its rates: keep it cheap
+LOOP_PROBE_SAMPLES = 32  # but the loop vectorises over samples only: fewer would measure its overhead
 SLIVER_ROWS = 8
 TRUST_FACTOR = 16.0  # plans extrapolate the measured cost model at most this far beyond the largest probe
 MAX_REPROBES = 3  # probes grow up to TRUST_FACTOR ** MAX_REPROBES times the first
@@ -119,16 +120,14 @@ def _first_probe(model: keras.Model, spec: JacobianSpec, meters: Meters, strict:
 def _slivers(spec: JacobianSpec, prior: Plan) -> tuple[Block, Block | None]:
     """The first probe and the block that times it against a larger one: the first
     :data:`SLIVER_ROWS` output steps, and twice as many, of the first :data:`FIRST_PROBE_SAMPLES`
-    samples (pfor methods) or of the
-    prior's batch chunk (the loop, which vectorises over samples only) on the grid of the prior's
-    plan, with exact prefixes. They pay the trace and give the rates at little cost of their own;
+    samples (pfor methods) or :data:`LOOP_PROBE_SAMPLES` (the loop) on the t_in grid of the
+    prior's plan, with exact prefixes. They pay the trace and give the rates at little cost of their own;
     the trust region then grows the probes to the plan's blocks. The lag layout's static-shape
     functions trace once per shape: there the prior plan's first block alone is the probe."""
     if spec.layout != "full":
         return prior.blocks[0], None
-    samples = prior.batch_chunk if spec.method == LOOP_FIRST else min(FIRST_PROBE_SAMPLES, spec.batch)
-    rows = min(prior.t_out_chunk, SLIVER_ROWS)
-    slivers = [make_plan(spec, batch_chunk=samples, t_out_chunk=rows * chunks, t_in_chunk=prior.t_in_chunk,
+    samples = min(spec.batch, LOOP_PROBE_SAMPLES if spec.method == LOOP_FIRST else FIRST_PROBE_SAMPLES)
+    slivers = [make_plan(spec, batch_chunk=samples, t_out_chunk=SLIVER_ROWS * chunks, t_in_chunk=prior.t_in_chunk,
                          chunks_per_block=lambda watch: 1, exact_prefixes=True).blocks[0] for chunks in (1, 2)]
     return slivers[0], slivers[1] if slivers[1] != slivers[0] else None
 
