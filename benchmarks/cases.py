@@ -96,7 +96,7 @@ def suite_cases(suite: str, quick: bool = False) -> list[Case]:
         budgets = ["256MiB"] if quick else ["128MiB", "256MiB", "512MiB", "1GiB", "4GiB", "8GiB"]
         shapes = [(2, 20, 1)] if quick else [(32, 500, 1), (32, 1000, 1), (8, 1000, 8)]
         return [Case(suite, "jacengine", "lstm", b, t, f, f, budget=budget, repeats=0, tf_first=tf_first)
-                for tf_first in (False, True) for b, t, f in shapes for budget in budgets]
+                for b, t, f in shapes for budget in budgets for tf_first in (False, True)]
     if suite == "models":
         batch, steps = (2, 10) if quick else (32, 500)
         methods = ("jacengine",) if quick else ("jacengine", "tf-pfor", "tf-while")

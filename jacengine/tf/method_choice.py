@@ -4,7 +4,8 @@
 
 1. ``forward`` is left out without a trace where it cannot work: Keras' recurrent layers raise
    under ``tf.autodiff.ForwardAccumulator`` inside ``tf.function``.
-2. ``reverse-loop`` (VJPs in a while loop) is measured first: its trace is the cheapest. If its
+2. ``reverse-loop`` (VJPs in a while loop) is measured first where it may win (a small problem
+   or a small budget, :func:`_loop_may_win`): its trace is the cheapest. If its
    whole predicted run takes less than :data:`PFOR_TRACE_FACTOR` times its own trace, no pfor
    method can win (their trace builds the same gradient graph and then vectorises it), so it is
    chosen without tracing them: the small-problem fast path. Nor are they traced when the budget
@@ -13,8 +14,8 @@
 3. Otherwise ``reverse`` (pfor VJPs) and ``forward`` (pfor JVPs) are measured too. A method that
    raises, or for which pfor falls back to a while loop, is dropped with one log line naming
    why; of the pfor methods that work and fit the budget the one with the shortest predicted run
-   wins, the loop only when none does; the winner alone goes on to measure larger blocks
-   (:func:`refine`).
+   wins, the loop (measured now if it was not) only when none does; the winner alone goes on to
+   measure larger blocks (:func:`refine`).
 
 Every probe is a block of a plan, and its result is kept: when the final plan contains the
 same block (:meth:`Calibrated.stored_results`), it is written rather than computed again.
@@ -30,7 +31,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from jacengine.costmodel import PLANNED_FRACTION, CostModel, choose_plan
+from jacengine.costmodel import PLANNED_FRACTION, CostModel, block_work, choose_plan
 from jacengine.errors import BudgetError, MethodUnsupported
 from jacengine.inputs import Inputs
 from jacengine.plan import Block, Plan, make_plan
@@ -49,6 +50,10 @@ PFOR_TRACE_FACTOR = 2.0
 # A pfor trace's peak was 3.0x the loop's first probe on the seed LSTM (118 vs 39 MiB): below 3x
 # that probe's peak no pfor method is traced, so a small budget is not spent on a trace alone.
 PFOR_TRACE_MEMORY_FACTOR = 3.0
+# The loop is measured only where it may win: problems of at most this much (time) work (the seed
+# problem has 0.16M) or budgets below 512 MiB.
+LOOP_FAST_PATH_MAX_WORK = 1_000_000
+LOOP_BUDGET_BELOW = 512 * 2**20
 FIRST_PROBE_SAMPLES = 2  # a method's first probe pays its trace and gives its rates: keep it cheap
 LOOP_PROBE_SAMPLES = 32  # but the loop vectorises over samples only: fewer would measure its overhead
 SLIVER_ROWS = 8
@@ -121,8 +126,8 @@ def _slivers(spec: JacobianSpec, prior: Plan) -> tuple[Block, Block | None]:
     """The first probe and the block that times it against a larger one: the first
     :data:`SLIVER_ROWS` output steps, and twice as many, of the first :data:`FIRST_PROBE_SAMPLES`
     samples (pfor methods) or :data:`LOOP_PROBE_SAMPLES` (the loop) on the t_in grid of the
-    prior's plan, with exact prefixes. They pay the trace and give the rates at little cost of their own;
-    the trust region then grows the probes to the plan's blocks. The lag layout's static-shape
+    prior's plan, with exact prefixes. They pay the trace and give the rates at little cost of
+    their own; the trust region then grows the probes to the plan's blocks. The lag layout's static-shape
     functions trace once per shape: there the prior plan's first block alone is the probe."""
     if spec.layout != "full":
         return prior.blocks[0], None
@@ -133,10 +138,10 @@ def _slivers(spec: JacobianSpec, prior: Plan) -> tuple[Block, Block | None]:
 
 
 def refine(start: Calibrated, meters: Meters) -> Calibrated:
-    """Measure the plan's first block while it is not a block measured already (a block's
-    peak depends on its shape; plans pack their blocks to about the same predicted peak, so the
-    first is representative, and the one a replanned grid is most likely to keep), keeping the
-    most pessimistic fixed term seen.
+    """Measure the plan's first block while it is not a block measured already (plans pack their
+    blocks to about the same predicted peak, so the first is representative, and the one a
+    replanned grid is most likely to keep); each measurement refits the memory line (see
+    :func:`~jacengine.tf.calibrate.calibrate`).
 
     Memory is not quite linear in the work over large ranges (allocator pools, oneDNN scratch
     buffers), so a plan never trusts the cost model more than :data:`TRUST_FACTOR` times beyond
@@ -203,7 +208,7 @@ def choose_method(model: keras.Model, spec: JacobianSpec, meters: Meters) -> tup
     def predicted_seconds(candidate: Calibrated) -> float:
         return candidate.cost.plan_seconds(candidate.spec, candidate.plan)
 
-    loop = measure(LOOP_FIRST)
+    loop = measure(LOOP_FIRST) if _loop_may_win(spec, meters.budget_bytes) else None
     fast_path = loop is not None and predicted_seconds(loop) <= PFOR_TRACE_FACTOR * loop.cost.trace_seconds
     too_tight = (loop is not None and loop.largest is not None
                  and PFOR_TRACE_MEMORY_FACTOR * loop.largest.peak_bytes > PLANNED_FRACTION * meters.budget_bytes)
@@ -219,6 +224,8 @@ def choose_method(model: keras.Model, spec: JacobianSpec, meters: Meters) -> tup
                 dropped.append(f"forward: {why_not}")
             else:
                 measure(method)
+    if not working and loop is None:  # the last rung: works wherever gradients do
+        measure(LOOP_FIRST)
     if not working:
         if budget_refusals:
             raise budget_refusals[0]  # it names the minimum budget
@@ -232,9 +239,19 @@ def choose_method(model: keras.Model, spec: JacobianSpec, meters: Meters) -> tup
     for other, _ in working:
         if other is not chosen:
             other.computer.release()
-    times = ", ".join(f"{c.spec.method} {predicted_seconds(c):.1f} s" for c, _ in working)
+    compared = ", ".join(f"{c.spec.method} {predicted_seconds(c):.1f} s" for c, _ in working)
+    reasons = [f"predicted from first probes {compared}"] if len(working) > 1 else []
     chosen = refine(_charge_leftovers(chosen, resident_then, meters), meters)
-    return chosen, f"method {chosen.spec.method} (auto: predicted {'; '.join([times, *dropped])})"
+    return chosen, f"method {chosen.spec.method} (auto: {'; '.join([*reasons, *dropped]) or 'the only candidate'})"
+
+
+def _loop_may_win(spec: JacobianSpec, budget_bytes: int) -> bool:
+    """Whether measuring the loop first can pay: on a small problem (its fast path) or a small
+    budget (where a pfor trace may not fit). Otherwise it would cost a trace and probes (1-1.3 s
+    on the seed LSTM) only to lose to pfor, which was 2-4 times faster per unit of work there."""
+    loop = replace(spec, method=LOOP_FIRST)
+    rows = [block_work(loop, 1, 1, prefix) for prefix in (t + 1 if spec.causal else spec.input_steps for t in spec.t_out)]
+    return sum(rows) <= LOOP_FAST_PATH_MAX_WORK or budget_bytes < LOOP_BUDGET_BELOW
 
 
 def _resident(meters: Meters) -> int:
