@@ -1,8 +1,8 @@
 """Compute one block of the Jacobian in a compiled function, by one of :mod:`jacengine.tf.methods`.
 
-In the full layout one shape-polymorphic ``tf.function`` serves every block: its input signature
-leaves the batch, the input length and the rows open, so it is traced once per run whatever the
-blocks' prefixes, and causal blocks differentiate exactly the prefix they need. Tracing a pfor
+One shape-polymorphic ``tf.function`` serves every block: its input signature leaves the batch,
+the input length and the rows open, so it is traced once per run whatever the blocks' prefixes
+(and lag windows), and causal blocks differentiate exactly the prefix they need. Tracing a pfor
 Jacobian costs seconds, so this is what makes many block shapes cheap.
 
 Keras' ``TimeDistributed`` computes wrong results inside ``tf.function`` when the time axis is
@@ -10,7 +10,7 @@ dynamic (see DESIGN.md, "Known traps"), so the first call of a function is check
 eager forward pass of the same inputs, and every call's outputs against their expected shape.
 A model that fails the check in the polymorphic function falls back to one static-shape
 function per block shape (``polymorphic`` turns False; the planner then keeps the number of
-shapes small), checked the same way. The lag layout always uses static shapes.
+shapes small), checked the same way.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class BlockComputer:
         self.model = model
         self.spec = spec
         self.strict = strict
-        self.polymorphic = spec.layout == "full"  # one trace for every block shape (see the module docstring)
+        self.polymorphic = True  # one trace for every block shape (see the module docstring)
         self._warned_fallbacks: set[str] = set()
         self.dtype = tf.as_dtype(spec.compute_dtype)
         self.trace_count = 0
@@ -107,19 +107,21 @@ class BlockComputer:
 
         ``watch`` is the static window length of a static-shape function, None in the
         polymorphic one. The full layout watches a prefix (start is 0), split off at ``stop``
-        (polymorphic) or ``watch`` (static). The lag layout's window moves from block to block
-        within one shape, so it is sliced at ``start`` (a tensor: no retrace) and fed back as
+        (polymorphic) or ``watch`` (static). The lag layout's window moves from block to block,
+        so it is sliced at ``start`` (a tensor) and fed back as
         ``x + pad(window - stop_gradient(window))``, which adds exact zeros, keeps the model's
-        input shape static, and routes the derivative to the window only.
+        input shape, and routes the derivative to the window only.
         """
         self.trace_count += 1  # runs at trace time only
         if self.spec.layout == "lag":
-            assert watch is not None
-            n_batch, steps, features = x.shape
-            x_watch = tf.slice(x, tf.stack([0, start, 0]), [n_batch, watch, features])
+            steps = tf.shape(x)[1]
+            length = stop - start if watch is None else watch
+            x_watch = tf.slice(x, tf.stack([0, start, 0]), tf.stack([-1, length, -1]))
+            if watch is not None:
+                x_watch.set_shape((x.shape[0], watch, x.shape[2]))
 
             def model_inputs(window: tf.Tensor) -> tf.Tensor:
-                padding = tf.stack([[0, 0], tf.stack([start, steps - watch - start]), [0, 0]])
+                padding = tf.stack([[0, 0], tf.stack([start, steps - length - start]), [0, 0]])
                 embedded = tf.pad(window - tf.stop_gradient(window), padding)
                 embedded.set_shape(x.shape)
                 return x + embedded
