@@ -7,8 +7,9 @@ order, in any process, any number of times.
 For a causal model the outputs of a block ending at step t cannot depend on inputs after t, so
 its Jacobian is taken with respect to the input prefix x[:, :watch_steps] only, and chunks of the
 upper triangle beyond ``t_in_stop`` are never written (zarr returns the fill value 0 for them).
-``watch_steps`` is rounded up to one of a few bucket lengths so that the number of distinct block
-shapes, and with it the number of TensorFlow traces, stays small.
+When one compiled function serves every block shape (``exact_prefixes``), ``watch_steps`` is the
+whole t_in chunks the block's last row needs; otherwise it is rounded up to one of a few bucket
+lengths so that the number of distinct block shapes, and of traces, stays small.
 
 In the lag layout a block writes its rows' whole lag axis and differentiates only the window of
 inputs its lags reach: ``watch_steps`` is the window's length (the longest of the block's shape
