@@ -45,8 +45,8 @@ log = logging.getLogger("jacengine")
 
 LOOP_FIRST = "reverse-loop"
 PFOR_METHODS = ("reverse", "forward")  # measured after the loop unless it wins outright
-# A pfor trace took 3.6-4.1x the loop's trace on the seed LSTM; 2 leaves room for simpler models.
-PFOR_TRACE_FACTOR = 2.0
+# A pfor trace took 3.6-4.1x the loop's trace on the seed LSTM; 3 leaves room for simpler models.
+PFOR_TRACE_FACTOR = 3.0
 # A pfor trace's peak was 3.0x the loop's first probe on the seed LSTM (118 vs 39 MiB): below 3x
 # that probe's peak no pfor method is traced, so a small budget is not spent on a trace alone.
 PFOR_TRACE_MEMORY_FACTOR = 3.0
@@ -141,7 +141,8 @@ def refine(start: Calibrated, meters: Meters) -> Calibrated:
     """Measure the plan's first block while it is not a block measured already (plans pack their
     blocks to about the same predicted peak, so the first is representative, and the one a
     replanned grid is most likely to keep); each measurement refits the memory line (see
-    :func:`~jacengine.tf.calibrate.calibrate`).
+    :func:`~jacengine.tf.calibrate.calibrate`) through it and the largest block measured before
+    it since the trace: the first of these blocks is preceded by one of a quarter of its work.
 
     Memory is not quite linear in the work over large ranges (allocator pools, oneDNN scratch
     buffers), so a plan never trusts the cost model more than :data:`TRUST_FACTOR` times beyond
@@ -155,8 +156,9 @@ def refine(start: Calibrated, meters: Meters) -> Calibrated:
 
 
 def _refine(start: Calibrated, meters: Meters) -> Calibrated:
-    spec, computer, cost, probe, largest = start.spec, start.computer, start.cost, start.probe, start.largest
+    spec, computer, cost, probe = start.spec, start.computer, start.cost, start.probe
     results = dict(start.results)
+    largest: Measurement | None = None  # the first probe's peak holds its trace: not a point of the line
     measured_work = CostModel.work(spec, probe, memory=True)
     plan = choose_plan(spec, cost, meters.budget_bytes, max_work=TRUST_FACTOR * measured_work)
     for _ in range(MAX_REPROBES):
@@ -165,6 +167,11 @@ def _refine(start: Calibrated, meters: Meters) -> Calibrated:
         if not computer.polymorphic and plan.blocks[0].shape_key != probe.shape_key:
             computer.release()  # the probe's compiled graph will not be used again: free it
         probe = plan.blocks[0]
+        quarter = _quarter(probe)
+        if largest is None and quarter != probe:  # a second point for the line, a quarter of the work
+            # the trace's transient peak is behind us: the fixed term is measured afresh from here
+            cost, _, largest = calibrate(computer, meters.inputs, quarter, meters.tensors, meters.process,
+                                         timed=replace(cost, fixed_bytes=0.0))
         measured, result, measurement = calibrate(computer, meters.inputs, probe, meters.tensors, meters.process,
                                                   timed=cost, earlier=largest)
         results[replace(probe, index=0)] = result
@@ -174,7 +181,14 @@ def _refine(start: Calibrated, meters: Meters) -> Calibrated:
         measured_work = max(measured_work, CostModel.work(spec, probe, memory=True))
         plan = choose_plan(spec, cost, meters.budget_bytes, max_work=TRUST_FACTOR * measured_work)
     computer.strict = False  # from here on a fallback on some other block shape only warns
-    return Calibrated(spec, computer, cost, plan, probe, results, largest)
+    return Calibrated(spec, computer, cost, plan, probe, results, largest or start.largest)
+
+
+def _quarter(block: Block) -> Block:
+    """``block`` with half its samples and half its rows (the same prefix): about a quarter of its work."""
+    samples, rows = max(1, block.n_batch // 2), max(1, block.n_rows // 2)
+    return replace(block, batch_stop=block.batch_start + samples, compute_batch=samples,
+                   row_stop=block.row_start + rows, compute_rows=rows)
 
 
 def forward_mode_cannot_work(model: keras.Model) -> str | None:
