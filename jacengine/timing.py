@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 _lock = threading.Lock()
 _seconds: dict[str, float] = {}
@@ -33,12 +34,18 @@ def reset() -> None:
         _started = time.perf_counter()
 
 
+@dataclass
+class _Frame:
+    name: str
+    inner_seconds: float = 0.0  # spent in phases opened inside this one
+
+
 @contextmanager
 def phase(name: str) -> Iterator[None]:
     """Add the time spent inside the block, less that of phases opened inside it, to ``name``."""
-    frames = _stack.__dict__.setdefault("frames", [])
-    full_name = " / ".join([*(frame[0] for frame in frames), name])
-    frame = [full_name, 0.0]  # name, seconds spent in inner phases
+    frames: list[_Frame] = _stack.__dict__.setdefault("frames", [])
+    frame = _Frame(" / ".join([*(outer.name for outer in frames), name]))
+    full_name = frame.name
     frames.append(frame)
     started = time.perf_counter()
     try:
@@ -47,9 +54,9 @@ def phase(name: str) -> Iterator[None]:
         elapsed = time.perf_counter() - started
         frames.pop()
         if frames:
-            frames[-1][1] += elapsed
+            frames[-1].inner_seconds += elapsed
         with _lock:
-            _seconds[full_name] = _seconds.get(full_name, 0.0) + elapsed - frame[1]
+            _seconds[full_name] = _seconds.get(full_name, 0.0) + elapsed - frame.inner_seconds
             _counts[full_name] = _counts.get(full_name, 0) + 1
             if threading.current_thread() is not threading.main_thread():
                 _overlapped.add(full_name)
@@ -64,7 +71,7 @@ def snapshot() -> list[dict[str, object]]:
             {"phase": name, "seconds": seconds, "count": _counts[name], "overlapped": name in _overlapped}
             for name, seconds in _seconds.items()
         ]
-    covered = sum(float(row["seconds"]) for row in rows if not row["overlapped"])  # type: ignore[arg-type]
+        covered = sum(seconds for name, seconds in _seconds.items() if name not in _overlapped)
     rows.append({"phase": "idle", "seconds": max(0.0, wall - covered), "count": 1, "overlapped": False})
     rows.append({"phase": "wall", "seconds": wall, "count": 1, "overlapped": False})
     return rows
