@@ -156,10 +156,10 @@ class BlockComputer:
                     result = function(*arguments)
         except (TypeError, ValueError, NotImplementedError, LookupError,
                 tf.errors.UnimplementedError, tf.errors.InvalidArgumentError) as exc:
-            self.release()
             if self.polymorphic:  # perhaps a layer that needs a static time axis: try static shapes
-                self._give_up_polymorphism(exc)
+                self._give_up_polymorphism(exc)  # releases the function
                 return self._run(block, x, start, stop, rows)
+            self.release()
             first_line = (str(exc).strip().splitlines() or [""])[0][:160]
             raise MethodUnsupported(self.spec.method, f"{type(exc).__name__}: {first_line}") from exc
         new = [op for op in fallbacks if op not in self._warned_fallbacks]
@@ -240,10 +240,10 @@ class BlockComputer:
     def _agrees_with_eager(self, x: tf.Tensor, rows: tf.Tensor, compiled: tf.Tensor) -> bool:
         """Whether the compiled outputs at ``rows`` match an eager call on the first two samples
         (all a wrong layer needs to show; an eager pass over the whole block is slow)."""
+        if compiled.shape[0] != x.shape[0]:  # a layer mapped the wrong axis: no eager pass needed
+            return False
         samples = min(2, x.shape[0])
         eager = tf.gather(tf.gather(self._outputs(x[:samples]), rows, axis=1), self._f_out, axis=2).numpy()
-        if compiled.shape[0] != x.shape[0]:
-            return False
         compiled = compiled.numpy()[:samples]
         finite = eager[np.isfinite(eager)]
         scale = max(float(np.max(np.abs(finite))) if finite.size else 0.0, 1.0)
