@@ -5,8 +5,9 @@ The public API is what this module exports. ``import jacengine`` does not import
 """
 
 from jacengine._version import __version__
+from jacengine.analysis.directional import directional
+from jacengine.analysis.verify import VerifyReport, verify
 from jacengine.api import compute, init, plan
-from jacengine.directional import directional
 from jacengine.errors import (
     BlockError,
     BudgetError,
@@ -17,8 +18,7 @@ from jacengine.errors import (
     StoreError,
     StoreMismatchError,
 )
-from jacengine.store import JacobianStore, open_store
-from jacengine.verify import VerifyReport, verify
+from jacengine.storage.store import JacobianStore, open_store
 
 __all__ = [
     "BlockError",

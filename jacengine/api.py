@@ -15,18 +15,18 @@ from typing import Any
 import numpy as np
 
 from jacengine.budget import BUDGET_DEFINITION, ProcessMemory, format_bytes, parse_budget, return_large_frees_to_the_os
-from jacengine.costmodel import CostModel, choose_plan, minimum_budget, predicted_peak, predicted_store_bytes
 from jacengine.errors import InputError, RunInterrupted
 from jacengine.executors import LocalExecutor
 from jacengine.executors.cluster import DaskExecutor, WorkerSetup
+from jacengine.executors.shards import check_shard, shard_blocks
 from jacengine.executors.staging import staged_for_workers
-from jacengine.inputs import Inputs, InputsLike
 from jacengine.interrupt import stop_on_signals
-from jacengine.plan import Plan
-from jacengine.selection import Selection
-from jacengine.shards import check_shard, shard_blocks
-from jacengine.spec import METHODS, JacobianSpec
-from jacengine.store import FORMAT_VERSION, JacobianStore, check_writable_target, is_jacengine_store
+from jacengine.planning.blocks import Plan
+from jacengine.planning.costmodel import CostModel, choose_plan, minimum_budget, predicted_peak, predicted_store_bytes
+from jacengine.planning.selection import Selection
+from jacengine.planning.spec import METHODS, JacobianSpec
+from jacengine.storage.inputs import Inputs, InputsLike
+from jacengine.storage.store import FORMAT_VERSION, JacobianStore, check_writable_target, is_jacengine_store
 from jacengine.timing import phase
 
 log = logging.getLogger("jacengine")
@@ -48,7 +48,7 @@ class Prepared:
     budget_bytes: int
     fingerprint: dict[str, Any]
     inputs: Inputs
-    computer: Any  # jacengine.tf.blocks.BlockComputer
+    computer: Any  # jacengine.tf.block_computer.BlockComputer
     probe_results: dict[Any, np.ndarray] = field(default_factory=dict)  # calibration's blocks of this plan
     method_reason: str = ""
 
@@ -107,7 +107,7 @@ def prepare(
     from jacengine.tf.memory import configure_gpus
 
     configure_gpus(parse_budget(gpu_memory_limit) if gpu_memory_limit is not None else None)
-    from jacengine.tf.blocks import BlockComputer
+    from jacengine.tf.block_computer import BlockComputer
     from jacengine.tf.calibrate import prior_cost
     from jacengine.tf.introspect import PROBE_SAMPLES, PROBE_STEPS, build_spec
     from jacengine.tf.memory import TensorMemory, compute_device

@@ -10,12 +10,12 @@ from typing import Any
 import click
 
 from jacengine.budget import BUDGET_DEFINITION, format_bytes
-from jacengine.config import Config, load_config
 from jacengine.errors import InputError, JacengineError, RunInterrupted
-from jacengine.jobqueue import jobqueue_cluster
-from jacengine.selection import parse_selection_text
-from jacengine.shards import parse_shard
-from jacengine.shards import shard_from_env as shard_from_env_vars
+from jacengine.executors.shards import parse_shard
+from jacengine.executors.shards import shard_from_env as shard_from_env_vars
+from jacengine.jobs.config import Config, load_config
+from jacengine.jobs.jobqueue import jobqueue_cluster
+from jacengine.planning.selection import parse_selection_text
 
 EXIT_INCOMPLETE = 3
 
@@ -205,8 +205,8 @@ def plan(as_json: bool, **kwargs: Any) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def status(store: str | None, config_path: str | None, shards: int | None, as_json: bool) -> None:
     """Blocks done/total and bytes on disk (all shards together); exits 3 while incomplete."""
-    from jacengine.shards import assign_blocks, check_shard
-    from jacengine.store import open_store
+    from jacengine.executors.shards import assign_blocks, check_shard
+    from jacengine.storage.store import open_store
 
     if store is None:
         store = run_guarded(lambda: load_config(config_path)).store if config_path else None
@@ -259,7 +259,7 @@ def script(scheduler: str, config_path: str, **overrides: Any) -> None:
     Save it and run it once with bash on the login node: it submits the three steps with
     dependencies between them. Shards that hit the time limit exit 75 and requeue themselves.
     """
-    from jacengine.jobscript import render_script
+    from jacengine.jobs.scripts import render_script
 
     config = run_guarded(lambda: load_config(config_path))
     click.echo(run_guarded(lambda: render_script(scheduler, config, **overrides)), nl=False)
@@ -280,7 +280,7 @@ def verify(store: str, model_path: str | None, inputs_path: str | None, samples:
 
     Corrupt blocks are marked pending (unless --no-repair): rerun compute to recompute them.
     """
-    from jacengine.verify import verify as verify_api
+    from jacengine.analysis.verify import verify as verify_api
 
     report = run_guarded(lambda: verify_api(store, model_path, inputs_path, samples=samples, seed=seed,
                                             repair=not no_repair, trust_model=trust_model))
@@ -313,8 +313,8 @@ def verify(store: str, model_path: str | None, inputs_path: str | None, samples:
 @click.option("--plot", type=click.Path(dir_okay=False), help="also write a summary figure (PNG)")
 def reduce(store: str, ops: tuple[str, ...], window: str, k: int, fraction: float, partial: bool, plot: str | None) -> None:
     """Reduce a store out of core and write the results into it."""
-    from jacengine.reductions import reduce as reduce_api
-    from jacengine.store import open_store
+    from jacengine.analysis.reductions import reduce as reduce_api
+    from jacengine.storage.store import open_store
 
     window_slice = parse_selection(window)
     if not isinstance(window_slice, slice):
@@ -329,7 +329,7 @@ def reduce(store: str, ops: tuple[str, ...], window: str, k: int, fraction: floa
         if op == "lag-profile":
             click.echo(f"  {fraction:.0%} of the influence lies within lag {int(result['quantile_lag'].max())}")
     if plot:
-        from jacengine.plots import plot_summary
+        from jacengine.analysis.plots import plot_summary
 
         click.echo(f"figure: {run_guarded(lambda: plot_summary(opened, plot, partial=partial))}")
 
@@ -352,7 +352,7 @@ def directional(model_path: str, inputs_path: str, over: str, t_in: str | None, 
     """Sum J over a set of inputs (for every output) or outputs (for every input), without J."""
     import numpy as np
 
-    from jacengine.directional import directional as directional_api
+    from jacengine.analysis.directional import directional as directional_api
 
     result = run_guarded(lambda: directional_api(
         model_path, inputs_path, over=over, t_in=parse_selection(t_in), f_in=parse_selection(f_in),

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from jacengine.analysis.reductions import reduce
 from jacengine.api import compute
-from jacengine.reductions import reduce
-from jacengine.store import JacobianStore, is_jacengine_store
+from jacengine.storage.store import JacobianStore, is_jacengine_store
 
 TRUE_LAGS = {5: 1.0, 20: -0.5}
 
@@ -79,7 +79,7 @@ def run_demo(
     window = reduce(result, "window-sum", start=0, stop=min(10, steps))["sum"][:, t_out, 0, 0]
     echo(f"output step {t_out}, sum of dy/dx over input steps 0-9, per sample: {[round(float(v), 4) for v in window]}")
     if plot:
-        from jacengine.plots import plot_summary
+        from jacengine.analysis.plots import plot_summary
 
         echo(f"figure: {plot_summary(result, plot)}")
     return DemoResult(result, top, quantile, seconds)

@@ -11,8 +11,8 @@ import numpy as np
 
 from jacengine.api import Prepared, execute, prepare
 from jacengine.executors import LocalExecutor
-from jacengine.plan import make_plan
-from jacengine.store import JacobianStore
+from jacengine.planning.blocks import make_plan
+from jacengine.storage.store import JacobianStore
 
 
 def reference_jacobian(model: Any, x: np.ndarray) -> np.ndarray:

@@ -46,8 +46,8 @@ class FakeDeviceMemory:
 def test_gpu_path_calibrates_on_the_device_peak_and_plans_within_budget() -> None:
     pytest.importorskip("keras")
     from jacengine.api import prepare
-    from jacengine.costmodel import choose_plan, predicted_peak
-    from jacengine.inputs import Inputs
+    from jacengine.planning.costmodel import choose_plan, predicted_peak
+    from jacengine.storage.inputs import Inputs
     from jacengine.tf.calibrate import calibrate
     from jacengine.tf.zoo import seed_model
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from jacengine.cli import resolve
-from jacengine.config import load_config
 from jacengine.errors import InputError
-from jacengine.jobqueue import jobqueue_options
-from jacengine.jobscript import render_script
-from jacengine.shards import parse_shard, shard_from_env
+from jacengine.executors.shards import parse_shard, shard_from_env
+from jacengine.jobs.config import load_config
+from jacengine.jobs.jobqueue import jobqueue_options
+from jacengine.jobs.scripts import render_script
 
 GOLDEN = Path(__file__).parent / "golden"
 

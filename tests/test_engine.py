@@ -71,7 +71,7 @@ def test_one_trace_serves_every_block_shape(model, x, tmp_path) -> None:
     """The full layout's polymorphic block function traces once, whatever the prefixes and
     block sizes, and its blocks equal TensorFlow's batch_jacobian."""
     from jacengine.api import prepare
-    from jacengine.plan import make_plan
+    from jacengine.planning.blocks import make_plan
 
     prepared = prepare(model, x, calibrate=False)
     plan = make_plan(prepared.spec, batch_chunk=1, t_out_chunk=1, t_in_chunk=1, chunks_per_block=lambda w: 1 + w % 3,
@@ -92,7 +92,7 @@ def test_a_model_wrong_with_open_shapes_falls_back_to_static_shapes(x) -> None:
     import dataclasses
 
     from jacengine.api import prepare
-    from jacengine.tf.blocks import BlockComputer
+    from jacengine.tf.block_computer import BlockComputer
     from jacengine.tf.zoo import seed_model
 
     wrapped = seed_model(units=4, features_in=x.shape[2], features_out=2)

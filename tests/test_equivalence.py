@@ -133,7 +133,7 @@ def test_float64_precision_of_a_float32_model_matches_its_float64_reference(tmp_
 
 def test_float16_store_records_a_rounding_bound_that_holds(tmp_path) -> None:
     import jacengine
-    from jacengine.reductions import saliency
+    from jacengine.analysis.reductions import saliency
 
     keras.utils.set_random_seed(4)
     model = rnn("GRU", 2, 2)

@@ -10,9 +10,9 @@ import pytest
 from jacengine.errors import BlockOutOfMemory, BudgetError
 from jacengine.executors.local import LocalExecutor
 from jacengine.executors.splitting import SplittingCompute
-from jacengine.plan import make_plan
-from jacengine.spec import JacobianSpec
-from jacengine.store import JacobianStore
+from jacengine.planning.blocks import make_plan
+from jacengine.planning.spec import JacobianSpec
+from jacengine.storage.store import JacobianStore
 
 SPEC = JacobianSpec(batch=4, input_steps=8, input_features=1, output_steps=8, output_features=1,
                     t_out=tuple(range(8)), f_out=(0,), f_in=(0,), causal=True, truncatable=True)

@@ -15,8 +15,8 @@ from helpers import compute_with_blocks, reference_jacobian  # noqa: E402
 from test_equivalence import ZOO, B, T  # noqa: E402
 
 import jacengine  # noqa: E402
+from jacengine.analysis.reductions import lag_profile, saliency, top_k, window_sum  # noqa: E402
 from jacengine.errors import InputError  # noqa: E402
-from jacengine.reductions import lag_profile, saliency, top_k, window_sum  # noqa: E402
 
 
 def as_lags(full: np.ndarray, t_out: np.ndarray, max_lag: int) -> np.ndarray:

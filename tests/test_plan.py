@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jacengine.costmodel import CostModel, block_work, choose_plan
 from jacengine.errors import BudgetError, InputError
-from jacengine.plan import Plan, make_plan, window_start
-from jacengine.selection import normalise_selection
-from jacengine.spec import JacobianSpec
+from jacengine.planning.blocks import Plan, make_plan, window_start
+from jacengine.planning.costmodel import CostModel, block_work, choose_plan
+from jacengine.planning.selection import normalise_selection
+from jacengine.planning.spec import JacobianSpec
 
 
 def make_spec(batch: int, steps: int, t_out: tuple[int, ...], causal: bool, truncatable: bool = True) -> JacobianSpec:
@@ -147,8 +147,8 @@ def test_bad_selections_are_refused(selection) -> None:
 
 @given(specs_and_grids(), st.integers(1, 6))
 def test_shards_partition_the_blocks_and_balance_predicted_work(case, count) -> None:
-    from jacengine.costmodel import CostModel
-    from jacengine.shards import assign_blocks
+    from jacengine.executors.shards import assign_blocks
+    from jacengine.planning.costmodel import CostModel
 
     spec, grid, per_block, n_buckets = case
     plan = make_plan(spec, chunks_per_block=lambda watch: per_block, n_buckets=n_buckets, **grid)
@@ -162,7 +162,7 @@ def test_shards_partition_the_blocks_and_balance_predicted_work(case, count) -> 
 
 
 def test_fallback_plan_exists_below_the_minimum_and_plans_aim_below_the_budget() -> None:
-    from jacengine.costmodel import PLANNED_FRACTION, CostModel, choose_plan, predicted_peak
+    from jacengine.planning.costmodel import PLANNED_FRACTION, CostModel, choose_plan, predicted_peak
 
     spec = make_spec(4, 100, tuple(range(100)), causal=True)
     cost = CostModel(fixed_bytes=100e6, bytes_per_work=1000.0, trace_seconds=1.0, seconds_per_work=1e-6,

@@ -10,8 +10,8 @@ keras = pytest.importorskip("keras")
 
 from helpers import compute_with_blocks  # noqa: E402
 
+from jacengine.analysis.reductions import custom, reduce, write_reduction  # noqa: E402
 from jacengine.errors import StoreError  # noqa: E402
-from jacengine.reductions import custom, reduce, write_reduction  # noqa: E402
 
 B, T = 5, 14
 
@@ -95,7 +95,7 @@ def test_custom_reduction_and_xarray(store) -> None:
 def test_incomplete_store_is_refused_unless_partial(store, tmp_path) -> None:
     import shutil
 
-    from jacengine.store import JacobianStore
+    from jacengine.storage.store import JacobianStore
 
     copy = tmp_path / "copy.zarr"
     shutil.copytree(store.path, copy)

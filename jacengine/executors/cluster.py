@@ -23,8 +23,8 @@ from typing import Any
 
 from jacengine.executors.local import first_use
 from jacengine.executors.splitting import SplittingCompute
-from jacengine.plan import Block
-from jacengine.store import JacobianStore
+from jacengine.planning.blocks import Block
+from jacengine.storage.store import JacobianStore
 
 log = logging.getLogger("jacengine")
 

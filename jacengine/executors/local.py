@@ -8,8 +8,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from jacengine.executors.splitting import SplittingCompute
-from jacengine.plan import Block
-from jacengine.store import JacobianStore
+from jacengine.planning.blocks import Block
+from jacengine.storage.store import JacobianStore
 
 ComputeBlock = Callable[[Block], np.ndarray]
 

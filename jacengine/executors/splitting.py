@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from jacengine.errors import BlockOutOfMemory, BudgetError
-from jacengine.plan import Block
+from jacengine.planning.blocks import Block
 
 log = logging.getLogger("jacengine")
 

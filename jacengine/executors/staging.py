@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from jacengine.inputs import Inputs
+from jacengine.storage.inputs import Inputs
 
 
 @contextlib.contextmanager

@@ -30,11 +30,11 @@ import keras
 import numpy as np
 
 from jacengine.budget import ProcessMemory, release_free_heap
-from jacengine.costmodel import CostModel
-from jacengine.inputs import Inputs
-from jacengine.plan import Block
-from jacengine.spec import JacobianSpec
-from jacengine.tf.blocks import BlockComputer
+from jacengine.planning.blocks import Block
+from jacengine.planning.costmodel import CostModel
+from jacengine.planning.spec import JacobianSpec
+from jacengine.storage.inputs import Inputs
+from jacengine.tf.block_computer import BlockComputer
 from jacengine.tf.memory import allocator_pool_factor
 from jacengine.tf.model import iter_layers
 

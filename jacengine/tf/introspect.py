@@ -10,9 +10,9 @@ import numpy as np
 
 from jacengine.budget import release_free_heap
 from jacengine.errors import InputError, ModelError
-from jacengine.inputs import Inputs
-from jacengine.selection import Selection, normalise_selection
-from jacengine.spec import JacobianSpec
+from jacengine.planning.selection import Selection, normalise_selection
+from jacengine.planning.spec import JacobianSpec
+from jacengine.storage.inputs import Inputs
 from jacengine.tf.causality import probe_is_causal, why_not_causal
 from jacengine.tf.model import check_model
 

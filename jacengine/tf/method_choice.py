@@ -31,12 +31,12 @@ from typing import Any
 import keras
 import numpy as np
 
-from jacengine.costmodel import PLANNED_FRACTION, CostModel, block_work, choose_plan
 from jacengine.errors import BudgetError, MethodUnsupported
-from jacengine.inputs import Inputs
-from jacengine.plan import Block, Plan, make_plan
-from jacengine.spec import JacobianSpec
-from jacengine.tf.blocks import BlockComputer
+from jacengine.planning.blocks import Block, Plan, make_plan
+from jacengine.planning.costmodel import PLANNED_FRACTION, CostModel, block_work, choose_plan
+from jacengine.planning.spec import JacobianSpec
+from jacengine.storage.inputs import Inputs
+from jacengine.tf.block_computer import BlockComputer
 from jacengine.tf.calibrate import Measurement, MemoryReader, calibrate, prior_cost
 from jacengine.tf.model import iter_layers
 from jacengine.timing import phase

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 
 import tensorflow as tf
 
-from jacengine.costmodel import LOOP_PARALLEL_ROWS
+from jacengine.planning.costmodel import LOOP_PARALLEL_ROWS
 
 Outputs = Callable[[tf.Tensor], tf.Tensor]
 _FALLBACK = re.compile(r"Using a while_loop for converting (\S+)")

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from jacengine.errors import StoreMismatchError
-from jacengine.inputs import Inputs
-from jacengine.spec import JacobianSpec
-from jacengine.store import JacobianStore, block_checksum
+from jacengine.planning.spec import JacobianSpec
+from jacengine.storage.inputs import Inputs
+from jacengine.storage.store import JacobianStore, block_checksum
 
 
 @dataclass

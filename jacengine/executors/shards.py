@@ -17,10 +17,10 @@ import os
 import re
 from collections.abc import Mapping
 
-from jacengine.costmodel import CostModel
 from jacengine.errors import InputError
-from jacengine.plan import Block, Plan
-from jacengine.spec import JacobianSpec
+from jacengine.planning.blocks import Block, Plan
+from jacengine.planning.costmodel import CostModel
+from jacengine.planning.spec import JacobianSpec
 
 # (index variable, count variable, first index variable) per scheduler; PBS has no count
 # variable, so job scripts export JACENGINE_SHARD_COUNT.

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from jacengine.errors import InputError
-from jacengine.selection import Selection, parse_selection_text
+from jacengine.planning.selection import Selection, parse_selection_text
 
 _PATH_KEYS = ("model", "inputs", "store")
 _SELECTION_KEYS = ("t_out", "f_out", "f_in")

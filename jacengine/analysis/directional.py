@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from jacengine.analysis.reductions import Reduction
 from jacengine.errors import InputError
-from jacengine.inputs import Inputs, InputsLike
-from jacengine.reductions import Reduction
-from jacengine.selection import Selection, normalise_selection
+from jacengine.planning.selection import Selection, normalise_selection
+from jacengine.storage.inputs import Inputs, InputsLike
 
 DEFAULT_BATCH = 64  # samples per product: memory is about one backward pass of this batch
 
@@ -42,16 +42,16 @@ def directional(
     ``over="outputs"``: S[b, t_in, f_in] = sum of J[b, t, f, t_in, f_in] over t in ``t_out``,
     f in ``f_out``: one vector-Jacobian product.
 
-    Returns a :class:`~jacengine.reductions.Reduction` named ``input-sum`` or ``output-sum``
+    Returns a :class:`~jacengine.analysis.reductions.Reduction` named ``input-sum`` or ``output-sum``
     with one array ``sum`` and its coordinates; the summed-over selection is in ``attrs``.
     """
     if over not in ("inputs", "outputs"):
         raise InputError(f"over must be 'inputs' or 'outputs', got {over!r}.")
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}.")
-    from jacengine.tf.directional import LinearFunctionals
     from jacengine.tf.introspect import build_spec
     from jacengine.tf.model import load_model
+    from jacengine.tf.products import LinearFunctionals
 
     keras_model = load_model(model, trust_model=trust_model)
     source = Inputs(inputs)

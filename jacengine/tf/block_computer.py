@@ -27,8 +27,8 @@ import tensorflow as tf
 
 from jacengine.budget import release_free_heap
 from jacengine.errors import BlockError, BlockOutOfMemory, MethodUnsupported, ModelError
-from jacengine.plan import Block, window_start
-from jacengine.spec import JacobianSpec
+from jacengine.planning.blocks import Block, window_start
+from jacengine.planning.spec import JacobianSpec
 from jacengine.tf import methods
 from jacengine.timing import phase
 

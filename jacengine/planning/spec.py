@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jacengine.errors import InputError
-from jacengine.selection import is_strictly_increasing
+from jacengine.planning.selection import is_strictly_increasing
 
 LAYOUTS = ("full", "lag")  # lag: J[b, i, fo, l, fi] = d y[b, t_out[i], fo] / d x[b, t_out[i] - l, fi]
 # reverse: pfor-vectorised VJPs; reverse-loop: a while loop over rows; forward: vectorised JVPs

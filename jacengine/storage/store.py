@@ -21,8 +21,8 @@ import zarr
 
 from jacengine._version import __version__
 from jacengine.errors import BlockError, StoreError, StoreMismatchError
-from jacengine.plan import Block, Plan
-from jacengine.spec import JacobianSpec
+from jacengine.planning.blocks import Block, Plan
+from jacengine.planning.spec import JacobianSpec
 from jacengine.timing import phase
 
 FORMAT_VERSION = 1

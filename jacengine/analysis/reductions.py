@@ -20,7 +20,7 @@ import numpy as np
 import zarr
 
 from jacengine.errors import InputError, StoreError
-from jacengine.store import JacobianStore
+from jacengine.storage.store import JacobianStore
 
 REDUCTIONS_GROUP = "reductions"
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jacengine.errors import BudgetError
-from jacengine.spec import JacobianSpec
+from jacengine.planning.spec import JacobianSpec
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ def make_plan(
     """Lay out blocks for ``spec`` on the given chunk grid.
 
     ``chunks_per_block(watch_steps)`` says how many t_out chunks fit in one block whose prefix has
-    that length (the budget-aware part lives in :mod:`jacengine.costmodel`). Blocks never straddle
+    that length (the budget-aware part lives in :mod:`jacengine.planning.costmodel`). Blocks never straddle
     two prefix buckets, so every block of a bucket has the same shape except possibly the last.
 
     ``exact_prefixes`` (for a block computer whose one compiled function serves every shape,

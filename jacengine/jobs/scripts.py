@@ -17,8 +17,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from jacengine.config import Config
 from jacengine.errors import InputError, RunInterrupted
+from jacengine.jobs.config import Config
 
 DEFAULT_OPS = ("saliency", "lag-profile")
 SCHEDULERS = ("slurm", "pbs")

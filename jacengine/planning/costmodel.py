@@ -33,7 +33,7 @@ from typing import Any
 
 from jacengine.budget import format_bytes
 from jacengine.errors import BudgetError
-from jacengine.plan import (
+from jacengine.planning.blocks import (
     Block,
     Plan,
     chunk_prefixes,
@@ -43,7 +43,7 @@ from jacengine.plan import (
     make_plan,
     watch_buckets,
 )
-from jacengine.spec import JacobianSpec
+from jacengine.planning.spec import JacobianSpec
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def block_work(spec: JacobianSpec, batch: int, rows: int, prefix: int, watched: 
 
 
 BUCKET_CHOICES = (1, 2, 4, 8)
-EXACT_PREFIXES = 0  # n_buckets of an exact-prefix plan (see jacengine.plan.make_plan)
+EXACT_PREFIXES = 0  # n_buckets of an exact-prefix plan (see jacengine.planning.blocks.make_plan)
 
 
 def exact_prefixes(spec: JacobianSpec, cost: CostModel) -> bool:

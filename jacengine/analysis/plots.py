@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jacengine.reductions import lag_profile, saliency
-from jacengine.store import JacobianStore
+from jacengine.analysis.reductions import lag_profile, saliency
+from jacengine.storage.store import JacobianStore
 
 
 def plot_summary(store: JacobianStore, path: str | Path, partial: bool = False) -> Path:

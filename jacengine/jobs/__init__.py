@@ -1,0 +1,1 @@
+"""Batch jobs: TOML job files, SLURM/PBS job-array scripts and dask-jobqueue clusters."""
