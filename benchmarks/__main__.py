@@ -9,18 +9,19 @@ import threading
 from pathlib import Path
 
 import click
+import psutil
 
 from benchmarks import report
 from benchmarks.cases import SUITES, suite_cases
 from benchmarks.runner import check_agreement, machine, run_cases
-from jacengine.budget import parse_budget
+from jacengine.planning.budget import parse_budget
 
 RESULTS = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def _default_memory_cap() -> str:
-    total = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
+    total = psutil.virtual_memory().total
     return f"{int(total * 0.75) // 2**20}MiB"
 
 

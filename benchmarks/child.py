@@ -208,7 +208,8 @@ def measure(case: Case, gpu_memory_limit: str | None = None) -> dict[str, Any]:
     import tensorflow as tf
 
     from jacengine import timing
-    from jacengine.budget import ProcessMemory, parse_budget
+    from jacengine.memory import ProcessMemory
+    from jacengine.planning.budget import parse_budget
     from jacengine.tf.memory import TensorMemory, configure_gpus
     from jacengine.tf.zoo import zoo_model
 

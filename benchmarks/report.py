@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cases import SUITES
-from jacengine.budget import parse_budget
+from jacengine.planning.budget import parse_budget
 
 MIB = 2**20
 README_START, README_END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"

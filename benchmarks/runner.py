@@ -21,6 +21,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from benchmarks.cases import Case
 
 REFERENCE_ORDER = ("tf-eager", "tf-pfor", "tf-while", "tf-gradient-loop", "tf-causal-blocks", "jax", "numpy-reduce", "jacengine")
@@ -29,14 +31,11 @@ _ROOT = Path(__file__).resolve().parent.parent
 
 
 def resident_bytes(pid: int) -> int:
-    """Current resident memory of a process (Linux /proc), 0 once it is gone."""
+    """Current resident memory of a process, 0 once it is gone."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return 0
+        return int(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
+        return 0
 
 
 def run_case(case: Case, memory_cap: int, time_limit: float, gpu_memory_limit: str | None = None) -> dict[str, Any]:
@@ -149,9 +148,10 @@ def check_agreement(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def machine() -> dict[str, Any]:
     """CPU, cores, memory, GPU and library versions, stored with every result."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    memory = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
+    cpuinfo = Path("/proc/cpuinfo")  # the model name; Linux only
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
+    memory = psutil.virtual_memory().total
     gpus = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
                           capture_output=True, text=True).stdout.strip() if _has("nvidia-smi") else ""
     versions = {}

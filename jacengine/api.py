@@ -13,15 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from dask.utils import format_bytes
 
-from jacengine.budget import BUDGET_DEFINITION, ProcessMemory, format_bytes, parse_budget, return_large_frees_to_the_os
 from jacengine.errors import InputError, RunInterrupted
 from jacengine.executors import LocalExecutor
 from jacengine.executors.cluster import DaskExecutor, WorkerSetup
 from jacengine.executors.shards import check_shard, shard_blocks
 from jacengine.executors.staging import staged_for_workers
 from jacengine.interrupt import stop_on_signals
+from jacengine.memory import ProcessMemory, return_large_frees_to_the_os
 from jacengine.planning.blocks import Plan
+from jacengine.planning.budget import BUDGET_DEFINITION, parse_budget
 from jacengine.planning.costmodel import CostModel, choose_plan, minimum_budget, predicted_peak, predicted_store_bytes
 from jacengine.planning.selection import Selection
 from jacengine.planning.spec import METHODS, JacobianSpec

@@ -8,13 +8,14 @@ import sys
 from typing import Any
 
 import click
+from dask.utils import format_bytes
 
-from jacengine.budget import BUDGET_DEFINITION, format_bytes
 from jacengine.errors import InputError, JacengineError, RunInterrupted
 from jacengine.executors.shards import parse_shard
 from jacengine.executors.shards import shard_from_env as shard_from_env_vars
 from jacengine.jobs.config import Config, load_config
 from jacengine.jobs.jobqueue import jobqueue_cluster
+from jacengine.planning.budget import BUDGET_DEFINITION
 from jacengine.planning.selection import parse_selection_text
 
 EXIT_INCOMPLETE = 3

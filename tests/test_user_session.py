@@ -24,7 +24,7 @@ SCRIPT = textwrap.dedent(
     import keras, tensorflow as tf  # the user's session: TensorFlow first, oneDNN at its default
     import numpy as np
     import jacengine
-    from jacengine.budget import ProcessMemory
+    from jacengine.memory import ProcessMemory
     from jacengine.tf.zoo import seed_model
 
     batch, steps, units, budget, path = sys.argv[1:]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import resource
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any
 
 from jacengine.executors.local import first_use
 from jacengine.executors.splitting import SplittingCompute
+from jacengine.memory import peak_resident_bytes
 from jacengine.planning.blocks import Block
 from jacengine.storage.store import JacobianStore
 
@@ -67,7 +67,7 @@ def compute_and_write(setup: WorkerSetup, index: int) -> dict[str, Any]:
     block = store.plan.blocks[index]
     started = time.perf_counter()
     store.write_block(block, compute(block))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    peak = peak_resident_bytes()
     return {"index": index, "seconds": time.perf_counter() - started, "pid": os.getpid(), "peak_rss_bytes": peak}
 
 

@@ -31,7 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from jacengine.budget import format_bytes
+from dask.utils import format_bytes
+
 from jacengine.errors import BudgetError
 from jacengine.planning.blocks import (
     Block,

@@ -25,8 +25,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from jacengine.budget import release_free_heap
 from jacengine.errors import BlockError, BlockOutOfMemory, MethodUnsupported, ModelError
+from jacengine.memory import release_free_heap
 from jacengine.planning.blocks import Block, window_start
 from jacengine.planning.spec import JacobianSpec
 from jacengine.tf import methods

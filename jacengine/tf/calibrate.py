@@ -29,7 +29,7 @@ from typing import Protocol
 import keras
 import numpy as np
 
-from jacengine.budget import ProcessMemory, release_free_heap
+from jacengine.memory import ProcessMemory, release_free_heap
 from jacengine.planning.blocks import Block
 from jacengine.planning.costmodel import CostModel
 from jacengine.planning.spec import JacobianSpec

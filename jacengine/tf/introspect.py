@@ -8,8 +8,8 @@ from typing import Literal
 import keras
 import numpy as np
 
-from jacengine.budget import release_free_heap
 from jacengine.errors import InputError, ModelError
+from jacengine.memory import release_free_heap
 from jacengine.planning.selection import Selection, normalise_selection
 from jacengine.planning.spec import JacobianSpec
 from jacengine.storage.inputs import Inputs
