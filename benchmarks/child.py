@@ -178,7 +178,7 @@ def _scale_out_runner(case: Case, model: Any, x: np.ndarray, directory: str, ext
 def _reduce_runner(case: Case, model: Any, x: np.ndarray, directory: str) -> Callable[[], Any]:
     """Saliency (mean |J| over the batch) and lag profile of a store computed before the baseline."""
     import jacengine
-    from jacengine import reductions
+    from jacengine.analysis import reductions
 
     store = jacengine.compute(model, x, os.path.join(directory, "j.zarr"), budget=case.budget, progress=False)
     if case.method == "jacengine-reduce":

@@ -1,7 +1,8 @@
 """jacengine: memory-bounded Jacobians of sequence models, stored in zarr, reduced with dask.
 
-The public API is what this module exports. ``import jacengine`` does not import TensorFlow;
-:func:`compute`, :func:`init` and :func:`plan` import it when called.
+The public API is what this module exports. ``import jacengine`` does not import TensorFlow:
+the backend is imported when :func:`compute`, :func:`init`, :func:`plan`, :func:`directional`
+or :func:`verify` first needs it.
 """
 
 from jacengine._version import __version__
@@ -10,26 +11,33 @@ from jacengine.analysis.verify import VerifyReport, verify
 from jacengine.api import compute, init, plan
 from jacengine.errors import (
     BlockError,
+    BlockOutOfMemory,
     BudgetError,
     InputError,
     JacengineError,
+    MethodUnsupported,
     ModelError,
     RunInterrupted,
     StoreError,
     StoreMismatchError,
 )
+from jacengine.options import RunOptions
 from jacengine.storage.store import JacobianStore, open_store
 
 __all__ = [
     "BlockError",
+    "BlockOutOfMemory",
     "BudgetError",
     "InputError",
     "JacengineError",
     "JacobianStore",
+    "MethodUnsupported",
     "ModelError",
     "RunInterrupted",
+    "RunOptions",
     "StoreError",
     "StoreMismatchError",
+    "VerifyReport",
     "__version__",
     "compute",
     "directional",
@@ -37,5 +45,4 @@ __all__ = [
     "open_store",
     "plan",
     "verify",
-    "VerifyReport",
 ]

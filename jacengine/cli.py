@@ -13,10 +13,13 @@ from dask.utils import format_bytes
 from jacengine.errors import InputError, JacengineError, RunInterrupted
 from jacengine.executors.shards import parse_shard
 from jacengine.executors.shards import shard_from_env as shard_from_env_vars
-from jacengine.jobs.config import Config, load_config
+from jacengine.jobs.config import CLUSTER_KINDS, Config, load_config
 from jacengine.jobs.jobqueue import jobqueue_cluster
+from jacengine.options import CAUSAL_CHOICES, EXECUTORS, PRECISIONS, RunOptions
 from jacengine.planning.budget import BUDGET_DEFINITION
+from jacengine.planning.methods import METHOD_CHOICES, describe_methods
 from jacengine.planning.selection import parse_selection_text
+from jacengine.planning.spec import LAYOUTS, STORE_DTYPES
 
 EXIT_INCOMPLETE = 3
 
@@ -29,68 +32,80 @@ def parse_selection(text: str | None) -> Any:
         raise click.BadParameter(str(exc)) from exc
 
 
-# Settings shared by compute, plan and init: flag name -> (API default, help). Defaults apply
-# only when neither the command line nor the --config file sets a value.
-RUN_SETTINGS: dict[str, tuple[Any, str]] = {
-    "budget": ("2GiB", f"memory budget per process ({BUDGET_DEFINITION})"),
-    "t_out": (None, "output steps: 10, 0:50 or 1,5,9 (default all)"),
-    "f_out": (None, "output features: 10, 0:50 or 1,5,9 (default all)"),
-    "f_in": (None, "input features: 10, 0:50 or 1,5,9 (default all)"),
-    "causal": ("auto", "auto, true or false"),
-    "precision": ("model", "model (the model's dtype) or float64 (a float64 copy of the model, for verification)"),
-    "store_dtype": ("float32", "stored dtype: float32, float64 or float16 (rounding error recorded)"),
-    "method": ("auto", "auto, reverse (pfor VJPs), reverse-loop (VJPs in a while loop) or forward (pfor JVPs)"),
-    "layout": ("full", "full (every input step) or lag (lags 0..max-lag-1 behind each output step)"),
-    "max_lag": (None, "the lag window L of --layout lag"),
-    "gpu_memory_limit": (None, "cap TensorFlow's GPU memory, e.g. 8GiB (default: memory growth)"),
+def _load_config_defaults(ctx: click.Context, _param: click.Parameter, path: str | None) -> Config | None:
+    """--config: its settings become the command's defaults (click's ``default_map``), so flags
+    override the file and the file overrides :class:`RunOptions`' defaults."""
+    if path is None:
+        return None
+    config = run_guarded(lambda: load_config(path))
+    defaults = {name: _as_flag_text(value) for name, value in config.settings.items()}
+    defaults.update({name: getattr(config, name) for name in ("model", "inputs", "store", "cluster")
+                     if getattr(config, name) is not None})
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return config
+
+
+def _as_flag_text(value: Any) -> Any:
+    """A TOML value as the command line would spell it (booleans, index lists)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return value
+
+
+def _text_choice(*choices: Any) -> click.Choice:
+    return click.Choice([str(c).lower() for c in choices])
+
+
+# The run settings as flags: types and choices from RunOptions' vocabularies, defaults from
+# RunOptions itself (the only place they live).
+_RUN_FLAGS: dict[str, dict[str, Any]] = {
+    "budget": dict(help=f"memory budget per process ({BUDGET_DEFINITION})"),
+    "t_out": dict(help="output steps: 10, 0:50 or 1,5,9 (default all)"),
+    "f_out": dict(help="output features: 10, 0:50 or 1,5,9 (default all)"),
+    "f_in": dict(help="input features: 10, 0:50 or 1,5,9 (default all)"),
+    "causal": dict(type=_text_choice(*CAUSAL_CHOICES), help="whether outputs depend only on earlier inputs (auto: detect)"),
+    "method": dict(type=click.Choice(METHOD_CHOICES), help=f"auto (measure and take the fastest) or: {describe_methods()}"),
+    "layout": dict(type=click.Choice(LAYOUTS), help="full (every input step) or lag (lags 0..max-lag-1 behind each output step)"),
+    "max_lag": dict(type=click.IntRange(min=1), help="the lag window L of --layout lag"),
+    "store_dtype": dict(type=click.Choice(STORE_DTYPES), help="stored dtype (float16: rounding error recorded)"),
+    "precision": dict(type=click.Choice(PRECISIONS), help="model (the model's dtype) or float64 (a float64 copy)"),
+    "gpu_memory_limit": dict(help="cap the GPU memory, e.g. 8GiB (default: memory growth)"),
+    "backend": dict(help="auto (the one that recognises the model) or a backend name"),
 }
 
 
 def model_options(function: Any) -> Any:
     """--config, --model, --inputs and the run settings; every one may come from the config."""
     options = [
-        click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
-                     help="TOML file with any of these settings (flags override it); see jacengine.config"),
+        click.option("--config", "config", type=click.Path(exists=True, dir_okay=False), is_eager=True,
+                     callback=_load_config_defaults, expose_value=True,
+                     help="TOML file with any of these settings (flags override it); see jacengine.jobs.config"),
         click.option("--model", "model", type=click.Path(exists=True, dir_okay=False), help="a .keras model file"),
         click.option("--inputs", "inputs", type=click.Path(exists=True), help="(B, T, F) inputs: a .npy file or a zarr array"),
-        *[click.option(f"--{name.replace('_', '-')}", name, default=None,
-                       help=f"{text}{f' [default: {default}]' if default is not None else ''}")
-          for name, (default, text) in RUN_SETTINGS.items()],
-        click.option("--trust-model", is_flag=True, default=None, help="allow .keras files that carry Python code (Lambda)"),
+        *[click.option(f"--{name.replace('_', '-')}", name, default=_as_flag_text(RunOptions.default(name)),
+                       show_default=RunOptions.default(name) is not None, **flag)
+          for name, flag in _RUN_FLAGS.items()],
+        click.option("--trust-model", is_flag=True, default=RunOptions.default("trust_model"),
+                     help="allow model files that carry Python code (Keras Lambda layers): only from authors you trust"),
     ]
     for option in reversed(options):
         function = option(function)
     return function
 
 
-def resolve(kwargs: dict[str, Any], *extra: str) -> tuple[dict[str, Any], Config]:
-    """Merge command-line values over the config file over the defaults; returns the API
-    keyword arguments (model, inputs and run settings, plus the ``extra`` names) and the config."""
-    path = kwargs.pop("config_path", None)
-    config = run_guarded(lambda: load_config(path)) if path else Config()
-    from_file = config.run_options()
-    merged: dict[str, Any] = {}
-    for name in ("model", "inputs", *RUN_SETTINGS, "trust_model", *extra):
-        value = kwargs.pop(name, None)
-        if value is None:
-            value = from_file.get(name, RUN_SETTINGS.get(name, (None,))[0])
-        elif name in ("t_out", "f_out", "f_in"):
-            value = parse_selection(value)
-        merged[name] = value
+def resolve(kwargs: dict[str, Any], *extra: str) -> tuple[dict[str, Any], RunOptions, Config]:
+    """Split a command's values into files (model, inputs and the ``extra`` names), the
+    :class:`RunOptions` they set, and the config file (empty when none was given)."""
+    config = kwargs.pop("config", None) or Config()
+    files = {name: kwargs.pop(name, None) for name in ("model", "inputs", *extra)}
     for name in ("model", "inputs"):
-        if merged[name] is None:
+        if files[name] is None:
             raise click.UsageError(f"no {name}: pass --{name} or set {name} in a --config file.")
-    causal = merged["causal"]
-    if isinstance(causal, str):
-        if causal not in ("auto", "true", "false"):
-            raise click.BadParameter(f"causal must be auto, true or false, not {causal!r}")
-        merged["causal"] = {"auto": "auto", "true": True, "false": False}[causal]
-    if isinstance(merged["max_lag"], str):
-        if not merged["max_lag"].isdigit():
-            raise click.BadParameter(f"--max-lag must be a positive integer, not {merged['max_lag']!r}")
-        merged["max_lag"] = int(merged["max_lag"])
-    merged["trust_model"] = bool(merged["trust_model"])
-    return merged, config
+    settings = {name: kwargs.pop(name) for name in list(kwargs) if name in RunOptions.names()}
+    settings = {name: value for name, value in settings.items() if value is not None}
+    return files, run_guarded(lambda: RunOptions.from_mapping(settings)), config
 
 
 @click.group()
@@ -117,34 +132,35 @@ def run_guarded(action: Any) -> Any:
 @model_options
 @click.option("--out", "store", type=click.Path(), help="store directory (created or resumed)")
 @click.option("--overwrite", is_flag=True, help="replace an existing jacengine store")
-@click.option("--executor", type=click.Choice(["local", "dask"]), default=None, help="where blocks run [default: local]")
+@click.option("--executor", type=click.Choice(EXECUTORS), default=None,
+              help="where blocks run [default: local, or dask with --scheduler or --cluster]")
 @click.option("--scheduler", default=None, help="dask: address of an existing scheduler (default: a LocalCluster here)")
-@click.option("--workers", type=int, default=None, help="dask LocalCluster: worker processes [default: one per core]")
-@click.option("--cluster", type=click.Choice(["slurm", "pbs"]), default=None,
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="dask LocalCluster: worker processes [default: one per core]")
+@click.option("--cluster", type=click.Choice(CLUSTER_KINDS), default=None,
               help="dask: start a dask-jobqueue cluster from the config's [jobqueue] section")
 @click.option("--shard", default=None, help="compute only shard I of N (I/N, e.g. 0/4) of an initialised store")
 @click.option("--shard-from-env", is_flag=True, help="take the shard from SLURM/PBS job-array variables")
-@click.option("--no-progress", is_flag=True)
-def compute(overwrite: bool, shard: str | None, shard_from_env: bool, no_progress: bool, **kwargs: Any) -> None:
-    """Compute the Jacobian of MODEL at INPUTS into a store (rerun to resume)."""
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+def compute(overwrite: bool, shard: str | None, shard_from_env: bool, no_progress: bool, cluster: str | None,
+            executor: str | None, **kwargs: Any) -> None:
+    """Compute the Jacobian of --model at --inputs into the store --out (rerun to resume)."""
     from jacengine.api import compute as compute_api
 
-    options, config = resolve(kwargs, "store", "executor", "scheduler", "workers", "cluster")
-    store = _required_store(options)
+    # a scheduler or a cluster means dask even where --executor was left out
+    kwargs["executor"] = executor or ("dask" if kwargs.get("scheduler") or cluster else "local")
+    files, options, config = resolve(kwargs, "store")
+    store = _required(files, "store", "--out")
     if shard and shard_from_env:
         raise click.UsageError("pass either --shard or --shard-from-env, not both.")
     shard_pair = run_guarded(lambda: parse_shard(shard) if shard else shard_from_env_vars() if shard_from_env else None)
-    cluster_kind = options.pop("cluster")
-    cluster = run_guarded(lambda: jobqueue_cluster(cluster_kind, config.jobqueue)) if cluster_kind else None
-    # a scheduler or a cluster means dask even where --executor was left out
-    executor = options.pop("executor") or ("dask" if options["scheduler"] or cluster is not None else "local")
+    dask_cluster = run_guarded(lambda: jobqueue_cluster(cluster, config.jobqueue)) if cluster else None
     try:
-        result = run_guarded(lambda: compute_api(options.pop("model"), options.pop("inputs"), store, overwrite=overwrite,
-                                                 progress=not no_progress, executor=executor, cluster=cluster,
-                                                 shard=shard_pair, **options))
+        result = run_guarded(lambda: compute_api(files["model"], files["inputs"], store, options=options, overwrite=overwrite,
+                                                 progress=not no_progress, cluster=dask_cluster, shard=shard_pair))
     finally:
-        if cluster is not None:
-            cluster.close()
+        if dask_cluster is not None:
+            dask_cluster.close()
     if shard_pair and not result.is_complete:
         click.echo(f"shard {shard_pair[0]}/{shard_pair[1]} done; {len(result.pending_blocks())} blocks left to other shards "
                    f"(jacengine status {result.path})")
@@ -152,11 +168,10 @@ def compute(overwrite: bool, shard: str | None, shard_from_env: bool, no_progres
         click.echo(f"wrote {result.path}: jacobian {result.shape} {result.dims}")
 
 
-def _required_store(options: dict[str, Any]) -> str:
-    store = options.pop("store")
-    if store is None:
-        raise click.UsageError("no store: pass --out or set store in a --config file.")
-    return str(store)
+def _required(files: dict[str, Any], name: str, flag: str) -> str:
+    if files.get(name) is None:
+        raise click.UsageError(f"no {name}: pass {flag} or set {name} in a --config file.")
+    return str(files[name])
 
 
 @main.command()
@@ -167,9 +182,9 @@ def init(overwrite: bool, **kwargs: Any) -> None:
     """Create the store and its calibrated plan without computing it (run before job-array shards)."""
     from jacengine.api import init as init_api
 
-    options, _ = resolve(kwargs, "store")
-    store = _required_store(options)
-    result = run_guarded(lambda: init_api(options.pop("model"), options.pop("inputs"), store, overwrite=overwrite, **options))
+    files, options, _ = resolve(kwargs, "store")
+    store = _required(files, "store", "--out")
+    result = run_guarded(lambda: init_api(files["model"], files["inputs"], store, overwrite=overwrite, options=options))
     click.echo(f"initialised {result.path}: {len(result.plan.blocks)} blocks, {len(result.done_blocks())} done")
 
 
@@ -177,11 +192,11 @@ def init(overwrite: bool, **kwargs: Any) -> None:
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="print the plan as JSON")
 def plan(as_json: bool, **kwargs: Any) -> None:
-    """Show blocks, predicted peak memory, store size and run time; computes nothing but a probe."""
+    """Show blocks, predicted peak memory, store size and run time; computes nothing but probes."""
     from jacengine.api import plan as plan_api
 
-    options, _ = resolve(kwargs)
-    summary = run_guarded(lambda: plan_api(options.pop("model"), options.pop("inputs"), **options))
+    files, options, _ = resolve(kwargs)
+    summary = run_guarded(lambda: plan_api(files["model"], files["inputs"], options=options))
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

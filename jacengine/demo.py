@@ -17,6 +17,9 @@ import numpy as np
 
 from jacengine.analysis.reductions import reduce
 from jacengine.api import compute
+from jacengine.backends import get_backend
+from jacengine.backends.base import ExampleBackend
+from jacengine.errors import InputError
 from jacengine.storage.store import JacobianStore, is_jacengine_store
 
 TRUE_LAGS = {5: 1.0, 20: -0.5}
@@ -49,19 +52,16 @@ def run_demo(
     plot: str | Path | None = None,
     echo: Callable[[str], None] = print,
 ) -> DemoResult:
-    from jacengine.tf.zoo import seed_model
-
+    backend = get_backend("tensorflow")
+    if not isinstance(backend, ExampleBackend):
+        raise InputError("the tensorflow backend has no built-in example model.")
     rng = np.random.default_rng(0)
-    model = seed_model()
-    if epochs:
-        import keras
-
-        x_train, y_train = lagged_data(512, 60, rng)
-        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
-        started = time.perf_counter()
-        history = model.fit(x_train, y_train, batch_size=64, epochs=epochs, verbose=0)
+    x_train, y_train = lagged_data(512, 60, rng)
+    started = time.perf_counter()
+    model, loss = backend.example_model(x_train, y_train, epochs)
+    if loss is not None:
         echo(f"trained the built-in LSTM on y_t = x_(t-5) - 0.5 x_(t-20) + noise: {epochs} epochs in "
-             f"{time.perf_counter() - started:.1f} s, final MSE {history.history['loss'][-1]:.3f}")
+             f"{time.perf_counter() - started:.1f} s, final MSE {loss:.3f}")
     inputs = rng.normal(size=(batch, steps, 1)).astype("float32")
     started = time.perf_counter()
     result = compute(model, inputs, store, budget=budget, overwrite=is_jacengine_store(store))

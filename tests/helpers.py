@@ -9,10 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from jacengine.api import Prepared, execute, prepare
+from jacengine.api import execute
 from jacengine.executors import LocalExecutor
+from jacengine.options import RunOptions
 from jacengine.planning.blocks import make_plan
+from jacengine.preparation import Prepared, prepare
 from jacengine.storage.store import JacobianStore
+from jacengine.task import BlockTask
 
 
 def reference_jacobian(model: Any, x: np.ndarray) -> np.ndarray:
@@ -32,7 +35,7 @@ def prepare_with_blocks(
     model: Any, x: Any, *, chunks_per_block: int, t_chunk: int, batch_chunk: int, n_buckets: int = 4, **options: Any
 ) -> Prepared:
     """Prepare a run with a forced block size (independent of any cost calibration)."""
-    prepared: Prepared = prepare(model, x, calibrate=False, **options)
+    prepared: Prepared = prepare(model, x, RunOptions(**options), calibrate=False)
     plan = make_plan(
         prepared.spec,
         batch_chunk=batch_chunk,
@@ -46,7 +49,10 @@ def prepare_with_blocks(
 
 def compute_with_blocks(model: Any, x: Any, path: Path, **options: Any) -> JacobianStore:
     """Run the engine with a forced block size; options as for :func:`prepare_with_blocks`."""
-    return execute(prepare_with_blocks(model, x, **options), path, LocalExecutor(progress=False), resume=False)
+    prepared = prepare_with_blocks(model, x, **options)
+    target = JacobianStore.create(path, prepared.spec, prepared.plan, prepared.fingerprint)
+    task = BlockTask(str(path), model, x, RunOptions(), token=f"forced-blocks-{path}")
+    return execute(prepared, target, task, LocalExecutor(progress=False))
 
 
 def create_with_blocks(model: Any, x: Any, path: Path, **options: Any) -> JacobianStore:

@@ -49,17 +49,18 @@ class FakeDeviceMemory:
 
 def test_gpu_path_calibrates_on_the_device_peak_and_plans_within_budget() -> None:
     pytest.importorskip("keras")
-    from jacengine.api import prepare
+    from jacengine.options import RunOptions
     from jacengine.planning.costmodel import choose_plan, predicted_peak
+    from jacengine.preparation import prepare
     from jacengine.storage.inputs import Inputs
-    from jacengine.tf.calibrate import calibrate
+    from jacengine.tf.probes import measure_probe
     from jacengine.tf.zoo import seed_model
 
     x = np.random.default_rng(0).normal(size=(8, 40, 1)).astype("float32")
-    prepared = prepare(seed_model(units=4), x, calibrate=False)
+    prepared = prepare(seed_model(units=4), x, RunOptions(), calibrate=False)
     probe = prepared.plan.blocks[0]
     device = FakeDeviceMemory(peak=50 * 2**20)
-    cost, result, measurement = calibrate(prepared.computer, Inputs(x), probe, device, process=None)
+    cost, result, measurement = measure_probe(prepared.computation.computer, Inputs(x), probe, device, process=None)
     assert measurement.peak_bytes == 50 * 2**20
     assert device.resets == 1
     assert cost.fixed_bytes == 0  # on a GPU the budgeted peak is the device's: no RSS term

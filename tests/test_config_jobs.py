@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from jacengine.cli import resolve
+from jacengine.cli import main
 from jacengine.errors import InputError
 from jacengine.executors.shards import parse_shard, shard_from_env
 from jacengine.jobs.config import load_config
 from jacengine.jobs.jobqueue import jobqueue_options
 from jacengine.jobs.scripts import render_script
+from jacengine.options import RunOptions
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -21,17 +23,35 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def test_config_resolves_paths_and_selections_and_flags_override(tmp_path) -> None:
-    config = write(tmp_path / "job.toml", 'model = "m.keras"\ninputs = "/data/x.npy"\nstore = "out/j.zarr"\n'
-                                         'budget = "4GiB"\nt_out = "0:50"\nf_in = [0, 2]\ncausal = "false"\n')
+def test_config_resolves_paths_and_selections_and_flags_override(tmp_path, monkeypatch) -> None:
+    """File over RunOptions' defaults, flags over the file: through click's default_map, as a
+    user runs it (the API call is captured instead of computed)."""
+    for name in ("m.keras", "x.npy"):
+        (tmp_path / name).write_bytes(b"")
+    config = write(tmp_path / "job.toml", 'model = "m.keras"\ninputs = "x.npy"\nstore = "out/j.zarr"\n'
+                                         'budget = "4GiB"\nt_out = "0:50"\nf_in = [0, 2]\ncausal = false\n')
     loaded = load_config(config)
-    assert loaded.model == str(tmp_path / "m.keras") and loaded.inputs == "/data/x.npy"
-    assert loaded.store == str(tmp_path / "out" / "j.zarr") and loaded.t_out == slice(0, 50)
-    flags = {"config_path": str(config), "model": None, "inputs": None, "budget": "1GiB", "t_out": None, "f_out": None,
-             "f_in": "1", "causal": None, "method": None, "gpu_memory_limit": None, "trust_model": None, "store": None}
-    options, _ = resolve(flags, "store")
-    assert options["budget"] == "1GiB" and options["f_in"] == 1  # flags win
-    assert options["t_out"] == slice(0, 50) and options["causal"] is False and options["method"] == "auto"
+    assert loaded.model == str(tmp_path / "m.keras") and loaded.store == str(tmp_path / "out" / "j.zarr")
+    assert loaded.options() == RunOptions(budget="4GiB", t_out=slice(0, 50), f_in=(0, 2), causal=False)
+    calls = []
+    monkeypatch.setattr("jacengine.api.compute", lambda model, inputs, store, **kw: calls.append((model, store, kw)))
+    result = CliRunner().invoke(main, ["compute", "--config", str(config), "--budget", "1GiB", "--f-in", "1"])
+    assert calls, result.output
+    model, store, keywords = calls[0]
+    assert model == str(tmp_path / "m.keras") and store == str(tmp_path / "out" / "j.zarr")
+    assert keywords["options"] == RunOptions(budget="1GiB", t_out=slice(0, 50), f_in=1, causal=False)  # flags win
+
+
+def test_run_options_refuse_bad_values_early() -> None:
+    with pytest.raises(InputError, match="method='backward' is not one of"):
+        RunOptions(method="backward")
+    with pytest.raises(InputError, match="max_lag must be a positive integer"):
+        RunOptions(max_lag=0)
+    with pytest.raises(InputError, match="apply to the dask executor"):
+        RunOptions(workers=2)
+    with pytest.raises(InputError, match="unknown setting"):
+        RunOptions.from_mapping({"budgte": "1GiB"})
+    assert RunOptions.from_mapping({"causal": "TRUE", "t_out": "1,5"}) == RunOptions(causal=True, t_out=(1, 5))
 
 
 def test_config_refuses_unknown_settings(tmp_path) -> None:

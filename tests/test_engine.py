@@ -70,19 +70,20 @@ def test_causal_store_has_no_upper_triangle_chunks_and_few_traces(model, x, full
 def test_one_trace_serves_every_block_shape(model, x, tmp_path) -> None:
     """The full layout's polymorphic block function traces once, whatever the prefixes and
     block sizes, and its blocks equal TensorFlow's batch_jacobian."""
-    from jacengine.api import prepare
+    from jacengine.options import RunOptions
     from jacengine.planning.blocks import make_plan
+    from jacengine.preparation import prepare
 
-    prepared = prepare(model, x, calibrate=False)
+    prepared = prepare(model, x, RunOptions(), calibrate=False)
     plan = make_plan(prepared.spec, batch_chunk=1, t_out_chunk=1, t_in_chunk=1, chunks_per_block=lambda w: 1 + w % 3,
                      exact_prefixes=True)
     assert len(plan.shape_keys) > 4
     full = reference_jacobian(model, x)
     for block in plan.blocks:
-        values = prepared.computer.compute(block, x[block.batch_start : block.batch_stop, : block.forward_steps])
+        values = prepared.computation.computer.compute(block, x[block.batch_start : block.batch_stop, : block.forward_steps])
         expected = full[block.batch_start : block.batch_stop, block.row_start : block.row_stop, :, : block.t_in_stop]
         np.testing.assert_allclose(values, expected, rtol=0, atol=1e-5 * np.abs(full).max())
-    assert prepared.computer.polymorphic and prepared.computer.trace_count == 1
+    assert prepared.computation.computer.polymorphic and prepared.computation.computer.trace_count == 1
 
 
 def test_a_model_wrong_with_open_shapes_falls_back_to_static_shapes(x) -> None:
@@ -91,12 +92,13 @@ def test_a_model_wrong_with_open_shapes_falls_back_to_static_shapes(x) -> None:
     falls back to one static-shape function per block shape, with correct results."""
     import dataclasses
 
-    from jacengine.api import prepare
+    from jacengine.options import RunOptions
+    from jacengine.preparation import prepare
     from jacengine.tf.block_computer import BlockComputer
     from jacengine.tf.zoo import seed_model
 
     wrapped = seed_model(units=4, features_in=x.shape[2], features_out=2)
-    prepared = prepare(wrapped, x, calibrate=False)
+    prepared = prepare(wrapped, x, RunOptions(), calibrate=False)
     computer = BlockComputer(wrapped, prepared.spec)  # the model as given: TimeDistributed kept
     block = dataclasses.replace(prepared.plan.blocks[-1])
     values = computer.compute(block, x[block.batch_start : block.batch_stop, : block.forward_steps])
@@ -196,9 +198,10 @@ def test_time_distributed_dense_is_rewritten_and_equivalent() -> None:
 def test_compiled_forward_that_disagrees_with_eager_is_refused(model, x) -> None:
     import tensorflow as tf
 
-    from jacengine.api import prepare
+    from jacengine.options import RunOptions
+    from jacengine.preparation import prepare
 
-    computer = prepare(model, x, calibrate=False).computer
+    computer = prepare(model, x, RunOptions(), calibrate=False).computation.computer
     rows = tf.constant([0, 1], dtype=tf.int32)
     eager = tf.gather(tf.gather(model(x), rows, axis=1), [0, 1], axis=2)
     assert computer._agrees_with_eager(tf.constant(x), rows, eager)

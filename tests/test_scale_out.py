@@ -24,7 +24,7 @@ distributed = pytest.importorskip("distributed")
 from helpers import create_with_blocks, store_hash  # noqa: E402
 
 import jacengine  # noqa: E402
-from jacengine.executors.cluster import WORKER_ENV  # noqa: E402
+from jacengine.tf.backend import WORKER_ENV  # noqa: E402
 from jacengine.tf.model import load_model  # noqa: E402
 
 BLOCKS = dict(chunks_per_block=1, t_chunk=4, batch_chunk=2)  # 4 samples x 16 steps: 8 blocks

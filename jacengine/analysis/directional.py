@@ -4,7 +4,7 @@ Many questions are linear in J: "how much do the first 10 input steps, together,
 output" is J summed over those input steps, and "what drives output steps 90-99, together" is J
 summed over those outputs. Each is one forward- or reverse-mode product per batch of samples,
 so it costs about as much as one gradient instead of one per output, and needs no store.
-TensorFlow is imported when the function is called.
+The backend is imported when the function is called.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 
 from jacengine.analysis.reductions import Reduction
+from jacengine.backends import backend_for
 from jacengine.errors import InputError
+from jacengine.options import RunOptions
 from jacengine.planning.selection import Selection, normalise_selection
 from jacengine.storage.inputs import Inputs, InputsLike
 
@@ -49,16 +51,14 @@ def directional(
         raise InputError(f"over must be 'inputs' or 'outputs', got {over!r}.")
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}.")
-    from jacengine.tf.introspect import build_spec
-    from jacengine.tf.model import load_model
-    from jacengine.tf.products import LinearFunctionals
-
-    keras_model = load_model(model, trust_model=trust_model)
+    backend = backend_for(model)
+    options = RunOptions(causal=False, trust_model=trust_model)
+    loaded = backend.load(model, options)
     source = Inputs(inputs)
     source.content_hash()  # refuses NaN/Inf before any work
-    spec, _ = build_spec(keras_model, source, causal=False)
+    spec = backend.describe(loaded, source, options).spec
     batch, steps, features = source.shape
-    products = LinearFunctionals(keras_model)
+    products = backend.directional_products(loaded)
     dtype = np.dtype(spec.compute_dtype)
     n_out_steps = spec.output_steps  # 1 for sequence-to-one models
     if over == "inputs":

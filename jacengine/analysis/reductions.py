@@ -98,7 +98,7 @@ def window_sum(store: JacobianStore, start: int, stop: int, partial: bool = Fals
     if store.spec.layout == "lag":
         raise InputError(
             "window-sum sums J over input steps, and this store holds lags (layout 'lag'). Compute the store with "
-            "layout='full', or the sum directly without J: jacengine.directional(..., input_steps=(start, stop))."
+            "layout='full', or the sum directly without J: jacengine.directional(model, x, over='inputs', t_in=slice(start, stop))."
         )
     steps = store.spec.input_steps
     if not 0 <= start < stop <= steps:

@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from jacengine.backends import backend_for
 from jacengine.errors import StoreMismatchError
+from jacengine.options import RunOptions
 from jacengine.planning.spec import JacobianSpec
 from jacengine.storage.inputs import Inputs
 from jacengine.storage.store import JacobianStore, block_checksum
@@ -95,12 +97,10 @@ def verify(
 def _check_samples(
     store: JacobianStore, report: VerifyReport, model: Any, inputs: Inputs, samples: int, seed: int, trust_model: bool
 ) -> None:
-    from jacengine.tf.model import float64_copy, load_model, model_hash
-    from jacengine.tf.reference import central_difference, gradient_row
-
-    keras_model = load_model(model, trust_model=trust_model)
+    backend = backend_for(model)
+    loaded = backend.load(model, RunOptions(trust_model=trust_model))
     fingerprint = store.fingerprint
-    for name, actual in (("model", model_hash(keras_model)), ("inputs", inputs.content_hash())):
+    for name, actual in (("model", backend.model_hash(loaded)), ("inputs", inputs.content_hash())):
         if fingerprint.get(name) != actual:
             raise StoreMismatchError(f"the {name} given to verify is not the one that produced {store.path}.")
     spec = store.spec
@@ -111,7 +111,7 @@ def _check_samples(
         return
     rng = np.random.default_rng(seed)
     try:
-        model64 = float64_copy(keras_model)
+        model64 = backend.float64_copy(loaded)
     except Exception as exc:  # e.g. custom layers without a config round trip
         model64 = None
         report.notes.append(f"finite differences skipped: no float64 copy of the model ({exc})")
@@ -124,7 +124,7 @@ def _check_samples(
         step = None if spec.sequence_to_one else spec.t_out[row]
         sample = inputs.read(b, b + 1)
         stored = np.asarray(store.array[b, row, fo_index])  # (T, |f_in|)
-        reference = gradient_row(keras_model, sample, step, spec.f_out[fo_index])[:, list(spec.f_in)]
+        reference = backend.gradient_row(loaded, sample, step, spec.f_out[fo_index])[:, list(spec.f_in)]
         scale = max(float(np.abs(reference).max()), 1e-30)
         gradient_errors.append(float(np.abs(stored - _as_stored(spec, reference, step)).max()) / scale)
         if model64 is not None and i < 4:
@@ -132,7 +132,7 @@ def _check_samples(
             first = max(0, last - spec.max_lag + 1) if spec.max_lag is not None else 0
             t_in = int(rng.integers(first, last + 1))
             fi_index = int(rng.integers(len(spec.f_in)))
-            value = central_difference(model64, sample, step, spec.f_out[fo_index], t_in, spec.f_in[fi_index])
+            value = backend.central_difference(model64, sample, step, spec.f_out[fo_index], t_in, spec.f_in[fi_index])
             position = last - t_in if spec.layout == "lag" else t_in
             difference_errors.append(abs(float(stored[position, fi_index]) - value) / scale)
     report.rows_checked = len(gradient_errors)

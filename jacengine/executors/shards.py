@@ -1,4 +1,5 @@
-"""Job-array shards: a deterministic, cost-balanced split of a plan's blocks over N processes.
+"""Job-array shards: a deterministic, cost-balanced split of a plan's blocks over N processes,
+and the executor that runs one shard's blocks (:class:`ShardExecutor`).
 
 Every shard of a job array computes the same assignment from the stored plan alone, so shards
 need no coordination: shard I computes the pending blocks among those assigned to I. The split
@@ -15,9 +16,10 @@ from __future__ import annotations
 import heapq
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from jacengine.errors import InputError
+from jacengine.executors.base import Executor, ShouldStop, Task
 from jacengine.planning.blocks import Block, Plan
 from jacengine.planning.costmodel import CostModel
 from jacengine.planning.spec import JacobianSpec
@@ -73,3 +75,18 @@ def assign_blocks(spec: JacobianSpec, plan: Plan, count: int) -> list[list[Block
 def shard_blocks(spec: JacobianSpec, plan: Plan, index: int, count: int) -> list[Block]:
     check_shard(index, count)
     return assign_blocks(spec, plan, count)[index]
+
+
+class ShardExecutor:
+    """Runs only shard ``index`` of ``count``'s blocks, with ``inner`` (any executor). Shards of
+    a job array run at the same time on one store, so it is always ``concurrent``."""
+
+    concurrent = True
+
+    def __init__(self, inner: Executor, index: int, count: int) -> None:
+        self.inner = inner
+        self.index, self.count = check_shard(index, count)
+
+    def run(self, task: Task, blocks: Sequence[Block], should_stop: ShouldStop = lambda: False) -> int:
+        mine = {b.index for b in shard_blocks(task.spec, task.plan, self.index, self.count)}
+        return self.inner.run(task, [b for b in blocks if b.index in mine], should_stop)

@@ -18,7 +18,7 @@ from jacengine.planning.blocks import Block
 
 log = logging.getLogger("jacengine")
 
-ComputeBlock = Callable[[Block], np.ndarray]
+ComputeBlock = Callable[[Block], np.ndarray]  # a block's J from the block (what a task computes)
 
 
 def halves(block: Block) -> tuple[Block, Block, int]:

@@ -34,52 +34,37 @@ Command-line flags override the file. Unknown keys are refused (a typo must not 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jacengine.errors import InputError
-from jacengine.planning.selection import Selection, parse_selection_text
+from jacengine.errors import BudgetError, InputError
+from jacengine.options import RunOptions
 
 _PATH_KEYS = ("model", "inputs", "store")
-_SELECTION_KEYS = ("t_out", "f_out", "f_in")
 _SECTIONS = ("reduce", "job", "jobqueue")
 REDUCE_KEYS = {"ops", "window", "k", "fraction"}
 JOB_KEYS = {"shards", "time", "cpus", "memory", "partition", "account", "gpus", "setup", "directives", "requeue_signal_s"}
+CLUSTER_KINDS = ("slurm", "pbs")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
-    """A parsed config file; ``None`` means "not set" (the command's default applies)."""
+    """A parsed config file: the files, the run settings it sets (checked by
+    :class:`~jacengine.options.RunOptions`, defaults left to it) and its sections."""
 
     model: str | None = None
     inputs: str | None = None
     store: str | None = None
-    budget: str | int | None = None
-    t_out: Selection = None
-    f_out: Selection = None
-    f_in: Selection = None
-    causal: str | bool | None = None
-    method: str | None = None
-    layout: str | None = None
-    max_lag: int | None = None
-    store_dtype: str | None = None
-    precision: str | None = None
-    trust_model: bool | None = None
-    gpu_memory_limit: str | int | None = None
-    executor: str | None = None
-    scheduler: str | None = None
-    workers: int | None = None
     cluster: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)  # RunOptions fields, as written in the file
     reduce: dict[str, Any] = field(default_factory=dict)
     job: dict[str, Any] = field(default_factory=dict)
     jobqueue: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
-    def run_options(self) -> dict[str, Any]:
-        """The top-level settings that are set, by name."""
-        names = [f.name for f in fields(self) if f.name not in (*_SECTIONS, "path")]
-        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+    def options(self) -> RunOptions:
+        return RunOptions.from_mapping(self.settings)
 
 
 def load_config(path: str | Path) -> Config:
@@ -91,7 +76,7 @@ def load_config(path: str | Path) -> Config:
         raise InputError(f"config file {path} does not exist.") from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"config file {path} is not valid TOML: {exc}") from None
-    known = {f.name for f in fields(Config)} - {*_SECTIONS, "path"}
+    known = {*_PATH_KEYS, "cluster", *RunOptions.names()}
     unknown = sorted(set(raw) - known - set(_SECTIONS))
     if unknown:
         raise InputError(f"config file {path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}, "
@@ -102,10 +87,18 @@ def load_config(path: str | Path) -> Config:
         if extra:
             raise InputError(f"config file {path}: unknown key(s) {', '.join(extra)} in [{name}]; "
                              f"known: {', '.join(sorted(allowed))}.")
-    for key in _PATH_KEYS:
-        if key in raw:
-            raw[key] = str((path.parent / raw[key]).resolve()) if not Path(raw[key]).is_absolute() else raw[key]
-    for key in _SELECTION_KEYS:
-        if isinstance(raw.get(key), str):
-            raw[key] = parse_selection_text(raw[key])
-    return Config(**raw, **sections, path=path.resolve())
+    files = {key: _relative_to(path, raw.pop(key)) for key in _PATH_KEYS if key in raw}
+    cluster = raw.pop("cluster", None)
+    if cluster is not None and cluster not in CLUSTER_KINDS:
+        raise InputError(f"config file {path}: cluster = {cluster!r} is not one of {', '.join(CLUSTER_KINDS)}.")
+    try:
+        RunOptions.from_mapping(raw)  # refuse bad values now, not when a job starts
+    except (InputError, BudgetError) as exc:
+        raise InputError(f"config file {path}: {exc}") from None
+    return Config(model=files.get("model"), inputs=files.get("inputs"), store=files.get("store"), cluster=cluster,
+                  settings=raw, reduce=sections["reduce"], job=sections["job"], jobqueue=sections["jobqueue"],
+                  path=path.resolve())
+
+
+def _relative_to(config: Path, value: str) -> str:
+    return value if Path(value).is_absolute() else str((config.parent / value).resolve())

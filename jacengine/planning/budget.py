@@ -15,7 +15,7 @@ How a run holds it, in four steps, each in one place:
    :func:`~jacengine.planning.costmodel.choose_plan` takes the fastest chunk grid whose every
    block is predicted within the budget, and refuses a budget below
    :func:`~jacengine.planning.costmodel.minimum_budget` with the minimum in the message.
-2. **Calibration** (the backend's, e.g. :mod:`jacengine.tf.calibrate`). The line is measured on
+2. **Calibration** (the backend's, e.g. :mod:`jacengine.tf.probes`). The line is measured on
    probe blocks of the actual model on this machine, with the memory reader the backend runs on.
 3. **Trust region** (``max_work`` of ``choose_plan``). A plan never holds blocks more than a
    fixed factor larger than the largest block measured; the backend probes larger blocks until

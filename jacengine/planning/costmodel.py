@@ -1,14 +1,9 @@
 """Predict a block's peak memory and run time, and choose the chunk grid and block sizes.
 
-A reverse-mode block differentiates ``rows = n_t_out * n_f_out`` outputs for ``batch`` samples
-over ``watch`` input steps; pfor keeps one copy of the backward pass' intermediates per (sample,
-row), so memory and time grow with the "work" batch*rows*watch. A forward-mode block pushes one
-tangent per watched input (step, feature) through the forward pass of ``forward`` steps and
-keeps the block's result, so its work is batch*watch*n_f_in*(forward + rows) (see
-:func:`block_work`). A reverse-loop block runs its rows :data:`LOOP_PARALLEL_ROWS` at a time:
-its time grows with all its rows, its memory with that many (its "memory work"). The model is
-linear in the work plus a fixed cost (TensorFlow's tracing and runtime), times the allocator's
-pool factor:
+A block's memory and time grow with its "work", by its method's work formula
+(:mod:`jacengine.planning.methods`; e.g. reverse mode: samples x rows x prefix, since pfor
+keeps one backward pass per sample and row). The model is linear in the work plus a fixed cost
+(the backend's tracing and runtime), times the allocator's pool factor:
 
     peak_bytes = pool_factor * (fixed_bytes + bytes_per_work * memory work)
                  + retained_bytes_per_trace * (n_traces - 1)
@@ -20,7 +15,7 @@ dropped, so a plan with many traced shapes needs room for all of them by its las
 serves every shape (``one_trace``); such plans give each causal block its exact prefix.
 
 The coefficients start from a prior derived from the model's size and are calibrated by
-measuring a probe block on the actual model (see ``jacengine.tf.calibrate``).
+measuring probe blocks on the actual model (the backend's calibration, e.g. ``jacengine.tf.probes``).
 """
 
 from __future__ import annotations
@@ -44,6 +39,7 @@ from jacengine.planning.blocks import (
     make_plan,
     watch_buckets,
 )
+from jacengine.planning.methods import METHODS, BlockSize
 from jacengine.planning.spec import JacobianSpec
 
 
@@ -91,38 +87,18 @@ class CostModel:
         return dataclasses.asdict(self)
 
 
-LOOP_PARALLEL_ROWS = 16  # rows a reverse-loop block runs concurrently (jacengine.tf.methods uses it)
-# A loop block of 16 rows over 1000 steps of the seed LSTM took 1.49, 1.27, 1.40 and 1.63 s for
-# 4, 8, 16 and 32 samples: up to this many samples cost about the same time.
-LOOP_FREE_BATCH = 32
-
-
 def block_work(spec: JacobianSpec, batch: int, rows: int, prefix: int, watched: int | None = None,
                memory: bool = False) -> int:
     """The work of a block of ``batch`` samples and ``rows`` output steps that needs the first
     ``prefix`` input steps and differentiates ``watched`` of them (default: the whole prefix in
-    the full layout, the lag window of ``rows`` consecutive steps in the lag layout), under
-    ``spec.method``. One sample runs as two (``jacengine.tf.blocks`` works around a TensorFlow
-    bug with single-sample batches).
-
-    Reverse mode (pfor or loop) runs one backward pass over the prefix per output row: batch x
-    rows x F_out x prefix. Forward mode runs one forward pass per watched input direction and
-    keeps every direction's rows: batch x watched x F_in x (forward steps + rows x F_out).
-    With ``memory``, the work memory grows with: the same, except that a reverse-loop block holds
-    only :data:`LOOP_PARALLEL_ROWS` rows' backward passes at a time. A reverse-loop iteration
-    costs about the same time for up to :data:`LOOP_FREE_BATCH` samples, so its time work counts
-    batches of that many.
-    """
-    batch = max(batch, 2)
-    if spec.method == "reverse-loop" and memory:
-        rows = min(rows, math.ceil(LOOP_PARALLEL_ROWS / len(spec.f_out)))
-    elif spec.method == "reverse-loop":
-        batch = max(batch, LOOP_FREE_BATCH)
-    if spec.method != "forward":
-        return batch * rows * len(spec.f_out) * prefix
+    the full layout, the lag window of ``rows`` consecutive steps in the lag layout), by
+    ``spec.method``'s work formula (:mod:`jacengine.planning.methods`); with ``memory``, the
+    work its peak memory grows with, else its time."""
     if watched is None:
         watched = lag_window(spec, rows, prefix) if spec.layout == "lag" else prefix
-    return batch * watched * len(spec.f_in) * (forward_length(spec, prefix) + rows * len(spec.f_out))
+    size = BlockSize(batch=max(batch, 2), rows=rows, prefix=prefix, watched=watched,
+                     forward_steps=forward_length(spec, prefix), f_out=len(spec.f_out), f_in=len(spec.f_in))
+    return METHODS[spec.method].work(size, memory)
 
 
 BUCKET_CHOICES = (1, 2, 4, 8)
@@ -179,10 +155,10 @@ def plan_for_buckets(spec: JacobianSpec, cost: CostModel, budget_bytes: int, n_b
     smallest = cost.peak_bytes(spec, 1, 1, longest_watch)
     if smallest > usable:
         raise BudgetError(
-            f"the budget of {format_bytes(budget_bytes)} is below the minimum for this model and "
+            f"the budget of {format_bytes(int(budget_bytes))} is below the minimum for this model and "
             f"shape: one sample and one output step over {longest_watch} input steps is predicted "
-            f"to need {format_bytes(smallest)}. Raise the budget to at least "
-            f"{format_bytes(minimum_budget(spec, cost, n_buckets))}."
+            f"to need {format_bytes(int(smallest))}. Raise the budget to at least "
+            f"{format_bytes(int(minimum_budget(spec, cost, n_buckets)))}."
         )
     room = usable
     for _ in range(4):
@@ -193,7 +169,7 @@ def plan_for_buckets(spec: JacobianSpec, cost: CostModel, budget_bytes: int, n_b
         room = math.floor(room - excess)
     raise BudgetError(
         f"with {n_buckets} prefix buckets the traced shapes alone would retain more than the budget of "
-        f"{format_bytes(budget_bytes)}; raise the budget."
+        f"{format_bytes(int(budget_bytes))}; raise the budget."
     )
 
 

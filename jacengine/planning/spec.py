@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from jacengine.errors import InputError
+from jacengine.planning.methods import METHODS
 from jacengine.planning.selection import is_strictly_increasing
 
 LAYOUTS = ("full", "lag")  # lag: J[b, i, fo, l, fi] = d y[b, t_out[i], fo] / d x[b, t_out[i] - l, fi]
-# reverse: pfor-vectorised VJPs; reverse-loop: a while loop over rows; forward: vectorised JVPs
-METHODS = ("reverse", "reverse-loop", "forward")
 STORE_DTYPES = ("float32", "float64", "float16")  # float16: half the disk, rounding error recorded
 
 
@@ -38,7 +37,7 @@ class JacobianSpec:
         layout: "full" stores every input step (axis ``t_in``); "lag" stores lags 0..max_lag-1
             behind each output step (axis ``lag``), zero where the step would precede the input.
         max_lag: the lag window L of the "lag" layout (None for "full").
-        method: how blocks are differentiated, one of :data:`METHODS` (``auto`` is resolved to
+        method: how blocks are differentiated, one of :data:`jacengine.planning.methods.METHODS` (``auto`` is resolved to
             one of them before a spec exists).
         compute_dtype: the model's float dtype; store_dtype: the stored dtype.
     """
@@ -85,7 +84,7 @@ class JacobianSpec:
             raise InputError(f"layout={self.layout!r} is not one of {LAYOUTS}.")
         self._check_lag_window()
         if self.method not in METHODS:
-            raise InputError(f"method={self.method!r} is not one of {METHODS}.")
+            raise InputError(f"method={self.method!r} is not one of {', '.join(METHODS)}.")
         if self.store_dtype not in STORE_DTYPES:
             raise InputError(f"store_dtype={self.store_dtype!r} is not one of {STORE_DTYPES}.")
 

@@ -136,7 +136,7 @@ class BlockComputer:
             y = self._outputs(model_inputs(window))
             return tf.gather(tf.gather(y, rows, axis=1), self._f_out, axis=2)
 
-        return methods.METHODS[self.spec.method](outputs, x_watch, self._f_in)
+        return methods.DIFFERENTIATE[self.spec.method](outputs, x_watch, self._f_in)
 
     def _run(self, block: Block, x: tf.Tensor, start: int, stop: int, rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Call the block's compiled function; the first call of a function traces it, and is

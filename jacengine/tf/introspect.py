@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import gc
-from typing import Literal
-
 import keras
 import numpy as np
 
@@ -16,7 +14,6 @@ from jacengine.storage.inputs import Inputs
 from jacengine.tf.causality import probe_is_causal, why_not_causal
 from jacengine.tf.model import check_model
 
-Causal = Literal["auto"] | bool
 
 PROBE_SAMPLES = 2
 PROBE_STEPS = 24  # eager Keras RNNs cost milliseconds per step and call; structure shows on short inputs
@@ -29,7 +26,7 @@ def build_spec(
     t_out: Selection = None,
     f_out: Selection = None,
     f_in: Selection = None,
-    causal: Causal = "auto",
+    causal: bool | str = "auto",
     method: str = "auto",
     layout: str = "full",
     max_lag: int | None = None,
@@ -122,7 +119,7 @@ def check_connected(model: keras.Model, probe: np.ndarray, spec: JacobianSpec) -
 
 
 def _decide_causal(
-    model: keras.Model, probe: np.ndarray, causal: Causal, sequence_to_one: bool, aligned: bool
+    model: keras.Model, probe: np.ndarray, causal: bool | str, sequence_to_one: bool, aligned: bool
 ) -> tuple[bool, str]:
     if causal not in ("auto", True, False):
         raise InputError(f"causal must be 'auto', True or False, got {causal!r}.")

@@ -18,7 +18,7 @@
    measure larger blocks (:func:`refine`).
 
 Every probe is a block of a plan, and its result is kept: when the final plan contains the
-same block (:meth:`Calibrated.stored_results`), it is written rather than computed again.
+same block (:meth:`CalibratedMethod.stored_results`), it is written rather than computed again.
 """
 
 from __future__ import annotations
@@ -34,17 +34,18 @@ import numpy as np
 from jacengine.errors import BudgetError, MethodUnsupported
 from jacengine.planning.blocks import Block, Plan, make_plan
 from jacengine.planning.costmodel import PLANNED_FRACTION, CostModel, block_work, choose_plan
+from jacengine.planning.methods import METHODS
 from jacengine.planning.spec import JacobianSpec
 from jacengine.storage.inputs import Inputs
 from jacengine.tf.block_computer import BlockComputer
-from jacengine.tf.calibrate import Measurement, MemoryReader, calibrate, prior_cost
 from jacengine.tf.model import iter_layers
+from jacengine.tf.probes import Measurement, MemoryReader, measure_probe, prior_cost
 from jacengine.timing import phase
 
 log = logging.getLogger("jacengine")
 
-LOOP_FIRST = "reverse-loop"
-PFOR_METHODS = ("reverse", "forward")  # measured after the loop unless it wins outright
+LOOP_FIRST = next(name for name, method in METHODS.items() if not method.vectorised)
+PFOR_METHODS = tuple(name for name, method in METHODS.items() if method.vectorised)  # measured after the loop
 # A pfor trace took 3.6-4.1x the loop's trace on the seed LSTM; 3 leaves room for simpler models.
 PFOR_TRACE_FACTOR = 3.0
 # A pfor trace's peak was 3.0x the loop's first probe on the seed LSTM (118 vs 39 MiB): below 3x
@@ -63,7 +64,7 @@ _RECURRENT = (keras.layers.RNN, keras.layers.Bidirectional)  # LSTM, GRU, Simple
 
 
 @dataclass
-class Calibrated:
+class CalibratedMethod:
     """A method with its block computer, measured cost model and plan, and its probes' results."""
 
     spec: JacobianSpec
@@ -94,7 +95,7 @@ class Meters:
     process: Any  # jacengine.budget.ProcessMemory, or None on a GPU
 
 
-def calibrated(model: keras.Model, spec: JacobianSpec, meters: Meters, strict: bool = False) -> Calibrated:
+def calibrate_method(model: keras.Model, spec: JacobianSpec, meters: Meters, strict: bool = False) -> CalibratedMethod:
     """Measure probe blocks of ``spec.method`` and plan with the result: :func:`first_probe`,
     then :func:`refine`."""
     return refine(first_probe(model, spec, meters, strict), meters)
@@ -104,22 +105,22 @@ def _calibrating(spec: JacobianSpec) -> Any:
     return phase(f"calibrate {spec.method}")
 
 
-def first_probe(model: keras.Model, spec: JacobianSpec, meters: Meters, strict: bool = False) -> Calibrated:
+def first_probe(model: keras.Model, spec: JacobianSpec, meters: Meters, strict: bool = False) -> CalibratedMethod:
     """Trace the method and measure a first, cheap probe block; plan within the trust region
     around it."""
     with _calibrating(spec):
         return _first_probe(model, spec, meters, strict)
 
 
-def _first_probe(model: keras.Model, spec: JacobianSpec, meters: Meters, strict: bool) -> Calibrated:
+def _first_probe(model: keras.Model, spec: JacobianSpec, meters: Meters, strict: bool) -> CalibratedMethod:
     computer = BlockComputer(model, spec, strict=strict)
     prior = prior_cost(model, spec)
     probe, rate_probe = _slivers(spec, choose_plan(spec, prior, meters.budget_bytes, fallback_to_smallest=True))
-    cost, result, measurement = calibrate(
+    cost, result, measurement = measure_probe(
         computer, meters.inputs, probe, meters.tensors, meters.process, rate_probe=rate_probe,
         assumed_bytes_per_work=prior.bytes_per_work if rate_probe is not None else None)
     plan = choose_plan(spec, cost, meters.budget_bytes, max_work=TRUST_FACTOR * CostModel.work(spec, probe, memory=True))
-    return Calibrated(spec, computer, cost, plan, probe, {replace(probe, index=0): result}, measurement)
+    return CalibratedMethod(spec, computer, cost, plan, probe, {replace(probe, index=0): result}, measurement)
 
 
 def _slivers(spec: JacobianSpec, prior: Plan) -> tuple[Block, Block | None]:
@@ -137,11 +138,11 @@ def _slivers(spec: JacobianSpec, prior: Plan) -> tuple[Block, Block | None]:
     return slivers[0], slivers[1] if slivers[1] != slivers[0] else None
 
 
-def refine(start: Calibrated, meters: Meters) -> Calibrated:
+def refine(start: CalibratedMethod, meters: Meters) -> CalibratedMethod:
     """Measure the plan's first block while it is not a block measured already (plans pack their
     blocks to about the same predicted peak, so the first is representative, and the one a
     replanned grid is most likely to keep); each measurement refits the memory line (see
-    :func:`~jacengine.tf.calibrate.calibrate`) through it and the largest block measured before
+    :func:`~jacengine.tf.probes.measure_probe`) through it and the largest block measured before
     it since the trace: the first of these blocks is preceded by one of a quarter of its work.
 
     Memory is not quite linear in the work over large ranges (allocator pools, oneDNN scratch
@@ -155,7 +156,7 @@ def refine(start: Calibrated, meters: Meters) -> Calibrated:
         return _refine(start, meters)
 
 
-def _refine(start: Calibrated, meters: Meters) -> Calibrated:
+def _refine(start: CalibratedMethod, meters: Meters) -> CalibratedMethod:
     spec, computer, cost, probe = start.spec, start.computer, start.cost, start.probe
     results = dict(start.results)
     largest: Measurement | None = None  # the first probe's peak holds its trace: not a point of the line
@@ -170,18 +171,18 @@ def _refine(start: Calibrated, meters: Meters) -> Calibrated:
         quarter = _quarter(probe)
         if largest is None and quarter != probe:  # a second point for the line, a quarter of the work
             # the trace's transient peak is behind us: the fixed term is measured afresh from here
-            cost, _, largest = calibrate(computer, meters.inputs, quarter, meters.tensors, meters.process,
+            cost, _, largest = measure_probe(computer, meters.inputs, quarter, meters.tensors, meters.process,
                                          timed=replace(cost, fixed_bytes=0.0))
-        measured, result, measurement = calibrate(computer, meters.inputs, probe, meters.tensors, meters.process,
+        measured, result, measurement = measure_probe(computer, meters.inputs, probe, meters.tensors, meters.process,
                                                   timed=cost, earlier=largest)
         results[replace(probe, index=0)] = result
-        cost = measured  # a line through this probe and the largest before it (see calibrate)
+        cost = measured  # a line through this probe and the largest before it (see measure_probe)
         if largest is None or measurement.work >= largest.work:
             largest = measurement
         measured_work = max(measured_work, CostModel.work(spec, probe, memory=True))
         plan = choose_plan(spec, cost, meters.budget_bytes, max_work=TRUST_FACTOR * measured_work)
     computer.strict = False  # from here on a fallback on some other block shape only warns
-    return Calibrated(spec, computer, cost, plan, probe, results, largest or start.largest)
+    return CalibratedMethod(spec, computer, cost, plan, probe, results, largest or start.largest)
 
 
 def _quarter(block: Block) -> Block:
@@ -199,13 +200,13 @@ def forward_mode_cannot_work(model: keras.Model) -> str | None:
     return None
 
 
-def choose_method(model: keras.Model, spec: JacobianSpec, meters: Meters) -> tuple[Calibrated, str]:
+def choose_method(model: keras.Model, spec: JacobianSpec, meters: Meters) -> tuple[CalibratedMethod, str]:
     """The fastest method that works for ``model``, calibrated; and a one-line reason."""
-    working: list[tuple[Calibrated, int]] = []  # with the resident memory when it finished
+    working: list[tuple[CalibratedMethod, int]] = []  # with the resident memory when it finished
     dropped: list[str] = []
     budget_refusals: list[BudgetError] = []
 
-    def measure(method: str) -> Calibrated | None:
+    def measure(method: str) -> CalibratedMethod | None:
         try:
             candidate = first_probe(model, replace(spec, method=method), meters, strict=True)
         except MethodUnsupported as why:
@@ -219,7 +220,7 @@ def choose_method(model: keras.Model, spec: JacobianSpec, meters: Meters) -> tup
         working.append((candidate, _resident(meters)))
         return candidate
 
-    def predicted_seconds(candidate: Calibrated) -> float:
+    def predicted_seconds(candidate: CalibratedMethod) -> float:
         return candidate.cost.plan_seconds(candidate.spec, candidate.plan)
 
     loop = measure(LOOP_FIRST) if _loop_may_win(spec, meters.budget_bytes) else None
@@ -272,7 +273,7 @@ def _resident(meters: Meters) -> int:
     return meters.process.current_above_baseline() if meters.process is not None else 0
 
 
-def _charge_leftovers(chosen: Calibrated, resident_then: int, meters: Meters) -> Calibrated:
+def _charge_leftovers(chosen: CalibratedMethod, resident_then: int, meters: Meters) -> CalibratedMethod:
     """Probing a later candidate left traces resident that the chosen method's measurement did
     not see: add them to its fixed term (:func:`refine` plans with it)."""
     leftover = _resident(meters) - resident_then

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 
 import tensorflow as tf
 
-from jacengine.planning.costmodel import LOOP_PARALLEL_ROWS
+from jacengine.planning.methods import LOOP_PARALLEL_ROWS, METHODS
 
 Outputs = Callable[[tf.Tensor], tf.Tensor]
 _FALLBACK = re.compile(r"Using a while_loop for converting (\S+)")
@@ -71,8 +71,11 @@ def reverse_loop(outputs: Outputs, x_watch: tf.Tensor, f_in: tf.Tensor) -> tuple
     return reverse(outputs, x_watch, f_in, loop=True)
 
 
-Method = Callable[[Outputs, tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
-METHODS: dict[str, Method] = {"reverse": reverse, "reverse-loop": reverse_loop, "forward": forward}  # by spec.method
+Differentiate = Callable[[Outputs, tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+# by the names of jacengine.planning.methods.METHODS, where each method's work formula lives
+DIFFERENTIATE: dict[str, Differentiate] = {"reverse": reverse, "reverse-loop": reverse_loop, "forward": forward}
+if set(DIFFERENTIATE) != set(METHODS):
+    raise ImportError(f"jacengine.tf.methods differentiates {sorted(DIFFERENTIATE)}, the registry has {sorted(METHODS)}")
 
 
 @contextlib.contextmanager

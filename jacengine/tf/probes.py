@@ -1,4 +1,4 @@
-"""Calibrate the cost model by measuring a probe block on the actual model.
+"""Measure probe blocks on the actual model and fit the cost model to them.
 
 The probe is normally the plan's first block, so its trace is reused by the run and its result
 is stored rather than thrown away. Two readers measure it:
@@ -75,7 +75,7 @@ class Measurement:
     peak_bytes: int
 
 
-def calibrate(
+def measure_probe(
     computer: BlockComputer,
     inputs: Inputs,
     probe: Block,

@@ -1,6 +1,6 @@
 """Hand a model and inputs to worker processes: as files, since workers load their own copies.
 
-Paths given by the user are used as they are. A ``keras.Model`` or an in-memory array is
+Paths given by the user are used as they are. An in-memory model or array is
 written next to the store (workers must be able to reach the store anyway, so the folder is on
 a file system they share) and removed when the run ends.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,25 +20,20 @@ from jacengine.storage.inputs import Inputs
 
 
 @contextlib.contextmanager
-def staged_for_workers(model: Any, inputs: Any, store: Path) -> Iterator[tuple[str, str]]:
-    """Yields (model path, inputs path) that worker processes can open."""
+def staged_for_workers(model: Any, inputs: Any, store: Path, save_model: Callable[[Any, Path], str]) -> Iterator[tuple[str, str]]:
+    """Yields (model path, inputs path) that worker processes can open; ``save_model(model,
+    folder)`` writes an in-memory model (the backend's :meth:`~jacengine.backends.base.Backend.save`)."""
     if isinstance(model, (str, Path)) and isinstance(inputs, (str, Path)):
         yield str(Path(model).resolve()), str(Path(inputs).resolve())
         return
     store.parent.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=f".{store.name}.staging-", dir=store.parent))
     try:
-        model_path = str(Path(model).resolve()) if isinstance(model, (str, Path)) else _save_model(model, folder)
+        model_path = str(Path(model).resolve()) if isinstance(model, (str, Path)) else save_model(model, folder)
         inputs_path = str(Path(inputs).resolve()) if isinstance(inputs, (str, Path)) else _save_inputs(inputs, folder)
         yield model_path, inputs_path
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _save_model(model: Any, folder: Path) -> str:
-    path = folder / "model.keras"
-    model.save(path)
-    return str(path)
 
 
 def _save_inputs(inputs: Any, folder: Path) -> str:

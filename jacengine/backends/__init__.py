@@ -1,0 +1,63 @@
+"""Backends by name, imported only when used, each with an install hint.
+
+``get_backend("tensorflow")`` imports :mod:`jacengine.tf`; ``backend_for(model)`` asks each
+registered backend whether it recognises the model. A new framework registers here (or, from
+outside the package, with :func:`register_backend`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from jacengine.backends.base import Backend
+from jacengine.errors import InputError, ModelError
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    target: str  # "module:attribute" of a Backend instance
+    install_hint: str
+
+
+_REGISTRY: dict[str, BackendEntry] = {
+    "tensorflow": BackendEntry("jacengine.tf.backend:BACKEND", "pip install 'jacengine' (TensorFlow and Keras 3)"),
+}
+_LOADED: dict[str, Backend] = {}
+
+
+def register_backend(name: str, target: str, install_hint: str = "") -> None:
+    """Register a backend: ``target`` is "module:attribute" of an object implementing :class:`Backend`."""
+    _REGISTRY[name] = BackendEntry(target, install_hint)
+    _LOADED.pop(name, None)
+
+
+def backend_names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def get_backend(name: str) -> Backend:
+    """The backend registered as ``name``, imported on first use."""
+    if name not in _REGISTRY:
+        raise InputError(f"backend {name!r} is not one of {', '.join(_REGISTRY)}.")
+    if name not in _LOADED:
+        entry = _REGISTRY[name]
+        module_name, attribute = entry.target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ModelError(f"the {name} backend cannot be imported ({exc}); install it: {entry.install_hint}") from exc
+        _LOADED[name] = getattr(module, attribute)
+    return _LOADED[name]
+
+
+def backend_for(model: Any, name: str = "auto") -> Backend:
+    """The backend named ``name``, or with "auto" the first registered one that recognises
+    ``model``; TensorFlow when none does (its loader then says what it accepts)."""
+    if name != "auto":
+        return get_backend(name)
+    for candidate in _REGISTRY:
+        if candidate != "tensorflow" and get_backend(candidate).recognises(model):
+            return get_backend(candidate)
+    return get_backend("tensorflow")

@@ -1,0 +1,148 @@
+"""The contract between the engine and a differentiation framework: :class:`Backend`.
+
+The engine (planning, storage, executors, the API) knows blocks, budgets and stores; a backend
+knows a framework's models. TensorFlow (:mod:`jacengine.tf.backend`) is the one shipped; a
+second framework is one new package implementing this protocol plus one registry entry in
+:mod:`jacengine.backends`. ``tests/linear_backend.py`` is a complete example in plain numpy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from jacengine.planning.blocks import Block, Plan
+from jacengine.planning.costmodel import CostModel
+from jacengine.planning.spec import JacobianSpec
+
+if TYPE_CHECKING:
+    from jacengine.options import RunOptions
+    from jacengine.storage.inputs import Inputs
+
+
+class BlockComputer(Protocol):
+    """Computes J for one block from the inputs the block needs."""
+
+    def compute(self, block: Block, x: np.ndarray) -> np.ndarray:
+        """``x``: (block samples, forward steps, F_in) -> J of the block, in the store's layout and
+        ``spec.block_dtype``; raises :class:`~jacengine.errors.BlockOutOfMemory` when out of memory."""
+        ...
+
+
+@dataclass
+class Description:
+    """A model described for the planner: its spec, why it is (not) causal, and the model the
+    block computer differentiates (the backend may have rewritten it, e.g. for speed)."""
+
+    spec: JacobianSpec
+    causal_reason: str
+    block_model: Any
+
+
+@dataclass
+class Calibration:
+    """A method chosen and measured: the spec (with its method), cost model, plan within the
+    budget, the block computer, and the results of probe blocks that belong to the plan."""
+
+    spec: JacobianSpec
+    cost: CostModel
+    plan: Plan
+    computer: BlockComputer
+    reason: str
+    probe_results: dict[Block, np.ndarray] = field(default_factory=dict)
+
+
+class DirectionalProducts(Protocol):
+    """Sums of J against weights without J: one JVP (over inputs) or VJP (over outputs) per call."""
+
+    forward_mode_works: bool
+
+    def jvp(self, x: np.ndarray, weights: np.ndarray) -> np.ndarray: ...
+
+    def vjp(self, x: np.ndarray, weights: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the engine asks of a framework. Methods take the backend's own model objects (what
+    :meth:`load` returns) and jacengine's framework-neutral types."""
+
+    name: str
+
+    def recognises(self, model: Any) -> bool:
+        """Whether ``model`` (an object or a path) is this backend's, without importing the
+        framework unless it is already imported."""
+        ...
+
+    def worker_environment(self) -> dict[str, str]:
+        """Environment variables for worker processes jacengine starts (threads, kernels, logs)."""
+        ...
+
+    def configure(self, options: RunOptions) -> None:
+        """Set up devices before the first model is loaded (e.g. a GPU memory limit)."""
+        ...
+
+    def load(self, model: Any, options: RunOptions) -> Any:
+        """The model, loaded (safely: code in model files only with ``options.trust_model``),
+        vetted, and in float64 with ``options.precision == "float64"``."""
+        ...
+
+    def model_hash(self, model: Any) -> str:
+        """A hash of what the model computes (architecture and weights): resumes are refused
+        when it changes."""
+        ...
+
+    def save(self, model: Any, folder: Path) -> str:
+        """Write the model into ``folder`` for worker processes; returns the path they load."""
+        ...
+
+    def start_budget(self) -> Any:
+        """Start measuring the budget (the baseline is now) and return the memory readers that
+        :meth:`calibrate` measures probes with."""
+        ...
+
+    def describe(self, model: Any, inputs: Inputs, options: RunOptions) -> Description:
+        """The spec of J for ``model`` at ``inputs`` with the selections, layout and method of
+        ``options`` (method "auto" gives a provisional one), and the causality decision."""
+        ...
+
+    def calibrate(self, description: Description, inputs: Inputs, budget_bytes: int, meters: Any,
+                  method: str) -> Calibration:
+        """Measure probe blocks on the actual model and plan within the budget; ``method="auto"``
+        chooses the method too."""
+        ...
+
+    def prior_cost(self, description: Description) -> CostModel:
+        """A cost model from the model's size alone, for plans made without calibration."""
+        ...
+
+    def block_computer(self, description: Description) -> BlockComputer: ...
+
+    def float64_copy(self, model: Any) -> Any:
+        """The model in float64 (for finite differences in verification)."""
+        ...
+
+    def gradient_row(self, model: Any, sample: np.ndarray, step: int | None, feature: int) -> np.ndarray:
+        """d y[0, step, feature] / d x[0] for one sample (1, T, F): (T, F), computed the simplest
+        independent way (verification's reference)."""
+        ...
+
+    def central_difference(self, model: Any, sample: np.ndarray, step: int | None, f_out: int, t_in: int,
+                           f_in: int) -> float:
+        """One entry of J by central finite differences of the (float64) model."""
+        ...
+
+    def directional_products(self, model: Any) -> DirectionalProducts: ...
+
+
+@runtime_checkable
+class ExampleBackend(Backend, Protocol):
+    """A backend with a built-in example model, for ``jacengine demo``."""
+
+    def example_model(self, x_train: np.ndarray, y_train: np.ndarray, epochs: int) -> tuple[Any, float | None]:
+        """The seed problem's model, trained for ``epochs`` on (x_train, y_train) (0: untrained);
+        returns it and its final training loss (None when untrained)."""
+        ...

@@ -1,0 +1,84 @@
+"""The differentiation methods, by name: what each does and how its work grows with a block.
+
+A method is three things: a row here (name, description, work formula, whether it vectorises
+with pfor), the backend's function that differentiates a block that way (for TensorFlow,
+:data:`jacengine.tf.methods.DIFFERENTIATE`), and nothing else: the spec, the CLI, the Python
+API, the cost model, ``method="auto"`` and the benchmarks all read this registry.
+
+The work formula is what a block's memory and time grow with (see
+:mod:`jacengine.planning.costmodel`): the cost model is ``fixed + per-work x work``, calibrated
+per method on the actual model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# rows a reverse-loop block differentiates concurrently (its while loop's parallel iterations)
+LOOP_PARALLEL_ROWS = 16
+# A reverse-loop iteration costs about the same time for up to this many samples (the loop
+# vectorises over samples only), so its time work counts batches of that many.
+LOOP_FREE_BATCH = 32
+
+
+@dataclass(frozen=True)
+class BlockSize:
+    """The sizes a work formula needs: ``batch`` samples (at least two: one runs as two, see
+    :mod:`jacengine.tf.block_computer`), ``rows`` output steps of ``f_out`` features each, the
+    ``prefix`` of input steps the backward pass runs over, the ``watched`` input steps
+    differentiated (of ``f_in`` features each) and the ``forward_steps`` fed to the model."""
+
+    batch: int
+    rows: int
+    prefix: int
+    watched: int
+    forward_steps: int
+    f_out: int
+    f_in: int
+
+
+def _reverse(size: BlockSize, memory: bool) -> int:
+    """One backward pass over the prefix per output row, all rows at once."""
+    return size.batch * size.rows * size.f_out * size.prefix
+
+
+def _reverse_loop(size: BlockSize, memory: bool) -> int:
+    """The same backward passes, :data:`LOOP_PARALLEL_ROWS` rows' at a time (memory), and batches
+    of :data:`LOOP_FREE_BATCH` samples cost alike (time)."""
+    if memory:
+        rows = min(size.rows, math.ceil(LOOP_PARALLEL_ROWS / size.f_out))
+        return size.batch * rows * size.f_out * size.prefix
+    return max(size.batch, LOOP_FREE_BATCH) * size.rows * size.f_out * size.prefix
+
+
+def _forward(size: BlockSize, memory: bool) -> int:
+    """One forward pass per watched input direction, each keeping the block's rows."""
+    return size.batch * size.watched * size.f_in * (size.forward_steps + size.rows * size.f_out)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    description: str
+    work: Callable[[BlockSize, bool], int]  # (sizes, memory) -> memory work or time work
+    vectorised: bool  # pfor: fast where it converts every op, holds every row at once
+
+
+METHODS: dict[str, Method] = {
+    method.name: method
+    for method in (
+        Method("reverse", "pfor-vectorised VJPs, one per output row", _reverse, vectorised=True),
+        Method("reverse-loop", "VJPs in a while loop; slower, works wherever gradients do", _reverse_loop,
+               vectorised=False),
+        Method("forward", "pfor-vectorised JVPs, one per watched input; for few inputs and many outputs", _forward,
+               vectorised=True),
+    )
+}
+METHOD_CHOICES = ("auto", *METHODS)  # "auto": measure each on probe blocks, take the fastest that works
+
+
+def describe_methods() -> str:
+    """One line per method, for help texts."""
+    return "; ".join(f"{m.name} ({m.description})" for m in METHODS.values())

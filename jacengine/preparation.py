@@ -1,0 +1,128 @@
+"""Everything decided before the first block is stored: the spec, the plan within the budget,
+the fingerprint that guards resumes, and the live computation that fills blocks.
+
+This is where the engine meets a backend (:mod:`jacengine.backends`): it loads the model,
+describes it, calibrates and plans through the backend's protocol, and knows no framework.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from jacengine.backends import backend_for
+from jacengine.backends.base import BlockComputer
+from jacengine.options import RunOptions
+from jacengine.planning.blocks import Block, Plan
+from jacengine.planning.budget import BUDGET_DEFINITION
+from jacengine.planning.costmodel import CostModel, choose_plan, minimum_budget, predicted_peak, predicted_store_bytes
+from jacengine.planning.spec import JacobianSpec
+from jacengine.storage.inputs import Inputs, InputsLike
+from jacengine.storage.store import FORMAT_VERSION, JacobianStore
+from jacengine.timing import phase
+
+
+@dataclass
+class Computation:
+    """The live half of a preparation: reads a block's inputs and computes its J."""
+
+    inputs: Inputs
+    computer: BlockComputer
+
+    def __call__(self, block: Block) -> np.ndarray:
+        x = self.inputs.read(block.batch_start, block.batch_stop, block.forward_steps)
+        return self.computer.compute(block, x)
+
+
+@dataclass
+class Prepared:
+    """What a run decided (plain data), with the computation that carries it out."""
+
+    spec: JacobianSpec
+    causal_reason: str
+    method_reason: str
+    cost: CostModel
+    plan: Plan
+    budget_bytes: int
+    fingerprint: dict[str, Any]
+    computation: Computation
+    probe_results: dict[Block, np.ndarray] = field(default_factory=dict)  # calibration's blocks of this plan
+
+    def summary(self) -> dict[str, Any]:
+        """What ``jacengine plan`` prints: blocks and predictions, nothing computed."""
+        return {
+            "shape": list(self.spec.shape),
+            "causal": self.spec.causal,
+            "causal_reason": self.causal_reason,
+            "method": self.spec.method,
+            "method_reason": self.method_reason,
+            "chunks": list(self.plan.chunks(self.spec)),
+            "blocks": len(self.plan.blocks),
+            "block_shapes": [list(k) for k in self.plan.shape_keys],
+            "traces": self.cost.traces(self.plan),
+            "budget_bytes": self.budget_bytes,
+            "minimum_budget_bytes": minimum_budget(self.spec, self.cost),
+            "budget_definition": BUDGET_DEFINITION,
+            "predicted_peak_bytes": int(predicted_peak(self.spec, self.plan, self.cost)),
+            "predicted_store_bytes": predicted_store_bytes(self.spec, self.plan),
+            "predicted_seconds": round(self.cost.plan_seconds(self.spec, self.plan), 2),
+            "cost_model": self.cost.to_dict(),
+        }
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def prepare(model: Any, inputs: InputsLike, options: RunOptions, *, calibrate: bool = True) -> Prepared:
+    """Load, describe, calibrate and plan: everything but the blocks themselves.
+
+    Without ``calibrate`` the plan comes from the backend's prior cost model and the spec's
+    method as given ("auto": the spec's provisional one); resumes and workers use the store's plan.
+    """
+    backend = backend_for(model, options.backend)
+    backend.configure(options)
+    with phase("load model and inputs"):
+        loaded = backend.load(model, options)
+        source = Inputs(inputs)
+        inputs_hash = source.content_hash()  # also refuses NaN/Inf, before any work
+    # the budget counts from here: the model is loaded and the inputs opened and scanned
+    # (pages of a memory-mapped .npy that the scan touched belong to the baseline)
+    meters = backend.start_budget()
+    with phase("spec and causality probe"):
+        description = backend.describe(loaded, source, options)
+    if calibrate:
+        chosen = backend.calibrate(description, source, options.budget_bytes, meters, options.method)
+        spec, cost, plan, computer = chosen.spec, chosen.cost, chosen.plan, chosen.computer
+        method_reason, probe_results = chosen.reason, chosen.probe_results
+    else:
+        spec, cost = description.spec, backend.prior_cost(description)
+        plan = choose_plan(spec, cost, options.budget_bytes, fallback_to_smallest=True)
+        computer, method_reason, probe_results = backend.block_computer(description), f"method {spec.method}", {}
+    fingerprint = {
+        "format": FORMAT_VERSION,
+        "model": backend.model_hash(loaded),
+        "inputs": inputs_hash,
+        "spec": _sha(spec.to_json()),
+        "grid": list(plan.grid),
+        "dtypes": f"{spec.compute_dtype}->{spec.store_dtype}",
+    }
+    return Prepared(spec, description.causal_reason, method_reason, cost, plan, options.budget_bytes, fingerprint,
+                    Computation(source, computer), probe_results)
+
+
+def prepare_for_store(model: Any, inputs: InputsLike, store: JacobianStore, options: RunOptions) -> Prepared:
+    """Prepare to compute into an existing ``store``, refusing one made from anything else.
+
+    Settings left at "auto" (causal, method) take the store's decisions instead of probing again:
+    a causality probe is bitwise and a method choice is timed, so either could decide otherwise
+    in another process (a dask worker's single thread, a resumed run on a busy machine). Nothing
+    is calibrated: the store's plan is the plan.
+    """
+    settled = {name: getattr(store.spec, name) for name in ("causal", "method") if getattr(options, name) == "auto"}
+    prepared = prepare(model, inputs, options.replace(**settled), calibrate=False)
+    store.check_fingerprint(dict(prepared.fingerprint, grid=store.fingerprint.get("grid")))
+    return prepared

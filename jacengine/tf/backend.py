@@ -1,0 +1,126 @@
+"""TensorFlow as a :class:`~jacengine.backends.base.Backend`: Keras 3 models and ``.keras`` files."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from jacengine.backends.base import Calibration, Description
+from jacengine.memory import ProcessMemory, return_large_frees_to_the_os
+from jacengine.options import RunOptions
+from jacengine.planning.budget import parse_budget
+from jacengine.planning.costmodel import CostModel
+from jacengine.storage.inputs import Inputs
+from jacengine.tf import model as models
+from jacengine.tf import reference
+from jacengine.tf.block_computer import BlockComputer
+from jacengine.tf.introspect import PROBE_SAMPLES, PROBE_STEPS, build_spec
+from jacengine.tf.memory import TensorMemory, compute_device, configure_gpus
+from jacengine.tf.method_choice import Meters, calibrate_method, choose_method
+from jacengine.tf.probes import prior_cost
+from jacengine.tf.products import LinearFunctionals
+from jacengine.tf.rewrite import without_time_distributed_dense
+from jacengine.tf.zoo import seed_model
+
+# One thread per worker process: TensorFlow would otherwise start a pool as wide as the machine
+# in every worker, and the workers would fight over the cores.
+WORKER_ENV = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1",
+              "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+@dataclass(frozen=True)
+class BudgetMeters:
+    """The readers a calibration measures with: TensorFlow's tensor statistics on the compute
+    device, and on CPU this process's resident memory (the budgeted quantity there)."""
+
+    tensors: TensorMemory
+    process: ProcessMemory | None
+
+
+class TensorFlowBackend:
+    name = "tensorflow"
+
+    def recognises(self, model: Any) -> bool:
+        if isinstance(model, (str, Path)):
+            return Path(model).suffix == ".keras"
+        return isinstance(model, keras.Model)
+
+    def worker_environment(self) -> dict[str, str]:
+        # the workers use the kernels this process uses (oneDNN off unless the user's process has it on)
+        return dict(WORKER_ENV, TF_ENABLE_ONEDNN_OPTS=os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1"))
+
+    def configure(self, options: RunOptions) -> None:
+        limit = options.gpu_memory_limit
+        configure_gpus(parse_budget(limit) if limit is not None else None)
+
+    def load(self, model: Any, options: RunOptions) -> keras.Model:
+        loaded = models.load_model(model, trust_model=options.trust_model)
+        return models.float64_copy(loaded) if options.precision == "float64" else loaded
+
+    def model_hash(self, model: keras.Model) -> str:
+        return models.model_hash(model)
+
+    def save(self, model: keras.Model, folder: Path) -> str:
+        path = folder / "model.keras"
+        model.save(path)
+        return str(path)
+
+    def start_budget(self) -> BudgetMeters:
+        device = compute_device()
+        process = ProcessMemory() if device.startswith("CPU") else None
+        if process is not None:
+            return_large_frees_to_the_os()  # resident memory then tracks what blocks hold (see jacengine.memory)
+            process.set_baseline()
+        return BudgetMeters(TensorMemory(device), process)
+
+    def describe(self, model: keras.Model, inputs: Inputs, options: RunOptions) -> Description:
+        spec, reason = build_spec(
+            model, inputs, t_out=options.t_out, f_out=options.f_out, f_in=options.f_in, causal=options.causal,
+            method=options.method, layout=options.layout, max_lag=options.max_lag, store_dtype=options.store_dtype)
+        probe_inputs = inputs.read(0, PROBE_SAMPLES, PROBE_STEPS if spec.truncatable else None).astype(spec.compute_dtype)
+        return Description(spec, reason, without_time_distributed_dense(model, probe_inputs))
+
+    def calibrate(self, description: Description, inputs: Inputs, budget_bytes: int, meters: BudgetMeters,
+                  method: str) -> Calibration:
+        measured = Meters(inputs, budget_bytes, meters.tensors, meters.process)
+        if method == "auto":
+            chosen, reason = choose_method(description.block_model, description.spec, measured)
+        else:
+            chosen = calibrate_method(description.block_model, description.spec, measured)
+            reason = f"method {method} (as requested)"
+        return Calibration(chosen.spec, chosen.cost, chosen.plan, chosen.computer, reason, chosen.stored_results())
+
+    def prior_cost(self, description: Description) -> CostModel:
+        return prior_cost(description.block_model, description.spec)
+
+    def block_computer(self, description: Description) -> BlockComputer:
+        return BlockComputer(description.block_model, description.spec)
+
+    def float64_copy(self, model: keras.Model) -> keras.Model:
+        return models.float64_copy(model)
+
+    def gradient_row(self, model: keras.Model, sample: np.ndarray, step: int | None, feature: int) -> np.ndarray:
+        return reference.gradient_row(model, sample, step, feature)
+
+    def central_difference(self, model: keras.Model, sample: np.ndarray, step: int | None, f_out: int, t_in: int,
+                           f_in: int) -> float:
+        return reference.central_difference(model, sample, step, f_out, t_in, f_in)
+
+    def directional_products(self, model: keras.Model) -> LinearFunctionals:
+        return LinearFunctionals(model)
+
+    def example_model(self, x_train: np.ndarray, y_train: np.ndarray, epochs: int) -> tuple[keras.Model, float | None]:
+        model = seed_model()
+        if not epochs:
+            return model, None
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+        history = model.fit(x_train, y_train, batch_size=64, epochs=epochs, verbose=0)
+        return model, float(history.history["loss"][-1])
+
+
+BACKEND = TensorFlowBackend()
