@@ -17,8 +17,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 _M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 MMAP_THRESHOLD_BYTES = 2**20
 _STATUS = Path("/proc/self/status")
@@ -54,6 +52,8 @@ def release_free_heap() -> None:
 
 def resident_bytes() -> int:
     """Resident memory of this process now."""
+    import psutil  # imported on use: ``import jacengine`` stays light (psutil on Linux imports resource)
+
     return int(psutil.Process().memory_info().rss)
 
 
@@ -63,6 +63,8 @@ def peak_resident_bytes() -> int:
         for line in _STATUS.read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
+    import psutil
+
     info = psutil.Process().memory_info()
     if hasattr(info, "peak_wset"):  # Windows
         return int(info.peak_wset)

@@ -38,7 +38,7 @@ def test_compute_status_plan_on_files(tmp_path) -> None:
     summary = json.loads(result.output)
     assert summary["shape"] == [3, 10, 1, 4, 1] and summary["method"] == "reverse-loop"
     result = runner.invoke(main, [*lag_plan[:-4], "four", "--json"])
-    assert result.exit_code == 2 and "--max-lag must be a positive integer" in result.output
+    assert result.exit_code == 2 and "Invalid value for '--max-lag'" in result.output
 
     out = tmp_path / "j.zarr"
     result = runner.invoke(main, ["compute", *files, "--out", str(out), "--t-out", "2:10:3", "--no-progress"])

@@ -87,7 +87,7 @@ def test_kill_between_data_write_and_manifest_then_resume(files, tmp_path) -> No
     block = store.plan.blocks[5]
     store.forget_blocks([block.index])
     garbage = np.full(store.read_block(block).shape, 123.0, dtype="float32")
-    store.array[block.batch_start : block.batch_stop, block.row_start : block.row_stop, :, : block.t_in_stop, :] = garbage
+    store.array[block.batch_start : block.batch_stop, block.row_start : block.row_stop, :, : block.in_stop, :] = garbage
     (tmp_path / "torn.zarr" / "jacobian" / "c" / "0.partial").write_bytes(b"torn")
     jacengine.compute(model, directory / "x.npy", tmp_path / "torn.zarr", progress=False)
     assert store_hash(tmp_path / "torn.zarr") == reference

@@ -81,7 +81,7 @@ def test_one_trace_serves_every_block_shape(model, x, tmp_path) -> None:
     full = reference_jacobian(model, x)
     for block in plan.blocks:
         values = prepared.computation.computer.compute(block, x[block.batch_start : block.batch_stop, : block.forward_steps])
-        expected = full[block.batch_start : block.batch_stop, block.row_start : block.row_stop, :, : block.t_in_stop]
+        expected = full[block.batch_start : block.batch_stop, block.row_start : block.row_stop, :, : block.in_stop]
         np.testing.assert_allclose(values, expected, rtol=0, atol=1e-5 * np.abs(full).max())
     assert prepared.computation.computer.polymorphic and prepared.computation.computer.trace_count == 1
 
@@ -103,7 +103,7 @@ def test_a_model_wrong_with_open_shapes_falls_back_to_static_shapes(x) -> None:
     block = dataclasses.replace(prepared.plan.blocks[-1])
     values = computer.compute(block, x[block.batch_start : block.batch_stop, : block.forward_steps])
     full = reference_jacobian(wrapped, x)
-    expected = full[block.batch_start : block.batch_stop, block.row_start : block.row_stop, :, : block.t_in_stop]
+    expected = full[block.batch_start : block.batch_stop, block.row_start : block.row_stop, :, : block.in_stop]
     assert not computer.polymorphic
     np.testing.assert_allclose(values, expected, rtol=0, atol=1e-5 * np.abs(full).max())
 

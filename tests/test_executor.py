@@ -30,7 +30,7 @@ def reference_values(block: Block) -> np.ndarray:
     """A deterministic fake Jacobian: value = 1000 b + 10 row + t_in (zero above the diagonal)."""
     b = np.arange(block.batch_start, block.batch_stop)[:, None, None, None, None]
     r = np.arange(block.row_start, block.row_stop)[None, :, None, None, None]
-    t = np.arange(block.t_in_stop)[None, None, None, :, None]
+    t = np.arange(block.in_stop)[None, None, None, :, None]
     return np.where(t <= r, 1000 * b + 10 * r + t, 0).astype("float32")
 
 

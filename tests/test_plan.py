@@ -49,14 +49,14 @@ def test_blocks_cover_every_entry_once_on_chunk_boundaries(case) -> None:
         assert block.batch_start % grid["batch_chunk"] == 0
         assert block.row_start % grid["t_out_chunk"] == 0
         assert block.row_stop % grid["t_out_chunk"] == 0 or block.row_stop == len(spec.t_out)
-        assert block.t_in_stop % grid["t_in_chunk"] == 0 or block.t_in_stop == spec.input_steps
+        assert block.in_stop % grid["t_in_chunk"] == 0 or block.in_stop == spec.input_steps
         last_step = spec.t_out[block.row_stop - 1]
         if spec.causal:
             # every input step an output of the block can depend on is watched and written
-            assert block.watch_steps > last_step and block.t_in_stop > last_step
+            assert block.watch_steps > last_step and block.in_stop > last_step
             assert block.forward_steps == (block.watch_steps if spec.truncatable else spec.input_steps)
         else:
-            assert block.watch_steps == block.t_in_stop == block.forward_steps == spec.input_steps
+            assert block.watch_steps == block.in_stop == block.forward_steps == spec.input_steps
         assert block.compute_batch >= block.n_batch and block.compute_rows >= block.n_rows
     assert (cover == 1).all()
     # bounded tracing: one compiled shape per prefix bucket
@@ -73,7 +73,7 @@ def test_lag_windows_hold_every_lag_and_fit_the_prefix(case, max_lag) -> None:
     cover = np.zeros((spec.batch, len(spec.t_out)), dtype=int)
     for block in plan.blocks:
         cover[block.batch_start : block.batch_stop, block.row_start : block.row_stop] += 1
-        assert block.t_in_stop == spec.max_lag  # every block writes its rows' whole lag axis
+        assert block.in_stop == spec.max_lag  # every block writes its rows' whole lag axis
         start = window_start(spec, block)
         assert 0 <= start and start + block.watch_steps <= block.forward_steps
         for step in spec.t_out[block.row_start : block.row_stop]:
@@ -100,7 +100,7 @@ def test_a_work_cap_bounds_every_block_and_only_shrinks_them(causal) -> None:
 def test_causal_plan_skips_the_upper_triangle() -> None:
     spec = make_spec(4, 100, tuple(range(100)), causal=True)
     plan = make_plan(spec, batch_chunk=4, t_out_chunk=10, t_in_chunk=10, chunks_per_block=lambda w: 1, n_buckets=10)
-    assert [b.t_in_stop for b in plan.blocks] == list(range(10, 101, 10))
+    assert [b.in_stop for b in plan.blocks] == list(range(10, 101, 10))
     assert len(plan.shape_keys) == 10
 
 

@@ -1,12 +1,12 @@
 """How to compute: the chunk grid and the list of blocks. Pure Python, no TensorFlow/zarr/dask.
 
 A block is a batch range times a run of whole t_out chunks. It writes the t_in chunks
-[0, t_in_stop) of its rows and nothing else, so blocks never share a chunk and may run in any
+[0, in_stop) of its rows and nothing else, so blocks never share a chunk and may run in any
 order, in any process, any number of times.
 
 For a causal model the outputs of a block ending at step t cannot depend on inputs after t, so
 its Jacobian is taken with respect to the input prefix x[:, :watch_steps] only, and chunks of the
-upper triangle beyond ``t_in_stop`` are never written (zarr returns the fill value 0 for them).
+upper triangle beyond ``in_stop`` are never written (zarr returns the fill value 0 for them).
 When one compiled function serves every block shape (``exact_prefixes``), ``watch_steps`` is the
 whole t_in chunks the block's last row needs; otherwise it is rounded up to one of a few bucket
 lengths so that the number of distinct block shapes, and of traces, stays small.
@@ -31,10 +31,12 @@ from jacengine.planning.spec import JacobianSpec
 
 @dataclass(frozen=True)
 class Block:
-    """One unit of work: J[batch_start:batch_stop, row_start:row_stop, :, :t_in_stop, :].
+    """One unit of work: J[batch_start:batch_stop, row_start:row_stop, :, :in_stop, :].
 
     ``row_*`` index the stored t_out axis (the selection), not model time steps.
-    ``t_in_stop`` is the written extent of the fourth axis (t_in, or the whole lag axis).
+    ``in_stop`` is the written extent of the stored fourth axis: input steps ``t_in`` in the
+    full layout, the whole ``lag`` axis in the lag layout (stored as ``t_in_stop`` in the
+    store's plan, format v1).
     ``watch_steps`` is the input prefix differentiated (in the lag layout: the window of
     inputs); ``forward_steps`` the input length fed to the model (equal to the prefix when the
     model accepts truncated sequences).
@@ -49,7 +51,7 @@ class Block:
     batch_stop: int
     row_start: int
     row_stop: int
-    t_in_stop: int
+    in_stop: int
     watch_steps: int
     forward_steps: int
     compute_batch: int
@@ -104,12 +106,21 @@ class Plan:
             "batch_chunk": self.batch_chunk,
             "t_out_chunk": self.t_out_chunk,
             "t_in_chunk": self.t_in_chunk,
-            "blocks": [dataclasses.asdict(b) for b in self.blocks],
+            "blocks": [_stored_block(dataclasses.asdict(b)) for b in self.blocks],
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:
-        return cls(**data)
+        blocks = tuple(Block(**{_FIELD_OF_KEY.get(k, k): v for k, v in b.items()}) for b in data["blocks"])
+        return cls(**{**data, "blocks": blocks})
+
+
+_FIELD_OF_KEY = {"t_in_stop": "in_stop"}  # the store's key (format v1) -> Block's field
+
+
+def _stored_block(fields: dict[str, Any]) -> dict[str, Any]:
+    keys = {field: key for key, field in _FIELD_OF_KEY.items()}
+    return {keys.get(name, name): value for name, value in fields.items()}
 
 
 def default_time_chunk(steps: int, target_chunks: int = 16) -> int:
@@ -185,17 +196,17 @@ def make_plan(
         buckets = watch_buckets(spec, default_time_chunk(spec.input_steps) if lag else t_in_chunk, n_buckets)
 
     def prefix_of_chunk(j: int) -> tuple[int, int]:
-        """(t_in_stop, prefix) needed by t_out chunk j."""
+        """(in_stop, prefix) needed by t_out chunk j."""
         extent = spec.in_axis_length
         if not spec.causal:
             return extent, spec.input_steps
         last_row = min(n_rows, (j + 1) * t_out_chunk) - 1
         needed = spec.t_out[last_row] + 1
-        t_in_stop = extent if lag else min(extent, math.ceil(needed / t_in_chunk) * t_in_chunk)
-        return t_in_stop, next(length for length in buckets if length >= needed)
+        in_stop = extent if lag else min(extent, math.ceil(needed / t_in_chunk) * t_in_chunk)
+        return in_stop, next(length for length in buckets if length >= needed)
 
     n_chunks = math.ceil(n_rows / t_out_chunk)
-    row_runs: list[tuple[int, int, int, int]] = []  # (row_start, row_stop, t_in_stop, watch)
+    row_runs: list[tuple[int, int, int, int]] = []  # (row_start, row_stop, in_stop, watch)
     j = 0
     while j < n_chunks:
         watch = prefix_of_chunk(j)[1]
@@ -221,7 +232,7 @@ def make_plan(
             span = spec.t_out[row_stop - 1] - spec.t_out[row_start] + 1
             window_per_watch[watch] = max(window_per_watch.get(watch, 0), lag_window(spec, span, watch))
     blocks: list[Block] = []
-    for row_start, row_stop, t_in_stop, watch in row_runs:
+    for row_start, row_stop, in_stop, watch in row_runs:
         for batch_start in range(0, spec.batch, batch_chunk):
             blocks.append(
                 Block(
@@ -230,7 +241,7 @@ def make_plan(
                     batch_stop=min(spec.batch, batch_start + batch_chunk),
                     row_start=row_start,
                     row_stop=row_stop,
-                    t_in_stop=t_in_stop,
+                    in_stop=in_stop,
                     watch_steps=window_per_watch[watch] if lag else watch,
                     forward_steps=forward_length(spec, watch),
                     compute_batch=min(batch_chunk, spec.batch),

@@ -268,4 +268,4 @@ def predicted_store_bytes(spec: JacobianSpec, plan: Plan) -> int:
     """Bytes written to disk: the written extent of every block (uncompressed)."""
     itemsize = {"float64": 8, "float32": 4, "float16": 2}[spec.store_dtype]
     per_entry = len(spec.f_out) * len(spec.f_in) * itemsize
-    return sum(b.n_batch * b.n_rows * b.t_in_stop * per_entry for b in plan.blocks)
+    return sum(b.n_batch * b.n_rows * b.in_stop * per_entry for b in plan.blocks)

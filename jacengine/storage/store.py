@@ -213,7 +213,7 @@ class JacobianStore:
         The manifest entry is written after the data, so a crash in between leaves the block
         pending and a resume recomputes it; rewriting a block leaves identical bytes.
         """
-        expected = (block.n_batch, block.n_rows, len(self.spec.f_out), block.t_in_stop, len(self.spec.f_in))
+        expected = (block.n_batch, block.n_rows, len(self.spec.f_out), block.in_stop, len(self.spec.f_in))
         if data.shape != expected:
             raise ValueError(f"block {block.index} data has shape {data.shape}, expected {expected}")
         with phase("store write"):
@@ -224,7 +224,7 @@ class JacobianStore:
             stored = np.ascontiguousarray(data, dtype=self.array.dtype)
         if self.array.dtype == np.float16:
             self._record_rounding(block, data, stored)
-        self.array[block.batch_start : block.batch_stop, block.row_start : block.row_stop, :, : block.t_in_stop, :] = stored
+        self.array[block.batch_start : block.batch_stop, block.row_start : block.row_stop, :, : block.in_stop, :] = stored
         self._manifest[block.index : block.index + 1, :] = np.array([[1, block_checksum(stored)]], dtype="uint64")
 
     def _record_rounding(self, block: Block, computed: np.ndarray, stored: np.ndarray) -> None:
@@ -259,7 +259,7 @@ class JacobianStore:
 
     def read_block(self, block: Block) -> np.ndarray:
         return np.asarray(
-            self.array[block.batch_start : block.batch_stop, block.row_start : block.row_stop, :, : block.t_in_stop, :]
+            self.array[block.batch_start : block.batch_stop, block.row_start : block.row_stop, :, : block.in_stop, :]
         )
 
     def forget_blocks(self, indices: Iterable[int]) -> None:

@@ -191,8 +191,8 @@ class BlockComputer:
     def compute(self, block: Block, x: np.ndarray) -> np.ndarray:
         """J for ``block`` given x = inputs[batch_start:batch_stop, :forward_steps].
 
-        Returns an array of shape (n_batch, n_rows, |f_out|, t_in_stop, |f_in|) in the store dtype
-        (t_in_stop is the lag window in the lag layout).
+        Returns an array of shape (n_batch, n_rows, |f_out|, in_stop, |f_in|) in the store dtype
+        (in_stop is the lag window in the lag layout).
         """
         # What the last block freed goes back to the OS before this one allocates: glibc keeps
         # freed small allocations in per-thread arenas, and TensorFlow's thread pool leaves them
@@ -234,7 +234,7 @@ class BlockComputer:
         if self.spec.layout == "lag":
             values = _lags(values, steps, start, self.spec.in_axis_length)
         else:
-            values = _fit_t_in(values, block.t_in_stop)
+            values = _fit_t_in(values, block.in_stop)
         return values.astype(self.spec.block_dtype, copy=False)
 
     def _agrees_with_eager(self, x: tf.Tensor, rows: tf.Tensor, compiled: tf.Tensor) -> bool:
@@ -277,11 +277,11 @@ def _lags(values: np.ndarray, steps: np.ndarray, start: int, max_lag: int) -> np
     return np.where((inputs >= 0)[None, :, None, :, None], lagged, 0).astype(values.dtype, copy=False)
 
 
-def _fit_t_in(values: np.ndarray, t_in_stop: int) -> np.ndarray:
+def _fit_t_in(values: np.ndarray, in_stop: int) -> np.ndarray:
     """Cut or zero-pad the t_in axis to the block's write extent (zeros are exact: causality)."""
     watched = values.shape[3]
-    if watched >= t_in_stop:
-        return values[:, :, :, :t_in_stop]
+    if watched >= in_stop:
+        return values[:, :, :, :in_stop]
     padding = [(0, 0)] * values.ndim
-    padding[3] = (0, t_in_stop - watched)
+    padding[3] = (0, in_stop - watched)
     return np.pad(values, padding)

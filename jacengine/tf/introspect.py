@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+
 import keras
 import numpy as np
 
@@ -13,7 +14,6 @@ from jacengine.planning.spec import JacobianSpec
 from jacengine.storage.inputs import Inputs
 from jacengine.tf.causality import probe_is_causal, why_not_causal
 from jacengine.tf.model import check_model
-
 
 PROBE_SAMPLES = 2
 PROBE_STEPS = 24  # eager Keras RNNs cost milliseconds per step and call; structure shows on short inputs
