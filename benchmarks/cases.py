@@ -12,6 +12,8 @@ import dataclasses
 import json
 from typing import Any
 
+from jacengine.planning.methods import METHODS
+
 JACOBIAN_METHODS = ("jacengine", "tf-eager", "tf-pfor", "tf-while", "tf-gradient-loop", "tf-causal-blocks", "jax")
 QUICK_METHODS = ("jacengine", "tf-pfor")
 REDUCE_METHODS = ("jacengine-reduce", "numpy-reduce")
@@ -21,7 +23,7 @@ SUITES = ("seed", "scaling-T", "scaling-B", "features", "budget", "models", "red
 # problem also TF's one-liners (at the larger sizes the while loop takes minutes and pfor runs out of memory)
 SPEED_METHODS = ("jacengine", "jax", "tf-causal-blocks")
 SEED_SPEED_METHODS = (*SPEED_METHODS, "tf-while", "tf-pfor")
-ENGINE_METHODS = ("reverse", "reverse-loop", "forward", "auto")  # jacengine's method= in the methods suite
+ENGINE_METHODS = (*METHODS, "auto")  # jacengine's method= in the methods suite: every registered method
 LAG_WINDOW = 50  # the methods suite's lag-layout case stores lags 0..49
 DEFAULT_BUDGET = "1GiB"
 MODEL_FAMILIES = ("lstm", "gru", "stacked-lstm", "causal-conv1d", "bidirectional")  # kinds of jacengine.tf.zoo

@@ -90,14 +90,16 @@ def compute(
     refused with a message naming what differs.
     """
     run = options_from(options, settings)
+    backend = backend_for(model, run.backend)
+    run = run.replace(backend=backend.name)  # workers need not recognise the model again
     if cluster is not None and run.executor != "dask":
         raise InputError("a cluster applies to the dask executor; pass executor='dask' (--executor dask).")
     path = Path(store)
     resume = is_jacengine_store(path) and not overwrite
     executor: Executor = LocalExecutor(progress=progress)
     if run.executor == "dask":
-        env = backend_for(model, run.backend).worker_environment()
-        executor = DaskExecutor(scheduler=run.scheduler, workers=run.workers, cluster=cluster, env=env, progress=progress)
+        executor = DaskExecutor(scheduler=run.scheduler, workers=run.workers, cluster=cluster,
+                                env=backend.worker_environment(), progress=progress)
     if shard is not None:
         executor = ShardExecutor(executor, *shard)
         if overwrite or not resume:
@@ -112,8 +114,7 @@ def compute(
                           concurrent=executor.concurrent)
     if run.executor == "local":
         return execute(prepared, target, BlockTask(str(path), model, inputs, run, uuid.uuid4().hex), executor)
-    save_model = backend_for(model, run.backend).save
-    with staged_for_workers(model, inputs, path, save_model) as (model_path, inputs_path):
+    with staged_for_workers(model, inputs, path, backend.save) as (model_path, inputs_path):
         task = BlockTask(str(path.resolve()), model_path, inputs_path, run, uuid.uuid4().hex)
         return execute(prepared, target, task, executor)
 

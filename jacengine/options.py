@@ -82,7 +82,7 @@ class RunOptions:
                               ("store_dtype", STORE_DTYPES), ("precision", PRECISIONS), ("executor", EXECUTORS)):
             value = getattr(self, name)
             if not any(value is choice or (isinstance(choice, str) and value == choice) for choice in allowed):
-                raise InputError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}.")
+                raise InputError(f"{name}={value!r} is not one of {', '.join(map(str, allowed))}.")
         for name in ("max_lag", "workers"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

@@ -109,7 +109,7 @@ def exact_prefixes(spec: JacobianSpec, cost: CostModel) -> bool:
     """Whether plans give causal blocks their exact prefix: extra shapes cost no trace."""
     return cost.one_trace and spec.layout == "full"
 # Plans aim at this fraction of the budget: allocator arenas of the writer thread and variation
-# between shapes are not in the model (measured runs peaked up to 1% over a plan aimed at 100%).
+# between shapes are not in the model (runs planned at the whole budget overran it slightly).
 PLANNED_FRACTION = 0.95
 
 

@@ -196,8 +196,8 @@ class BlockComputer:
         """
         # What the last block freed goes back to the OS before this one allocates: glibc keeps
         # freed small allocations in per-thread arenas, and TensorFlow's thread pool leaves them
-        # fragmented, so without a trim resident memory crept 450-620 MiB above what the blocks
-        # hold over a 1 GiB run of the seed model at (32, 1000, 1) and the peak passed the budget.
+        # fragmented, so without a trim resident memory creeps above what the blocks hold, block
+        # after block, until the peak passes the budget.
         release_free_heap()
         # Pad to the block's compute shape by repeating the last sample / row (the copies are
         # dropped below). At least two samples: TensorFlow 2.21's oneDNN kernels corrupt the

@@ -40,7 +40,7 @@ class TensorMemory:
             return 0
 
 
-RETAINING_POOL_FACTOR = 2.0  # measured: resident memory grew to 1.53x the first block's peak over a 1 GiB run
+RETAINING_POOL_FACTOR = 2.0  # resident memory grows to well above a block's own peak over a run (budget suite)
 
 
 def allocator_pool_factor() -> float:

@@ -46,13 +46,15 @@ log = logging.getLogger("jacengine")
 
 LOOP_FIRST = next(name for name, method in METHODS.items() if not method.vectorised)
 PFOR_METHODS = tuple(name for name, method in METHODS.items() if method.vectorised)  # measured after the loop
-# A pfor trace took 3.6-4.1x the loop's trace on the seed LSTM; 3 leaves room for simpler models.
+# A pfor trace builds the loop's gradient graph and then vectorises it, so it costs several times
+# the loop's trace (the speed benchmark's profile shows both); a loop run shorter than this many
+# of its own traces cannot be beaten by a method that must trace first.
 PFOR_TRACE_FACTOR = 3.0
-# A pfor trace's peak was 3.0x the loop's first probe on the seed LSTM (118 vs 39 MiB): below 3x
-# that probe's peak no pfor method is traced, so a small budget is not spent on a trace alone.
+# Likewise a pfor trace's peak is several times the loop's first probe's: below this many of
+# those peaks no pfor method is traced, so a small budget is not spent on a trace alone.
 PFOR_TRACE_MEMORY_FACTOR = 3.0
-# The loop is measured only where it may win: problems of at most this much (time) work (the seed
-# problem has 0.16M) or budgets below 512 MiB.
+# The loop is measured only where it may win: small problems (at most this much time work; the
+# seed problem is well below) or small budgets.
 LOOP_FAST_PATH_MAX_WORK = 1_000_000
 LOOP_BUDGET_BELOW = 512 * 2**20
 FIRST_PROBE_SAMPLES = 2  # a method's first probe pays its trace and gives its rates: keep it cheap
@@ -148,8 +150,8 @@ def refine(start: CalibratedMethod, meters: Meters) -> CalibratedMethod:
     Memory is not quite linear in the work over large ranges (allocator pools, oneDNN scratch
     buffers), so a plan never trusts the cost model more than :data:`TRUST_FACTOR` times beyond
     the largest block measured: a large budget is reached by measuring blocks that grow by that
-    factor, never by one long extrapolation. Measured here: a block 60 times the probe's work
-    overran an 8 GiB budget by 10%. Each measured block is a block of the plan at the time, and
+    factor, never by one long extrapolation (which overran large budgets). Each measured block is
+    a block of the plan at the time, and
     its result is kept for the final plan.
     """
     with _calibrating(start.spec):
@@ -247,8 +249,8 @@ def choose_method(model: keras.Model, spec: JacobianSpec, meters: Meters) -> tup
         raise MethodUnsupported("auto", "no method works for this model: " + "; ".join(dropped))
 
     # Beyond the fast path a pfor method that works and fits wins: the loop's rate on a sliver
-    # is not comparable with pfor's (the loop vectorises over samples only, pfor over rows too;
-    # on the seed LSTM at (32, 1000, 1) pfor took 0.6 us per unit of work, the loop 1.5 us).
+    # is not comparable with pfor's (the loop vectorises over samples only, pfor over rows too,
+    # so pfor's rate improves with block size where the loop's does not).
     pfor = [entry for entry in working if entry[0].spec.method in PFOR_METHODS]
     chosen, resident_then = min(pfor or working, key=lambda entry: predicted_seconds(entry[0]))
     for other, _ in working:
@@ -262,8 +264,8 @@ def choose_method(model: keras.Model, spec: JacobianSpec, meters: Meters) -> tup
 
 def _loop_may_win(spec: JacobianSpec, budget_bytes: int) -> bool:
     """Whether measuring the loop first can pay: on a small problem (its fast path) or a small
-    budget (where a pfor trace may not fit). Otherwise it would cost a trace and probes (1-1.3 s
-    on the seed LSTM) only to lose to pfor, which was 2-4 times faster per unit of work there."""
+    budget (where a pfor trace may not fit). Otherwise it would cost a trace and probes only to
+    lose to pfor, which is faster per unit of work on large blocks."""
     loop = replace(spec, method=LOOP_FIRST)
     rows = [block_work(loop, 1, 1, prefix) for prefix in (t + 1 if spec.causal else spec.input_steps for t in spec.t_out)]
     return sum(rows) <= LOOP_FAST_PATH_MAX_WORK or budget_bytes < LOOP_BUDGET_BELOW
