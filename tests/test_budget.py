@@ -78,3 +78,30 @@ def test_configure_gpus_is_a_no_op_without_gpus() -> None:
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("this machine has a GPU")
     assert configure_gpus(256 * 2**20) == [] and compute_device() == "CPU:0"
+
+
+def test_peaks_within_the_noise_bound_the_slope_instead_of_keeping_the_prior() -> None:
+    """Two probes whose peaks differ by less than a line needs: the per-work bytes become the
+    noise over the difference in work (times the headroom), not the pessimistic prior; a
+    measurable rise gives the line through both peaks."""
+    pytest.importorskip("keras")
+    import dataclasses
+
+    from jacengine.options import RunOptions
+    from jacengine.preparation import prepare
+    from jacengine.storage.inputs import Inputs
+    from jacengine.tf.probes import _HEADROOM, _NOISE_BYTES, Measurement, measure_probe
+    from jacengine.tf.zoo import seed_model
+
+    x = np.random.default_rng(0).normal(size=(8, 40, 1)).astype("float32")
+    prepared = prepare(seed_model(units=4), x, RunOptions(method="reverse"), calibrate=False)
+    computer, spec = prepared.computation.computer, prepared.spec
+    small, large = (dataclasses.replace(prepared.plan.blocks[0], batch_stop=n, compute_batch=n) for n in (2, 8))
+    work_small, work_large = (prepared.cost.work(spec, b, memory=True) for b in (small, large))
+    prior = dataclasses.replace(prepared.cost, bytes_per_work=10**6)  # far above anything real
+    earlier = Measurement(work_small, 40 * 2**20)
+    for rise, expected in ((2 * 2**20, (2 * 2**20 + _NOISE_BYTES) / (work_large - work_small)),
+                           (30 * 2**20, 30 * 2**20 / (work_large - work_small))):
+        device = FakeDeviceMemory(peak=40 * 2**20 + rise)
+        cost, _, _ = measure_probe(computer, Inputs(x), large, device, process=None, timed=prior, earlier=earlier)
+        assert cost.bytes_per_work == pytest.approx(expected * _HEADROOM)

@@ -141,9 +141,8 @@ def _slivers(spec: JacobianSpec, prior: Plan) -> tuple[Block, Block | None]:
 
 
 def refine(start: CalibratedMethod, meters: Meters) -> CalibratedMethod:
-    """Measure the plan's first block while it is not a block measured already (plans pack their
-    blocks to about the same predicted peak, so the first is representative, and the one a
-    replanned grid is most likely to keep); each measurement refits the memory line (see
+    """Measure the plan's largest block (by memory work) while it is not a block measured
+    already; each measurement refits the memory line (see
     :func:`~jacengine.tf.probes.measure_probe`) through it and the largest block measured before
     it since the trace: the first of these blocks is preceded by one of a quarter of its work.
 
@@ -165,11 +164,12 @@ def _refine(start: CalibratedMethod, meters: Meters) -> CalibratedMethod:
     measured_work = CostModel.work(spec, probe, memory=True)
     plan = choose_plan(spec, cost, meters.budget_bytes, max_work=TRUST_FACTOR * measured_work)
     for _ in range(MAX_REPROBES):
-        if replace(plan.blocks[0], index=0) in results:
+        target = _largest_block(spec, plan)
+        if replace(target, index=0) in results:
             break
-        if not computer.polymorphic and plan.blocks[0].shape_key != probe.shape_key:
+        if not computer.polymorphic and target.shape_key != probe.shape_key:
             computer.release()  # the probe's compiled graph will not be used again: free it
-        probe = plan.blocks[0]
+        probe = target
         quarter = _quarter(probe)
         if largest is None and quarter != probe:  # a second point for the line, a quarter of the work
             # the trace's transient peak is behind us: the fixed term is measured afresh from here
@@ -185,6 +185,12 @@ def _refine(start: CalibratedMethod, meters: Meters) -> CalibratedMethod:
         plan = choose_plan(spec, cost, meters.budget_bytes, max_work=TRUST_FACTOR * measured_work)
     computer.strict = False  # from here on a fallback on some other block shape only warns
     return CalibratedMethod(spec, computer, cost, plan, probe, results, largest or start.largest)
+
+
+def _largest_block(spec: JacobianSpec, plan: Plan) -> Block:
+    """The block of ``plan`` with the most memory work (the first of those): the one whose peak
+    the budget is most likely to meet, and the largest lever on the memory line's slope."""
+    return max(plan.blocks, key=lambda block: (CostModel.work(spec, block, memory=True), -block.index))
 
 
 def _quarter(block: Block) -> Block:

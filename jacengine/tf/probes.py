@@ -39,7 +39,8 @@ from jacengine.tf.memory import allocator_pool_factor
 from jacengine.tf.model import iter_layers
 
 _MIN_FIXED_BYTES = 48 * 2**20  # TensorFlow's tracing and runtime never cost less than this on CPU
-_MEASURABLE_BYTES = 16 * 2**20  # peaks closer than this are noise (RSS moves by MiBs between calls)
+_MEASURABLE_BYTES = 16 * 2**20  # peaks closer than this give no line (RSS moves by MiBs between calls)
+_NOISE_BYTES = 4 * 2**20  # how far one resident peak may be off: bounds a slope that gives no line
 _HEADROOM = 1.15  # margin on the measured terms: allocation patterns vary a little between shapes
 _RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}
 
@@ -97,8 +98,11 @@ def measure_probe(
     With ``earlier`` (a probe of at most half this one's work) the memory terms are the line
     through both peaks instead, anchored at this probe, with the headroom on its slope: a line
     through the origin charges the fixed memory (runtime, graph, allocator slack) to the work
-    and sizes large blocks too small; a probe too close to ``earlier`` for a line keeps the
-    ``timed`` memory terms, its fixed term raised to cover this peak. With
+    and sizes large blocks too small. Peaks within the noise of each other give no line, but
+    bound its slope by the noise over the difference in work: often far below the pessimistic
+    prior, which would size small-budget blocks too small to run efficiently; the trust region
+    then lets the next probe grow, where the bound tightens. A probe of less than twice
+    ``earlier``'s work keeps the ``timed`` memory terms, its fixed term raised to cover this peak. With
     ``assumed_bytes_per_work`` (a sliver, whose peak is nearly all trace and runtime) the whole
     peak is the fixed term and the per-work term is that assumption (the pessimistic prior) until
     larger probes measure it. Either per-work term is capped by the line through the origin and
@@ -152,9 +156,14 @@ def measure_probe(
     if assumed_bytes_per_work is not None:
         bytes_per_work = min(assumed_bytes_per_work, through_origin)
         fixed_bytes = max(floor, observed_peak * _HEADROOM)
-    elif (earlier is not None and memory_work >= 2 * earlier.work
-          and observed_peak - earlier.peak_bytes >= _MEASURABLE_BYTES):
-        slope = max((observed_peak - earlier.peak_bytes) / (memory_work - earlier.work), 2 * result.nbytes / memory_work)
+    elif earlier is not None and memory_work >= 2 * earlier.work:
+        rise = observed_peak - earlier.peak_bytes
+        if rise >= _MEASURABLE_BYTES:  # a line through both peaks
+            slope = rise / (memory_work - earlier.work)
+        else:  # within the noise of each other: not measurable, but bounded by the noise
+            bound = (max(0, rise) + _NOISE_BYTES) / (memory_work - earlier.work)
+            slope = min(timed.bytes_per_work, bound) if timed is not None else bound
+        slope = max(slope, 2 * result.nbytes / memory_work)
         bytes_per_work, fixed_bytes = slope * _HEADROOM, max(floor, observed_peak - slope * memory_work)
     elif timed is not None:  # too close to the earlier probe for a line: keep its terms, raised to cover this peak
         bytes_per_work = min(timed.bytes_per_work, through_origin)
