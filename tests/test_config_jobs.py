@@ -106,3 +106,73 @@ def test_slurm_cluster_job_script_from_config() -> None:
     for line in ("#SBATCH --cpus-per-task=4", "#SBATCH -p long", "#SBATCH -A lab", "#SBATCH -t 02:00:00",
                  "export TF_NUM_INTRAOP_THREADS=4"):
         assert line in script, script
+
+
+HOSTILE_REFUSED = {
+    "time": '"1:00:00 $(touch {mark})"',
+    "memory": '"16G\\n#SBATCH --wrap=touch"',
+    "partition": '"a;touch {mark}"',
+    "account": '"`touch {mark}`"',
+    "gpus": '"1 && touch {mark}"',
+    "cpus": '"4$(touch {mark})"',
+    "directives": '["--x=$(touch {mark})"]',
+    "setup": '["true\\nSHARD\\ntouch {mark}"]',
+}
+
+
+@pytest.mark.parametrize("key", sorted(HOSTILE_REFUSED))
+def test_hostile_job_values_are_refused_with_what_is_expected(key: str, tmp_path) -> None:
+    value = HOSTILE_REFUSED[key].format(mark=tmp_path / "MARK")
+    job = {"shards": "2", "time": '"01:00:00"', key: value}
+    lines = "".join(f"{name} = {text}\n" for name, text in job.items())
+    config = load_config(write(tmp_path / "j.toml", f'store = "j.zarr"\n[job]\n{lines}'))
+    with pytest.raises(InputError, match=rf"{key.rstrip('s')}|newline") as refused:
+        render_script("slurm", config)
+    print(f"{key} = {value}: {refused.value}")  # the closing note quotes these
+
+
+STUB = """#!/bin/bash
+# a stand-in for {name}: records its arguments, prints a job id, and runs what the job would run
+log="$STUB_LOG/{name}.$RANDOM"
+printf '%s\\n' "$@" > "$log"
+{run}
+echo 4242
+"""
+RUN_JOB = {
+    "sbatch": """wrap=""; prev=""; for a in "$@"; do [ "$prev" = "--wrap" ] && wrap="$a"; prev="$a"; done
+if [ -n "$wrap" ]; then bash -c "$wrap"; else bash -s < /dev/stdin > /dev/null; fi""",
+    "qsub": """if [ "${@: -3:1}" = "/bin/bash" ]; then "${@: -3}"; else bash -s < /dev/stdin > /dev/null; fi""",
+    "jacengine": "",
+}
+
+
+@pytest.mark.parametrize("scheduler", ["slurm", "pbs"])
+def test_hostile_paths_run_nothing_at_submission_or_in_the_job(scheduler: str, tmp_path) -> None:
+    """A store and a config folder named with command substitutions, rendered and run with stub
+    scheduler commands on PATH (which also run the job's commands, with a stub jacengine): no
+    marker file appears, and jacengine receives the names literally."""
+    import os
+    import subprocess
+
+    folder = tmp_path / "cfg$(touch MARK1)`touch MARK2`"
+    folder.mkdir()
+    store = "a$(touch MARK3);touch MARK4.zarr"
+    config = load_config(write(folder / "j.toml", f"store = '{store}'\n[reduce]\nwindow = \"0:10'; touch MARK5; '\"\n"
+                                                  "[job]\nshards = 2\ntime = \"01:00:00\"\nsetup = [\"true\"]\n"))
+    stubs, logs = tmp_path / "stubs", tmp_path / "logs"
+    stubs.mkdir(), logs.mkdir()
+    for name, run in RUN_JOB.items():
+        (stubs / name).write_text(STUB.format(name=name, run=run))
+        (stubs / name).chmod(0o755)
+    script = tmp_path / "submit.sh"
+    script.write_text(render_script(scheduler, config))
+    env = dict(os.environ, PATH=f"{stubs}:{os.environ['PATH']}", STUB_LOG=str(logs))
+    done = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert not list(tmp_path.rglob("MARK*")), "a hostile value ran as a command"
+    calls = [path.read_text().splitlines() for path in logs.glob("jacengine.*")]
+    assert sorted(call[0] for call in calls) == ["compute", "init", "reduce"]  # init, one shard, the reductions
+    assert all(str(folder / "j.toml") in call for call in calls if call[0] != "reduce")
+    reduce = next(call for call in calls if call[0] == "reduce")
+    assert str(folder / store) in reduce and "0:10'; touch MARK5; '" in reduce

@@ -9,10 +9,19 @@ The printed script, run once with ``bash``, submits three things:
    blocks and exits 75 (resumable), and the task requeues itself, so a long run finishes over
    several allocations without losing a block;
 3. the reductions (``jacengine reduce``, the config's ``[reduce]`` ops), after every shard.
+
+A config file is often shared, so nothing in it may run as a command on the login node:
+every value is checked against a strict pattern (times, memory sizes, counts, names) before it
+is written into a scheduler directive, and values that are paths or commands are quoted for
+the shell that reads them (``--wrap`` and ``bash -c`` get one single-quoted argument, so nothing
+expands at submission). Newlines are refused everywhere, so no value can end a here-document.
+The ``setup`` lines are the exception by design: they are shell commands the job runs (e.g.
+``module load``), run in the job, never at submission.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -22,6 +31,38 @@ from jacengine.jobs.config import Config
 
 DEFAULT_OPS = ("saliency", "lag-profile")
 SCHEDULERS = ("slurm", "pbs")
+REDUCE_OPS = ("saliency", "lag-profile", "feature-importance", "window-sum", "top-k", "std", "quantiles")
+
+# What each [job] value may look like where it lands in a directive (checked in full).
+_PATTERNS: dict[str, tuple[str, str]] = {
+    "time": (r"(\d+-)?\d+(:\d{1,2}){0,2}", "a time limit like 04:00:00 or 1-00:00:00"),
+    "memory": (r"\d+(\.\d+)?([KMGTP]i?B?)?", "a memory size like 16G or 16GB"),
+    "cpus": (r"[1-9]\d*", "a positive integer"),
+    "shards": (r"[1-9]\d*", "a positive integer"),
+    "requeue_signal_s": (r"[1-9]\d*", "a positive integer (seconds)"),
+    "gpus": (r"([A-Za-z0-9_.-]+:)?[1-9]\d*", "a GPU count, optionally typed, like 2 or a100:2"),
+    "partition": (r"[A-Za-z0-9_.@-]+", "a partition or queue name (letters, digits, _ . @ -)"),
+    "account": (r"[A-Za-z0-9_.@-]+", "an account name (letters, digits, _ . @ -)"),
+}
+_DIRECTIVE = re.compile(r"[A-Za-z0-9_=:,./@%+ -]+")  # e.g. "--constraint=avx512", "-l place=scatter"
+
+
+def _check_job(job: dict[str, Any]) -> dict[str, Any]:
+    for key, (pattern, what) in _PATTERNS.items():
+        if key in job and not re.fullmatch(pattern, str(job[key]), flags=re.IGNORECASE):
+            raise InputError(f"[job] {key} = {job[key]!r} is not {what}.")
+    for directive in job["directives"]:
+        if not _DIRECTIVE.fullmatch(str(directive)):
+            raise InputError(f"[job] directive {directive!r} may hold only letters, digits, spaces and _ = : , . / @ % + -.")
+    for line in job["setup"]:
+        _one_line("[job] setup line", str(line))
+    return job
+
+
+def _one_line(what: str, value: str) -> str:
+    if any(ord(c) < 32 for c in value):
+        raise InputError(f"{what} {value!r} contains a newline or another control character.")
+    return value
 
 
 def _job_settings(config: Config, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -30,19 +71,20 @@ def _job_settings(config: Config, overrides: dict[str, Any]) -> dict[str, Any]:
     if "shards" not in job or "time" not in job:
         raise InputError("a job script needs the number of shards and the time limit: --shards N --time HH:MM:SS "
                          "(or shards/time in the config's [job] section).")
-    if int(job["shards"]) < 1:
-        raise InputError(f"shards must be at least 1, got {job['shards']}.")
     if config.store is None:
         raise InputError("the config file must set store (the shards and the reductions share it).")
-    return job
+    return _check_job(job)
 
 
 def _reduce_command(config: Config) -> str:
     ops = config.reduce.get("ops", DEFAULT_OPS)
-    parts = ["jacengine", "reduce", shlex.quote(config.store or "")] + [f"--op {shlex.quote(op)}" for op in ops]
+    unknown = [op for op in ops if op not in REDUCE_OPS]
+    if unknown:
+        raise InputError(f"[reduce] ops {unknown} are not among {', '.join(REDUCE_OPS)}.")
+    parts = ["jacengine", "reduce", shlex.quote(_one_line("store", config.store or ""))] + [f"--op {op}" for op in ops]
     for key, flag in (("window", "--window"), ("k", "--k"), ("fraction", "--fraction")):
         if key in config.reduce:
-            parts.append(f"{flag} {shlex.quote(str(config.reduce[key]))}")
+            parts.append(f"{flag} {shlex.quote(_one_line(f'[reduce] {key}', str(config.reduce[key])))}")
     return " ".join(parts)
 
 
@@ -53,12 +95,19 @@ def render_script(scheduler: str, config: Config, **overrides: Any) -> str:
     if config.path is None:
         raise InputError("job scripts are rendered from a config file.")
     job = _job_settings(config, overrides)
-    quoted = shlex.quote(str(config.path))
-    name = "jacengine-" + Path(config.store or "store").stem
+    quoted = shlex.quote(_one_line("config path", str(config.path)))
+    name = "jacengine-" + re.sub(r"[^A-Za-z0-9_.-]", "_", Path(config.store or "store").stem)
     setup = "\n".join(job["setup"])
     reduce = _reduce_command(config)
     render = _slurm if scheduler == "slurm" else _pbs
     return render(job, name, quoted, setup, reduce)
+
+
+def _in_job(setup: str, command: str) -> str:
+    """``command`` after the setup lines, as one single-quoted shell word (``--wrap``,
+    ``bash -c``): the login node's shell passes it on without expanding anything."""
+    lines = [line for line in setup.splitlines() if line.strip()]
+    return shlex.quote(" && ".join([*lines, command]))
 
 
 def _slurm(job: dict[str, Any], name: str, config: str, setup: str, reduce: str) -> str:
@@ -77,7 +126,7 @@ def _slurm(job: dict[str, Any], name: str, config: str, setup: str, reduce: str)
 set -euo pipefail
 
 init=$(sbatch --parsable --job-name={name}-init {single} \\
-  --wrap "{_wrap(setup)}jacengine init --config {config}")
+  --wrap {_in_job(setup, f"jacengine init --config {config}")})
 
 array=$(sbatch --parsable --dependency=afterok:${{init}} <<'SHARD'
 #!/bin/bash
@@ -91,11 +140,7 @@ array=$(sbatch --parsable --dependency=afterok:${{init}} <<'SHARD'
 #SBATCH --signal=B:TERM@{job['requeue_signal_s']}
 {setup}
 # SIGTERM before the time limit: jacengine stops between blocks and exits {resumable} (resumable).
-jacengine compute --config {config} --shard-from-env --no-progress &
-worker=$!
-trap 'kill -TERM "$worker" 2>/dev/null' TERM
-status=0; wait "$worker" || status=$?
-if [ "$status" -gt 128 ]; then status=0; wait "$worker" || status=$?; fi
+{_run_shard(config)}
 if [ "$status" -eq {resumable} ]; then
   scontrol requeue "${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}"
 fi
@@ -104,9 +149,20 @@ SHARD
 )
 
 sbatch --parsable --dependency=afterok:${{array}} --job-name={name}-reduce {single} \\
-  --wrap "{_wrap(setup)}{reduce}"
-echo "submitted init ${{init}}, shards ${{array}}; progress: jacengine status --config {config} --shards {shards}"
+  --wrap {_in_job(setup, reduce)}
+printf 'submitted init %s, shards %s; progress: jacengine status --config %s --shards %s\\n' "$init" "$array" {config} {shards}
 """
+
+
+def _run_shard(config: str) -> str:
+    """The shard runs in the background so that the job's shell can forward the scheduler's
+    SIGTERM to it and still be alive to requeue when it exits resumable (a foreground command
+    would leave the shell to die with the signal first)."""
+    return f"""jacengine compute --config {config} --shard-from-env --no-progress &
+worker=$!
+trap 'kill -TERM "$worker" 2>/dev/null' TERM
+status=0; wait "$worker" || status=$?
+if [ "$status" -gt 128 ]; then status=0; wait "$worker" || status=$?; fi"""
 
 
 def _pbs(job: dict[str, Any], name: str, config: str, setup: str, reduce: str) -> str:
@@ -124,7 +180,7 @@ def _pbs(job: dict[str, Any], name: str, config: str, setup: str, reduce: str) -
 # 1. init (creates the store once)  2. {shards} shards  3. reductions after every shard.
 set -euo pipefail
 
-init=$(qsub -N {name}-init {single} -- /bin/bash -c "{_wrap(setup)}jacengine init --config {config}")
+init=$(qsub -N {name}-init {single} -- /bin/bash -c {_in_job(setup, f"jacengine init --config {config}")})
 
 array=$(qsub -W depend=afterok:${{init}} <<'SHARD'
 #!/bin/bash
@@ -137,7 +193,7 @@ cd "$PBS_O_WORKDIR"
 {setup}
 export JACENGINE_SHARD_COUNT={shards}
 # PBS sends SIGTERM at the walltime: jacengine stops between blocks and exits {resumable} (resumable).
-status=0; jacengine compute --config {config} --shard-from-env --no-progress || status=$?
+{_run_shard(config)}
 if [ "$status" -eq {resumable} ]; then
   qrerun "$PBS_JOBID"
 fi
@@ -145,12 +201,6 @@ exit "$status"
 SHARD
 )
 
-qsub -N {name}-reduce -W depend=afterok:${{array}} {single} -- /bin/bash -c "{_wrap(setup)}{reduce}"
-echo "submitted init ${{init}}, shards ${{array}}; progress: jacengine status --config {config} --shards {shards}"
+qsub -N {name}-reduce -W depend=afterok:${{array}} {single} -- /bin/bash -c {_in_job(setup, reduce)}
+printf 'submitted init %s, shards %s; progress: jacengine status --config %s --shards %s\\n' "$init" "$array" {config} {shards}
 """
-
-
-def _wrap(setup: str) -> str:
-    """Setup lines as a prefix of a one-line command inside double quotes."""
-    lines = [line for line in setup.splitlines() if line.strip()]
-    return "".join(f"{line.replace(chr(34), chr(92) + chr(34))} && " for line in lines)

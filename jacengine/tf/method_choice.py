@@ -61,7 +61,11 @@ FIRST_PROBE_SAMPLES = 2  # a method's first probe pays its trace and gives its r
 LOOP_PROBE_SAMPLES = 32  # but the loop vectorises over samples only: fewer would measure its overhead
 SLIVER_ROWS = 8
 TRUST_FACTOR = 16.0  # plans extrapolate the measured cost model at most this far beyond the largest probe
-MAX_REPROBES = 3  # probes grow up to TRUST_FACTOR ** MAX_REPROBES times the first
+MAX_REPROBES = 4  # probes grow up to TRUST_FACTOR ** MAX_REPROBES times the first
+# Memory per work is not constant over large ranges (pfor's buffers grow faster than linearly
+# on some models): a final plan whose blocks were not measured stays within this factor of the
+# largest block that was.
+FINAL_TRUST_FACTOR = 2.0
 _RECURRENT = (keras.layers.RNN, keras.layers.Bidirectional)  # LSTM, GRU, SimpleRNN are RNN subclasses
 
 
@@ -141,16 +145,17 @@ def _slivers(spec: JacobianSpec, prior: Plan) -> tuple[Block, Block | None]:
 
 
 def refine(start: CalibratedMethod, meters: Meters) -> CalibratedMethod:
-    """Measure the plan's largest block (by memory work) while it is not a block measured
-    already; each measurement refits the memory line (see
+    """Measure the plan's representative block (:func:`_representative_block`) while it is not
+    a block measured already; each measurement refits the memory line (see
     :func:`~jacengine.tf.probes.measure_probe`) through it and the largest block measured before
     it since the trace: the first of these blocks is preceded by one of a quarter of its work.
 
     Memory is not quite linear in the work over large ranges (allocator pools, oneDNN scratch
     buffers), so a plan never trusts the cost model more than :data:`TRUST_FACTOR` times beyond
     the largest block measured: a large budget is reached by measuring blocks that grow by that
-    factor, never by one long extrapolation (which overran large budgets). Each measured block is
-    a block of the plan at the time, and
+    factor, never by one long extrapolation (which overran large budgets), and a final plan
+    whose blocks were not measured stays within :data:`FINAL_TRUST_FACTOR` of the largest that
+    was. Each measured block is a block of the plan at the time, and
     its result is kept for the final plan.
     """
     with _calibrating(start.spec):
@@ -164,7 +169,7 @@ def _refine(start: CalibratedMethod, meters: Meters) -> CalibratedMethod:
     measured_work = CostModel.work(spec, probe, memory=True)
     plan = choose_plan(spec, cost, meters.budget_bytes, max_work=TRUST_FACTOR * measured_work)
     for _ in range(MAX_REPROBES):
-        target = _largest_block(spec, plan)
+        target = _representative_block(spec, plan)
         if replace(target, index=0) in results:
             break
         if not computer.polymorphic and target.shape_key != probe.shape_key:
@@ -183,14 +188,26 @@ def _refine(start: CalibratedMethod, meters: Meters) -> CalibratedMethod:
             largest = measurement
         measured_work = max(measured_work, CostModel.work(spec, probe, memory=True))
         plan = choose_plan(spec, cost, meters.budget_bytes, max_work=TRUST_FACTOR * measured_work)
+    if CostModel.work(spec, _largest_block(spec, plan), memory=True) > FINAL_TRUST_FACTOR * measured_work:
+        # out of probes before the plan's blocks were measured: stay close to what was
+        plan = choose_plan(spec, cost, meters.budget_bytes, max_work=FINAL_TRUST_FACTOR * measured_work)
     computer.strict = False  # from here on a fallback on some other block shape only warns
     return CalibratedMethod(spec, computer, cost, plan, probe, results, largest or start.largest)
 
 
 def _largest_block(spec: JacobianSpec, plan: Plan) -> Block:
-    """The block of ``plan`` with the most memory work (the first of those): the one whose peak
-    the budget is most likely to meet, and the largest lever on the memory line's slope."""
+    """The block of ``plan`` with the most memory work (the first of those)."""
     return max(plan.blocks, key=lambda block: (CostModel.work(spec, block, memory=True), -block.index))
+
+
+def _representative_block(spec: JacobianSpec, plan: Plan) -> Block:
+    """The block to measure next: the plan's first (plans pack their blocks to about the same
+    predicted peak, so it is representative, and the one a replanned grid is most likely to
+    keep), unless its memory work is under half the largest block's (a reverse-loop plan gives
+    early blocks many rows, which cost it time but little memory): then the largest, which
+    moves the memory line's slope the most."""
+    first, largest = plan.blocks[0], _largest_block(spec, plan)
+    return largest if 2 * CostModel.work(spec, first, memory=True) < CostModel.work(spec, largest, memory=True) else first
 
 
 def _quarter(block: Block) -> Block:

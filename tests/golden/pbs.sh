@@ -3,7 +3,7 @@
 # 1. init (creates the store once)  2. 8 shards  3. reductions after every shard.
 set -euo pipefail
 
-init=$(qsub -N jacengine-jacobian-init -l select=1:ncpus=4:mem=16G -l walltime=04:00:00 -q compute -A lab42 -- /bin/bash -c "module load python/3.11 && source $HOME/venvs/jacengine/bin/activate && jacengine init --config CONFIG")
+init=$(qsub -N jacengine-jacobian-init -l select=1:ncpus=4:mem=16G -l walltime=04:00:00 -q compute -A lab42 -- /bin/bash -c 'module load python/3.11 && source $HOME/venvs/jacengine/bin/activate && jacengine init --config CONFIG')
 
 array=$(qsub -W depend=afterok:${init} <<'SHARD'
 #!/bin/bash
@@ -20,7 +20,11 @@ module load python/3.11
 source $HOME/venvs/jacengine/bin/activate
 export JACENGINE_SHARD_COUNT=8
 # PBS sends SIGTERM at the walltime: jacengine stops between blocks and exits 75 (resumable).
-status=0; jacengine compute --config CONFIG --shard-from-env --no-progress || status=$?
+jacengine compute --config CONFIG --shard-from-env --no-progress &
+worker=$!
+trap 'kill -TERM "$worker" 2>/dev/null' TERM
+status=0; wait "$worker" || status=$?
+if [ "$status" -gt 128 ]; then status=0; wait "$worker" || status=$?; fi
 if [ "$status" -eq 75 ]; then
   qrerun "$PBS_JOBID"
 fi
@@ -28,5 +32,5 @@ exit "$status"
 SHARD
 )
 
-qsub -N jacengine-jacobian-reduce -W depend=afterok:${array} -l select=1:ncpus=4:mem=16G -l walltime=04:00:00 -q compute -A lab42 -- /bin/bash -c "module load python/3.11 && source $HOME/venvs/jacengine/bin/activate && jacengine reduce STORE --op saliency --op lag-profile --op window-sum --window 0:10"
-echo "submitted init ${init}, shards ${array}; progress: jacengine status --config CONFIG --shards 8"
+qsub -N jacengine-jacobian-reduce -W depend=afterok:${array} -l select=1:ncpus=4:mem=16G -l walltime=04:00:00 -q compute -A lab42 -- /bin/bash -c 'module load python/3.11 && source $HOME/venvs/jacengine/bin/activate && jacengine reduce STORE --op saliency --op lag-profile --op window-sum --window 0:10'
+printf 'submitted init %s, shards %s; progress: jacengine status --config %s --shards %s\n' "$init" "$array" CONFIG 8

@@ -4,7 +4,7 @@
 set -euo pipefail
 
 init=$(sbatch --parsable --job-name=jacengine-jacobian-init --time=04:00:00 --cpus-per-task=4 --mem=16G --partition=compute --account=lab42 \
-  --wrap "module load python/3.11 && source $HOME/venvs/jacengine/bin/activate && jacengine init --config CONFIG")
+  --wrap 'module load python/3.11 && source $HOME/venvs/jacengine/bin/activate && jacengine init --config CONFIG')
 
 array=$(sbatch --parsable --dependency=afterok:${init} <<'SHARD'
 #!/bin/bash
@@ -35,5 +35,5 @@ SHARD
 )
 
 sbatch --parsable --dependency=afterok:${array} --job-name=jacengine-jacobian-reduce --time=04:00:00 --cpus-per-task=4 --mem=16G --partition=compute --account=lab42 \
-  --wrap "module load python/3.11 && source $HOME/venvs/jacengine/bin/activate && jacengine reduce STORE --op saliency --op lag-profile --op window-sum --window 0:10"
-echo "submitted init ${init}, shards ${array}; progress: jacengine status --config CONFIG --shards 8"
+  --wrap 'module load python/3.11 && source $HOME/venvs/jacengine/bin/activate && jacengine reduce STORE --op saliency --op lag-profile --op window-sum --window 0:10'
+printf 'submitted init %s, shards %s; progress: jacengine status --config %s --shards %s\n' "$init" "$array" CONFIG 8
