@@ -8,6 +8,7 @@ backend (TensorFlow unless another recognises the model) is imported on first us
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from pathlib import Path
@@ -18,7 +19,7 @@ from dask.utils import format_bytes
 from jacengine.backends import backend_for
 from jacengine.errors import InputError, RunInterrupted
 from jacengine.executors import DaskExecutor, Executor, LocalExecutor, ShardExecutor
-from jacengine.interrupt import stop_on_signals
+from jacengine.interrupt import StopFlag, stop_on_signals
 from jacengine.options import RunOptions, options_from
 from jacengine.preparation import Prepared, prepare, prepare_for_store
 from jacengine.storage.inputs import InputsLike
@@ -46,7 +47,7 @@ def init(model: Any, inputs: InputsLike, store: str | Path, *, overwrite: bool =
     returned. Settings as for :func:`compute`.
     """
     run = options_from(options, settings)
-    path = Path(store)
+    path = _local_path(store)
     if is_jacengine_store(path) and not overwrite:
         existing = JacobianStore(path, mode="r")
         prepare_for_store(model, inputs, existing, run)
@@ -90,55 +91,77 @@ def compute(
     refused with a message naming what differs.
     """
     run = options_from(options, settings)
-    backend = backend_for(model, run.backend)
-    run = run.replace(backend=backend.name)  # workers need not recognise the model again
-    if cluster is not None and run.executor != "dask":
-        raise InputError("a cluster applies to the dask executor; pass executor='dask' (--executor dask).")
-    path = Path(store)
-    resume = is_jacengine_store(path) and not overwrite
-    executor: Executor = LocalExecutor(progress=progress)
-    if run.executor == "dask":
-        executor = DaskExecutor(scheduler=run.scheduler, workers=run.workers, cluster=cluster,
-                                env=backend.worker_environment(), progress=progress)
-    if shard is not None:
-        executor = ShardExecutor(executor, *shard)
-        if overwrite or not resume:
-            raise InputError(
-                f"shards compute into an existing store and never create or overwrite one ({path}); create it once "
-                "with `jacengine init` (jacengine.init) using the same settings, then start the shards."
-            )
-    if not resume:
-        check_writable_target(path, overwrite=overwrite)
-    prepared = prepare_for_store(model, inputs, JacobianStore(path), run) if resume else prepare(model, inputs, run)
-    target = _open_target(prepared, path, resume=resume, overwrite=overwrite, sources=_sources(model, inputs),
-                          concurrent=executor.concurrent)
-    if run.executor == "local":
-        return execute(prepared, target, BlockTask(str(path), model, inputs, run, uuid.uuid4().hex), executor)
-    with staged_for_workers(model, inputs, path, backend.save) as (model_path, inputs_path):
-        task = BlockTask(str(path.resolve()), model_path, inputs_path, run, uuid.uuid4().hex)
-        return execute(prepared, target, task, executor)
+    path = _local_path(store)
+    with stop_on_signals() as stop:  # from the start: a stop while loading or calibrating is resumable too
+        backend = backend_for(model, run.backend)
+        run = run.replace(backend=backend.name)  # workers need not recognise the model again
+        if cluster is not None and run.executor != "dask":
+            raise InputError("a cluster applies to the dask executor; pass executor='dask' (--executor dask).")
+        resume = is_jacengine_store(path) and not overwrite
+        executor: Executor = LocalExecutor(progress=progress)
+        if run.executor == "dask":
+            executor = DaskExecutor(scheduler=run.scheduler, workers=run.workers, cluster=cluster,
+                                    env=backend.worker_environment(), progress=progress)
+        if shard is not None:
+            executor = ShardExecutor(executor, *shard)
+            if overwrite or not resume:
+                raise InputError(
+                    f"shards compute into an existing store and never create or overwrite one ({path}); create it once "
+                    "with `jacengine init` (jacengine.init) using the same settings, then start the shards."
+                )
+        if not resume:
+            check_writable_target(path, overwrite=overwrite)
+        prepared = prepare_for_store(model, inputs, JacobianStore(path), run) if resume else prepare(model, inputs, run)
+        _stop_if_asked(stop, path, None)
+        target = _open_target(prepared, path, resume=resume, overwrite=overwrite, sources=_sources(model, inputs),
+                              concurrent=executor.concurrent)
+        if run.executor == "local":
+            task = BlockTask(str(path), model, inputs, run, uuid.uuid4().hex)
+            return execute(prepared, target, task, executor, stop)
+        with staged_for_workers(model, inputs, path, backend.save) as (model_path, inputs_path):
+            task = BlockTask(str(path.resolve()), model_path, inputs_path, run, uuid.uuid4().hex)
+            return execute(prepared, target, task, executor, stop)
 
 
-def execute(prepared: Prepared, target: JacobianStore, task: BlockTask, executor: Executor) -> JacobianStore:
+def execute(prepared: Prepared, target: JacobianStore, task: BlockTask, executor: Executor,
+            stop: StopFlag | None = None) -> JacobianStore:
     """Compute the pending blocks of ``target`` with ``executor`` mapping ``task`` over them
-    (this process's preparation attached to the task: nothing is loaded twice)."""
+    (this process's preparation attached to the task: nothing is loaded twice). ``stop``: the
+    flag of the caller's signal handler (default: one installed here)."""
     task.attach(target, prepared.computation)
     pending = target.pending_blocks()
     log.info("%s; %s; %d of %d blocks pending, budget %s per process", prepared.causal_reason, prepared.method_reason,
              len(pending), len(target.plan.blocks), format_bytes(prepared.budget_bytes))
     try:
-        with stop_on_signals() as stop:
-            executor.run(task, pending, should_stop=stop)
+        with contextlib.nullcontext(stop) if stop is not None else stop_on_signals() as flag:
+            executor.run(task, pending, should_stop=flag)
     finally:
         task.detach()
     target.record_rounding_error()
-    if stop():
-        remaining = len(target.pending_blocks())
-        raise RunInterrupted(
-            f"stopped by {stop.signal_name} with {remaining} of {len(target.plan.blocks)} blocks left; "
-            f"every finished block is saved in {target.path}. Rerun the same command to resume."
-        )
+    _stop_if_asked(flag, target.path, target)
     return target
+
+
+def _stop_if_asked(stop: StopFlag, path: Path, target: JacobianStore | None) -> None:
+    """Raise :class:`RunInterrupted` (exit status 75, resumable) when a signal asked to stop."""
+    if not stop():
+        return
+    if target is None:
+        raise RunInterrupted(f"stopped by {stop.signal_name} before the first block; rerun the same command to start again.")
+    remaining = len(target.pending_blocks())
+    raise RunInterrupted(
+        f"stopped by {stop.signal_name} with {remaining} of {len(target.plan.blocks)} blocks left; "
+        f"every finished block is saved in {path}. Rerun the same command to resume."
+    )
+
+
+def _local_path(store: str | Path) -> Path:
+    """The store as a local path; URLs are refused (``Path("s3://b/j")`` would quietly make a
+    local directory named ``s3:``)."""
+    if "://" in str(store):
+        raise InputError(f"store {store!r} is a URL; jacengine writes stores to a local or network file system path "
+                         "(remote object stores are not supported yet). Compute locally and copy the store.")
+    return Path(store)
 
 
 def _open_target(prepared: Prepared, path: Path, *, resume: bool, overwrite: bool, sources: dict[str, str],

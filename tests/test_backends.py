@@ -129,3 +129,30 @@ def test_the_engine_runs_without_tensorflow(tmp_path) -> None:
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_a_stop_while_preparing_is_resumable_and_leaves_nothing_half_made(model, x, tmp_path, monkeypatch) -> None:
+    """SIGTERM during calibration: the handler is installed when compute starts, so the run
+    raises RunInterrupted (exit status 75, requeued by the job scripts) instead of dying with 143."""
+    import os
+    import signal
+
+    original = BACKEND.calibrate
+
+    def calibrate_then_signal(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(BACKEND, "calibrate", calibrate_then_signal)
+    with pytest.raises(jacengine.RunInterrupted, match="SIGTERM before the first block") as stopped:
+        jacengine.compute(model, x, tmp_path / "j.zarr", progress=False)
+    assert stopped.value.exit_status == 75 and not (tmp_path / "j.zarr").exists()
+
+
+def test_remote_store_urls_are_refused_without_creating_a_local_folder(model, x, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for call in (lambda: jacengine.compute(model, x, "s3://bucket/j.zarr", progress=False),
+                 lambda: jacengine.init(model, x, "memory://j.zarr")):
+        with pytest.raises(jacengine.InputError, match="is a URL"):
+            call()
+    assert not list(tmp_path.iterdir())

@@ -176,3 +176,9 @@ def test_hostile_paths_run_nothing_at_submission_or_in_the_job(scheduler: str, t
     assert all(str(folder / "j.toml") in call for call in calls if call[0] != "reduce")
     reduce = next(call for call in calls if call[0] == "reduce")
     assert str(folder / store) in reduce and "0:10'; touch MARK5; '" in reduce
+
+
+@pytest.mark.parametrize("key", ["trust_model = true", 'scheduler = "tcp://10.0.0.1:8786"'])
+def test_a_config_file_cannot_trust_a_model_or_send_work_away(key: str, tmp_path) -> None:
+    with pytest.raises(InputError, match="only from the command line or the Python API"):
+        load_config(write(tmp_path / "j.toml", f'store = "j.zarr"\n{key}\n'))

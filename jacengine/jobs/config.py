@@ -7,7 +7,6 @@
     t_out = "0:500"                # selections as on the command line: 10, "0:50", [1, 5, 9]
     executor = "dask"              # "local" (default) or "dask"
     workers = 4                    # dask LocalCluster size (default: one per core)
-    # scheduler = "tcp://10.0.0.1:8786"   # an existing dask cluster instead
     # cluster = "slurm"                  # start a dask-jobqueue SLURMCluster from [jobqueue]
 
     [reduce]                       # what the final job of `jacengine script` runs
@@ -28,7 +27,9 @@
     walltime = "02:00:00"
     jobs = 4
 
-Command-line flags override the file. Unknown keys are refused (a typo must not be ignored).
+Command-line flags override the file. Unknown keys are refused (a typo must not be ignored), and
+so are ``trust_model`` and ``scheduler``: a config file is often shared, so what lets a model file
+run code, or sends the work to another machine, comes only from the command line or the API.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ _SECTIONS = ("reduce", "job", "jobqueue")
 REDUCE_KEYS = {"ops", "window", "k", "fraction"}
 JOB_KEYS = {"shards", "time", "cpus", "memory", "partition", "account", "gpus", "setup", "directives", "requeue_signal_s"}
 CLUSTER_KINDS = ("slurm", "pbs")
+# settings a shared file must not be able to set, and why
+COMMAND_LINE_ONLY = {
+    "trust_model": "it lets model files run code when loaded",
+    "scheduler": "it sends the model, the inputs and the work to another machine",
+}
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,12 @@ def load_config(path: str | Path) -> Config:
         raise InputError(f"config file {path} does not exist.") from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"config file {path} is not valid TOML: {exc}") from None
-    known = {*_PATH_KEYS, "cluster", *RunOptions.names()}
+    for key in COMMAND_LINE_ONLY:
+        if key in raw:
+            raise InputError(f"config file {path} sets {key}, which jacengine takes only from the command line or the "
+                             f"Python API ({COMMAND_LINE_ONLY[key]}): a config file is often shared. Remove it from the file "
+                             f"and pass --{key.replace('_', '-')} where you trust it.")
+    known = {*_PATH_KEYS, "cluster", *(set(RunOptions.names()) - set(COMMAND_LINE_ONLY))}
     unknown = sorted(set(raw) - known - set(_SECTIONS))
     if unknown:
         raise InputError(f"config file {path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}, "
