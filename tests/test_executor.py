@@ -190,3 +190,11 @@ def test_a_block_that_fails_at_one_sample_and_row_is_a_budget_error() -> None:
 
     with pytest.raises(BudgetError, match="one sample and one output step"):
         SplittingCompute(always_fails)(plan.blocks[0])
+
+
+def test_the_local_cluster_it_starts_speaks_only_tls() -> None:
+    """Other users of a shared node cannot connect: TLS with a temporary certificate."""
+    pytest.importorskip("distributed")
+    with DaskExecutor(workers=1, progress=False)._address() as cluster:
+        assert cluster.scheduler_address.startswith("tls://")
+        assert cluster.security.require_encryption

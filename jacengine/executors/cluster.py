@@ -1,7 +1,7 @@
 """The dask.distributed executor: each block is a task on a dask cluster, written by the worker.
 
-By default a LocalCluster on this machine (loopback only, one single-threaded worker process
-per core, the backend's thread pools sized to match); or an existing cluster by scheduler
+By default a LocalCluster on this machine (loopback only, TLS with a temporary certificate,
+one single-threaded worker process per core, the backend's thread pools sized to match); or an existing cluster by scheduler
 address, or a dask-jobqueue cluster. Each worker process loads the model once (on its first
 task, see :mod:`jacengine.task`) and keeps it for every later block; a task computes its block,
 writes it straight into the store and returns a few numbers, so no Jacobian data passes
@@ -50,9 +50,12 @@ class DaskExecutor:
             yield self.scheduler or self.cluster
             return
         from distributed import LocalCluster
+        from distributed.security import Security
 
+        # TLS with a throwaway certificate: on a shared node no other user can connect to it
         with LocalCluster(n_workers=self.workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                          host="127.0.0.1", dashboard_address=None, env=self.env) as cluster:
+                          host="127.0.0.1", dashboard_address=None, env=self.env, security=Security.temporary(),
+                          protocol="tls://") as cluster:
             yield cluster
 
     def run(self, task: Task, blocks: Sequence[Block], should_stop: ShouldStop = lambda: False) -> int:
