@@ -172,3 +172,16 @@ def test_fallback_plan_exists_below_the_minimum_and_plans_aim_below_the_budget()
     for budget in (150e6, 300e6, 2e9):
         plan = choose_plan(spec, cost, int(budget))
         assert predicted_peak(spec, plan, cost) <= PLANNED_FRACTION * budget
+
+
+def test_a_plan_whose_block_splits_a_chunk_is_refused_at_store_creation(tmp_path) -> None:
+    from jacengine.storage.store import JacobianStore
+
+    spec = JacobianSpec(batch=4, input_steps=8, input_features=1, output_steps=8, output_features=1,
+                        t_out=tuple(range(8)), f_out=(0,), f_in=(0,), causal=True, truncatable=True)
+    plan = make_plan(spec, batch_chunk=2, t_out_chunk=4, t_in_chunk=4, chunks_per_block=lambda w: 1, n_buckets=1)
+    plan.check_alignment(spec)
+    torn = dataclasses.replace(plan, blocks=(dataclasses.replace(plan.blocks[0], row_stop=3), *plan.blocks[1:]))
+    with pytest.raises(BudgetError, match="not whole chunks"):
+        JacobianStore.create(tmp_path / "s.zarr", spec, torn, {"format": 1})
+    assert not (tmp_path / "s.zarr").exists()

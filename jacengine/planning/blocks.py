@@ -96,6 +96,18 @@ class Plan:
         """The zarr chunk shape of the ``jacobian`` array for ``spec``."""
         return (self.batch_chunk, self.t_out_chunk, len(spec.f_out), self.t_in_chunk, len(spec.f_in))
 
+    def check_alignment(self, spec: JacobianSpec) -> None:
+        """Refuse a plan with a block that does not cover whole chunks: two blocks writing parts
+        of one chunk would race (each rewrites the whole chunk file)."""
+        b_total, rows_total, _, in_total, _ = spec.shape
+        for block in self.blocks:
+            for name, start, stop, chunk, total in (("batch", block.batch_start, block.batch_stop, self.batch_chunk, b_total),
+                                                    ("t_out", block.row_start, block.row_stop, self.t_out_chunk, rows_total),
+                                                    (spec.in_axis, 0, block.in_stop, self.t_in_chunk, in_total)):
+                if start % chunk or (stop % chunk and stop != total):
+                    raise BudgetError(f"block {block.index} covers {name} {start}:{stop}, not whole chunks of {chunk} "
+                                      f"(axis length {total}); this plan would let blocks race on a chunk.")
+
     @property
     def shape_keys(self) -> list[tuple[int, int, int, int]]:
         """The distinct block shapes, in order of first use."""

@@ -97,6 +97,7 @@ class JacobianStore:
         ``jacengine verify`` can find them again; they are not part of the fingerprint.
         """
         path = Path(path)
+        plan.check_alignment(spec)
         check_writable_target(path, overwrite=overwrite)
         if path.exists() and overwrite:
             shutil.rmtree(path)
