@@ -23,6 +23,7 @@ from jacengine.interrupt import StopFlag, stop_on_signals
 from jacengine.options import RunOptions, options_from
 from jacengine.preparation import Prepared, prepare, prepare_for_store
 from jacengine.storage.inputs import InputsLike
+from jacengine.storage.locking import store_lock
 from jacengine.storage.staging import staged_for_workers
 from jacengine.storage.store import JacobianStore, check_writable_target, is_jacengine_store
 from jacengine.task import BlockTask
@@ -129,6 +130,12 @@ def execute(prepared: Prepared, target: JacobianStore, task: BlockTask, executor
     (this process's preparation attached to the task: nothing is loaded twice). ``stop``: the
     flag of the caller's signal handler (default: one installed here)."""
     task.attach(target, prepared.computation)
+    with store_lock(target.path, exclusive=False):  # while it writes, no other run may overwrite or clean up
+        return _run(prepared, target, task, executor, stop)
+
+
+def _run(prepared: Prepared, target: JacobianStore, task: BlockTask, executor: Executor,
+         stop: StopFlag | None) -> JacobianStore:
     pending = target.pending_blocks()
     log.info("%s; %s; %d of %d blocks pending, budget %s per process", prepared.causal_reason, prepared.method_reason,
              len(pending), len(target.plan.blocks), format_bytes(prepared.budget_bytes))
@@ -171,8 +178,10 @@ def _open_target(prepared: Prepared, path: Path, *, resume: bool, overwrite: boo
         return _create(prepared, path, overwrite=overwrite, sources=sources)
     target = JacobianStore(path, mode="r+")
     target.check_fingerprint(dict(prepared.fingerprint, grid=target.fingerprint.get("grid")))
-    # other processes (shards, dask workers) may be writing right now: only stale leftovers
-    removed = target.remove_partial_files(min_age_s=STALE_PARTIAL_S if concurrent else 0)
+    # temporary files of interrupted writes: all of them only when no other run holds the store
+    # (and this one writes alone), else only stale ones: other runs may be writing right now
+    with store_lock(path, exclusive=True) as alone:
+        removed = target.remove_partial_files(min_age_s=0 if alone and not concurrent else STALE_PARTIAL_S)
     if removed:
         log.info("removed %d temporary files of interrupted writes", removed)
     return target

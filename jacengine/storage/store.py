@@ -8,9 +8,11 @@ and the group attribute ``jacengine`` with the spec, plan and fingerprint that p
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
@@ -23,6 +25,7 @@ from jacengine._version import __version__
 from jacengine.errors import BlockError, StoreError, StoreMismatchError
 from jacengine.planning.blocks import Block, Plan
 from jacengine.planning.spec import JacobianSpec
+from jacengine.storage.locking import store_lock
 from jacengine.timing import phase
 
 FORMAT_VERSION = 1
@@ -100,7 +103,11 @@ class JacobianStore:
         plan.check_alignment(spec)
         check_writable_target(path, overwrite=overwrite)
         if path.exists() and overwrite:
-            shutil.rmtree(path)
+            with store_lock(path, exclusive=True) as alone:
+                if alone is False:
+                    raise StoreError(f"another jacengine run is writing to {path}; refusing to overwrite it under that run. "
+                                     "Wait for it to finish (or stop it), then overwrite.")
+                shutil.rmtree(path)
         group = zarr.open_group(str(path), mode="w-", zarr_format=3)
         group.create_array(
             "jacobian",
@@ -142,6 +149,7 @@ class JacobianStore:
             "plan": plan.to_dict(),
             "fingerprint": fingerprint,
             "sources": sources or {},
+            "generation": uuid.uuid4().hex,  # new on every creation: see jacengine.storage.locking
         }
         return cls(path, mode="r+")
 
@@ -188,6 +196,21 @@ class JacobianStore:
                 + "\nUse a new store path, or pass overwrite=True (--overwrite) to replace this store."
             )
 
+    @cached_property
+    def generation(self) -> str | None:
+        """The store's generation id as this handle opened it (None: a store from before ids)."""
+        return self.attrs.get("generation")
+
+    def _check_generation(self) -> None:
+        """Refuse to write into a store that was overwritten since this handle opened it."""
+        try:
+            on_disk = json.loads((self.path / "zarr.json").read_text())["attributes"][ATTRIBUTE].get("generation")
+        except (OSError, KeyError, ValueError):
+            on_disk = "missing"
+        if on_disk != self.generation:
+            raise StoreError(f"{self.path} was replaced (overwritten or deleted) by another run since this run opened it; "
+                             "this run stops without writing into the new store.")
+
     # -- completion -------------------------------------------------------------------------
     @property
     def _manifest(self) -> zarr.Array:
@@ -218,6 +241,7 @@ class JacobianStore:
         if data.shape != expected:
             raise ValueError(f"block {block.index} data has shape {data.shape}, expected {expected}")
         with phase("store write"):
+            self._check_generation()
             self._write_checked_block(block, data)
 
     def _write_checked_block(self, block: Block, data: np.ndarray) -> None:
@@ -226,6 +250,7 @@ class JacobianStore:
         if self.array.dtype == np.float16:
             self._record_rounding(block, data, stored)
         self.array[block.batch_start : block.batch_stop, block.row_start : block.row_stop, :, : block.in_stop, :] = stored
+        self._check_generation()
         self._manifest[block.index : block.index + 1, :] = np.array([[1, block_checksum(stored)]], dtype="uint64")
 
     def _record_rounding(self, block: Block, computed: np.ndarray, stored: np.ndarray) -> None:
