@@ -54,7 +54,8 @@ def init(model: Any, inputs: InputsLike, store: str | Path, *, overwrite: bool =
         prepare_for_store(model, inputs, existing, run)
         return existing
     check_writable_target(path, overwrite=overwrite)
-    return _create(prepare(model, inputs, run), path, overwrite=overwrite, sources=_sources(model, inputs))
+    return _create(prepare(model, inputs, run), path, overwrite=overwrite, sources=_sources(model, inputs),
+                   durable=run.durable)
 
 
 def compute(
@@ -115,7 +116,7 @@ def compute(
         prepared = prepare_for_store(model, inputs, JacobianStore(path), run) if resume else prepare(model, inputs, run)
         _stop_if_asked(stop, path, None)
         target = _open_target(prepared, path, resume=resume, overwrite=overwrite, sources=_sources(model, inputs),
-                              concurrent=executor.concurrent)
+                              concurrent=executor.concurrent, durable=run.durable)
         if run.executor == "local":
             task = BlockTask(str(path), model, inputs, run, uuid.uuid4().hex)
             return execute(prepared, target, task, executor, stop)
@@ -172,11 +173,11 @@ def _local_path(store: str | Path) -> Path:
 
 
 def _open_target(prepared: Prepared, path: Path, *, resume: bool, overwrite: bool, sources: dict[str, str],
-                 concurrent: bool) -> JacobianStore:
+                 concurrent: bool, durable: bool) -> JacobianStore:
     """The store to compute into: reopened and checked (resume) or created."""
     if not resume:
-        return _create(prepared, path, overwrite=overwrite, sources=sources)
-    target = JacobianStore(path, mode="r+")
+        return _create(prepared, path, overwrite=overwrite, sources=sources, durable=durable)
+    target = JacobianStore(path, mode="r+", durable=durable)
     target.check_fingerprint(dict(prepared.fingerprint, grid=target.fingerprint.get("grid")))
     # temporary files of interrupted writes: all of them only when no other run holds the store
     # (and this one writes alone), else only stale ones: other runs may be writing right now
@@ -193,9 +194,10 @@ def _sources(model: Any, inputs: Any) -> dict[str, str]:
             if isinstance(value, (str, Path))}
 
 
-def _create(prepared: Prepared, path: Path, *, overwrite: bool, sources: dict[str, str]) -> JacobianStore:
+def _create(prepared: Prepared, path: Path, *, overwrite: bool, sources: dict[str, str], durable: bool = True) -> JacobianStore:
     """A new store for ``prepared``, with the blocks calibration computed already in it."""
-    target = JacobianStore.create(path, prepared.spec, prepared.plan, prepared.fingerprint, overwrite=overwrite, sources=sources)
+    target = JacobianStore.create(path, prepared.spec, prepared.plan, prepared.fingerprint, overwrite=overwrite,
+                                  sources=sources, durable=durable)
     for block, result in prepared.probe_results.items():
         target.write_block(block, result)
     return target

@@ -73,6 +73,7 @@ _RUN_FLAGS: dict[str, dict[str, Any]] = {
     "precision": dict(type=click.Choice(PRECISIONS), help="model (the model's dtype) or float64 (a float64 copy)"),
     "gpu_memory_limit": dict(help="cap the GPU memory, e.g. 8GiB (default: memory growth)"),
     "backend": dict(help="auto (the one that recognises the model) or a backend name"),
+    "durable": dict(type=bool, help="fsync every block before recording it done (survives power loss); false: faster"),
 }
 
 

@@ -51,6 +51,9 @@ class RunOptions:
         scheduler: with "dask", the address of an existing scheduler; default a LocalCluster.
         workers: with "dask" and no scheduler, the LocalCluster's worker processes (default:
             one per core).
+        durable: fsync every block before recording it done, so a store survives a power loss
+            (see :meth:`jacengine.JacobianStore.write_block`); False is faster on slow disks and
+            still safe against a killed process.
     """
 
     budget: int | str = "2GiB"
@@ -69,6 +72,7 @@ class RunOptions:
     executor: str = "local"
     scheduler: str | None = None
     workers: int | None = None
+    durable: bool = True
 
     def __post_init__(self) -> None:
         parse_budget(self.budget)

@@ -60,7 +60,7 @@ class BlockTask:
         if self.token not in _LOADED:
             from jacengine.preparation import prepare_for_store  # the backend, on first use in a worker
 
-            store = JacobianStore(self.store, mode="r+")
+            store = JacobianStore(self.store, mode="r+", durable=self.options.durable)
             prepared = prepare_for_store(self.model, self.inputs, store, self.options)
             self.attach(store, prepared.computation)
         return _LOADED[self.token]

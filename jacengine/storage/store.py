@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import signal
 import tempfile
 import time
 import uuid
@@ -76,8 +78,9 @@ class JacobianStore:
     Open existing stores with :func:`open_store`; create them with :meth:`create`.
     """
 
-    def __init__(self, path: str | Path, mode: str = "r") -> None:
+    def __init__(self, path: str | Path, mode: str = "r", *, durable: bool = True) -> None:
         self.path = Path(path)
+        self.durable = durable  # fsync each block before recording it done (see write_block)
         if not is_jacengine_store(self.path):
             raise StoreError(f"{self.path} is not a jacengine store (no zarr group with a '{ATTRIBUTE}' attribute).")
         self._group = zarr.open_group(str(self.path), mode=mode)  # type: ignore[arg-type]
@@ -93,6 +96,7 @@ class JacobianStore:
         *,
         overwrite: bool = False,
         sources: dict[str, str] | None = None,
+        durable: bool = True,
     ) -> JacobianStore:
         """Create an empty store; refuses to touch anything that is not a jacengine store.
 
@@ -151,7 +155,7 @@ class JacobianStore:
             "sources": sources or {},
             "generation": uuid.uuid4().hex,  # new on every creation: see jacengine.storage.locking
         }
-        return cls(path, mode="r+")
+        return cls(path, mode="r+", durable=durable)
 
     # -- metadata ---------------------------------------------------------------------------
     @property
@@ -217,11 +221,24 @@ class JacobianStore:
         return self._group[MANIFEST]  # type: ignore[return-value]
 
     def manifest(self) -> np.ndarray:
-        """(n_blocks, 2) array of [done flag, checksum] per block."""
-        return np.asarray(self._manifest[:])
+        """(n_blocks, 2) array of [done flag, checksum] per block; a row that cannot be read
+        (a garbled or truncated chunk) reads as pending, [0, 0]."""
+        try:
+            return np.asarray(self._manifest[:])
+        except Exception:  # one bad row: read them one by one
+            rows = np.zeros((len(self.plan.blocks), 2), dtype="uint64")
+            for index in range(len(rows)):
+                try:
+                    rows[index] = self._manifest[index]
+                except Exception:
+                    pass
+            return rows
 
     def done_blocks(self) -> set[int]:
-        return {int(i) for i in np.flatnonzero(self.manifest()[:, 0] == 1)}
+        """Blocks recorded done whose chunk files are all present at their full size (see
+        :meth:`write_block` for the commit protocol)."""
+        recorded = np.flatnonzero(self.manifest()[:, 0] == 1)
+        return {int(i) for i in recorded if self._intact(self.plan.blocks[int(i)])}
 
     def pending_blocks(self) -> list[Block]:
         done = self.done_blocks()
@@ -234,8 +251,16 @@ class JacobianStore:
     def write_block(self, block: Block, data: np.ndarray) -> None:
         """Write a block's values (whole chunks only), then record it as done.
 
-        The manifest entry is written after the data, so a crash in between leaves the block
-        pending and a resume recomputes it; rewriting a block leaves identical bytes.
+        The commit protocol: (1) the block's chunks are written (zarr writes each to a
+        temporary file and renames it; chunks of zeros are written too, so that every chunk of
+        a done block exists), (2) each chunk file and its directory are fsynced, (3) the store's
+        generation id is checked (see :mod:`jacengine.storage.locking`), (4) the manifest row
+        [1, checksum] is written and fsynced. A crash before (4) leaves the block pending and a
+        resume recomputes it; rewriting a block leaves identical bytes. On reading, a recorded
+        block whose chunk files are missing or short (power loss after the row reached the disk
+        but not the data) counts as pending, and so does an unreadable manifest row. A store
+        opened with ``durable=False`` skips the fsyncs (step 2 and after 4): faster on slow
+        disks, and safe against a killed process, but not against a power loss.
         """
         expected = (block.n_batch, block.n_rows, len(self.spec.f_out), block.in_stop, len(self.spec.f_in))
         if data.shape != expected:
@@ -249,9 +274,34 @@ class JacobianStore:
             stored = np.ascontiguousarray(data, dtype=self.array.dtype)
         if self.array.dtype == np.float16:
             self._record_rounding(block, data, stored)
-        self.array[block.batch_start : block.batch_stop, block.row_start : block.row_stop, :, : block.in_stop, :] = stored
+        with zarr.config.set({"array.write_empty_chunks": True}):  # every chunk of a done block exists on disk
+            self.array[block.batch_start : block.batch_stop, block.row_start : block.row_stop, :, : block.in_stop, :] = stored
+        if self.durable:
+            _make_durable(self._chunk_files(block))
+        _fault_point("after-data", block.index)
         self._check_generation()
         self._manifest[block.index : block.index + 1, :] = np.array([[1, block_checksum(stored)]], dtype="uint64")
+        if self.durable:
+            _make_durable([self.path / MANIFEST / "c" / str(block.index) / "0"])
+        _fault_point("after-manifest", block.index)
+
+    def _chunk_files(self, block: Block) -> list[Path]:
+        """The chunk files of ``block`` in the ``jacobian`` array (zarr v3 default keys)."""
+        plan = self.plan
+        batches = range(block.batch_start // plan.batch_chunk, -(-block.batch_stop // plan.batch_chunk))
+        rows = range(block.row_start // plan.t_out_chunk, -(-block.row_stop // plan.t_out_chunk))
+        inputs = range(-(-block.in_stop // plan.t_in_chunk))
+        root = self.path / "jacobian" / "c"
+        return [root / str(b) / str(r) / "0" / str(i) / "0" for b in batches for r in rows for i in inputs]
+
+    def _intact(self, block: Block) -> bool:
+        """Whether every chunk file of a done block exists with its exact size (a cheap check
+        against power loss, which can leave a renamed file missing or short)."""
+        size = int(np.prod(self.plan.chunks(self.spec))) * self.array.dtype.itemsize
+        try:
+            return all(f.stat().st_size == size for f in self._chunk_files(block))
+        except FileNotFoundError:
+            return False
 
     def _record_rounding(self, block: Block, computed: np.ndarray, stored: np.ndarray) -> None:
         """Refuse values float16 cannot hold; record the block's largest rounding error."""
@@ -326,6 +376,43 @@ class JacobianStore:
     def __repr__(self) -> str:
         done, total = len(self.done_blocks()), len(self.plan.blocks)
         return f"JacobianStore({str(self.path)!r}, shape={self.shape}, dims={self.dims}, blocks {done}/{total} done)"
+
+
+def _make_durable(files: Iterable[Path]) -> None:
+    """fsync ``files`` (those that exist) and then their directories, so that a rename that
+    put them there survives a power loss."""
+    directories = set()
+    for path in files:
+        try:
+            descriptor = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        directories.add(path.parent)
+    for directory in directories:
+        try:
+            descriptor = os.open(directory, os.O_RDONLY)
+        except OSError:  # directories cannot be opened on some platforms (Windows)
+            continue
+        try:
+            os.fsync(descriptor)
+        except OSError:
+            pass
+        finally:
+            os.close(descriptor)
+
+
+FAULT_VARIABLE = "JACENGINE_FAULT"  # tests only: "after-data" or "after-manifest", optionally ":<block index>"
+
+
+def _fault_point(name: str, index: int) -> None:
+    """Kill this process here when the fault-injection variable asks for it (tests only)."""
+    wanted = os.environ.get(FAULT_VARIABLE)
+    if wanted and wanted.split(":")[0] == name and (":" not in wanted or int(wanted.split(":")[1]) == index):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def check_writable_target(path: Path, *, overwrite: bool) -> None:
