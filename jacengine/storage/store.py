@@ -237,8 +237,14 @@ class JacobianStore:
     def done_blocks(self) -> set[int]:
         """Blocks recorded done whose chunk files are all present at their full size (see
         :meth:`write_block` for the commit protocol)."""
-        recorded = np.flatnonzero(self.manifest()[:, 0] == 1)
-        return {int(i) for i in recorded if self._intact(self.plan.blocks[int(i)])}
+        return self._recorded_done() - self.damaged_blocks()
+
+    def damaged_blocks(self) -> set[int]:
+        """Blocks recorded done whose chunk files are missing or short: pending again."""
+        return {i for i in self._recorded_done() if not self._intact(self.plan.blocks[i])}
+
+    def _recorded_done(self) -> set[int]:
+        return {int(i) for i in np.flatnonzero(self.manifest()[:, 0] == 1)}
 
     def pending_blocks(self) -> list[Block]:
         done = self.done_blocks()
