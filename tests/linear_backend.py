@@ -10,6 +10,8 @@ and shows what a backend implements: :class:`jacengine.backends.base.Backend`.
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,7 @@ class LinearBlocks:
         self.model, self.spec = model, spec
 
     def compute(self, block: Block, x: np.ndarray) -> np.ndarray:
+        time.sleep(float(os.environ.get("LINEAR_BLOCK_SECONDS", "0")))  # tests of concurrent runs: blocks that take time
         spec = self.spec
         f_out, f_in = list(spec.f_out), list(spec.f_in)
         values = np.zeros((block.n_batch, block.n_rows, len(f_out), block.in_stop, len(f_in)), spec.block_dtype)

@@ -17,6 +17,7 @@ from linear_backend import LinearRecurrence
 
 import jacengine
 from jacengine.backends import register_backend
+from jacengine.executors.shards import shard_blocks
 from jacengine.storage.store import FAULT_VARIABLE, MANIFEST
 
 KILLS_PER_POINT = int(os.environ.get("JACENGINE_KILLS", "2"))  # the closing note's counts used 20
@@ -28,7 +29,7 @@ RUN = textwrap.dedent("""
     from jacengine.backends import register_backend
     from linear_backend import LinearRecurrence
     register_backend("linear", "linear_backend:BACKEND")
-    x = np.random.default_rng(1).normal(size=(4, 16, 2)).astype("float32")
+    x = np.random.default_rng(1).normal(size=(8, 48, 2)).astype("float32")
     jacengine.compute(LinearRecurrence.random(), x, sys.argv[1], budget="2MiB", progress=False)
 """).format(tests=str(Path(__file__).parent))
 
@@ -97,7 +98,34 @@ def test_simulated_power_loss_is_seen_by_status_and_repaired_by_compute(damage: 
 
 def test_a_non_durable_store_is_the_same_store(tmp_path, reference) -> None:
     register_backend("linear", "linear_backend:BACKEND")
-    x = np.random.default_rng(1).normal(size=(4, 16, 2)).astype("float32")
+    x = np.random.default_rng(1).normal(size=(8, 48, 2)).astype("float32")
     path = tmp_path / "j.zarr"
     jacengine.compute(LinearRecurrence.random(), x, path, budget="2MiB", progress=False, durable=False)
+    assert files_hash(path) == reference[1]
+
+
+def test_four_shards_one_killed_and_a_local_resume_meanwhile_end_bit_identical(reference, tmp_path) -> None:
+    """Shards 0-3 run at once with slow blocks; shard 1 is killed between a block's data and its
+    manifest row and restarted; a plain local resume starts while they run (it must leave their
+    temporary files alone). Every process ends well and the store is bit-identical."""
+    script = RUN.replace("progress=False)", "progress=False, shard=None if sys.argv[2] == '-' else (int(sys.argv[2]), 4))")
+    path = tmp_path / "j.zarr"
+    register_backend("linear", "linear_backend:BACKEND")
+    x = np.random.default_rng(1).normal(size=(8, 48, 2)).astype("float32")
+    jacengine.init(LinearRecurrence.random(), x, path, budget="2MiB")
+    env = dict(os.environ, LINEAR_BLOCK_SECONDS="0.4")
+
+    def start(shard: str, fault: str | None = None) -> subprocess.Popen:
+        extra = {FAULT_VARIABLE: fault} if fault else {}
+        return subprocess.Popen([sys.executable, "-c", script, str(path), shard], env=dict(env, **extra),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    store = jacengine.open_store(path)
+    victim_block = shard_blocks(store.spec, store.plan, 1, 4)[0].index  # its first: the others run on meanwhile
+    shards = [start(str(i), f"after-data:{victim_block}" if i == 1 else None) for i in range(4)]
+    assert shards[1].wait(timeout=120) == -9  # killed mid-commit
+    local = start("-")  # a resume while shards 0, 2, 3 still run
+    restarted = start("1")
+    for process in (*shards[:1], *shards[2:], local, restarted):
+        assert process.wait(timeout=120) == 0, process.stderr.read().decode()[-2000:]
     assert files_hash(path) == reference[1]
