@@ -55,8 +55,9 @@ def allocator_pool_factor() -> float:
     if not _warned:
         _warned = True
         log.warning(
-            "TensorFlow runs with oneDNN, whose CPU allocator keeps the memory blocks free: jacengine sizes blocks "
-            "for half the budget (slower). Set TF_ENABLE_ONEDNN_OPTS=0 before TensorFlow is imported to avoid this."
+            "TensorFlow runs with oneDNN, whose CPU allocator keeps the memory blocks free: jacengine plans twice "
+            "the measured memory of each block's work (smaller blocks, slower). Set TF_ENABLE_ONEDNN_OPTS=0 before "
+            "TensorFlow is imported to avoid this."
         )
     return RETAINING_POOL_FACTOR
 
