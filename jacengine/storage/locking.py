@@ -1,6 +1,7 @@
 """Who may write to a store: a lock file inside it, and a generation id.
 
-Every run that writes blocks holds a *shared* lock on ``<store>/jacengine.lock`` while it runs.
+Every run that writes blocks holds a *shared* lock on ``<store>/block_manifest/jacengine.lock``
+while it runs (inside the manifest's folder: zarr would warn about a file at the group's top).
 Replacing a store (overwrite) and deleting the temporary files of interrupted writes without
 waiting for them to age take it *exclusively*, and do neither while another run holds it.
 
@@ -23,7 +24,7 @@ from pathlib import Path
 
 log = logging.getLogger("jacengine")
 
-LOCK_FILE = "jacengine.lock"
+LOCK_FILE = "block_manifest/jacengine.lock"  # the manifest array's folder: not a member zarr lists
 
 
 @contextlib.contextmanager
