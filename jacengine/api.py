@@ -80,7 +80,7 @@ def compute(
         options: a :class:`~jacengine.options.RunOptions`; keyword ``settings`` (its field
             names: ``budget``, ``t_out``, ``f_out``, ``f_in``, ``causal``, ``method``, ``layout``,
             ``max_lag``, ``store_dtype``, ``precision``, ``trust_model``, ``gpu_memory_limit``,
-            ``backend``, ``executor``, ``scheduler``, ``workers``) override it. Each is
+            ``backend``, ``executor``, ``scheduler``, ``workers``, ``durable``) override it. Each is
             documented there; the default budget is 2 GiB per process.
         overwrite: replace an existing jacengine store instead of resuming it.
         progress: show a progress bar.
