@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import traceback
 from typing import Any
 
 import click
@@ -22,6 +23,7 @@ from jacengine.planning.selection import parse_selection_text
 from jacengine.planning.spec import LAYOUTS, STORE_DTYPES
 
 EXIT_INCOMPLETE = 3
+EXIT_CRASH = 70  # EX_SOFTWARE: an unexpected exception
 
 
 def parse_selection(text: str | None) -> Any:
@@ -109,12 +111,33 @@ def resolve(kwargs: dict[str, Any], *extra: str) -> tuple[dict[str, Any], RunOpt
     return files, run_guarded(lambda: RunOptions.from_mapping(settings)), config
 
 
-@click.group()
+class _Commands(click.Group):
+    """The command group: jacengine's errors exit as :func:`run_guarded` says wherever they are
+    raised; an unexpected exception (a bug, not bad input) exits :data:`EXIT_CRASH` with its
+    traceback, apart from 1 ("verify found a problem")."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return run_guarded(lambda: super(_Commands, self).invoke(ctx))
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception:
+            traceback.print_exc()
+            click.echo("jacengine: internal error (the traceback above is a bug in jacengine, not in your input); "
+                       "please report it with the command you ran.", err=True)
+            sys.exit(EXIT_CRASH)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="jacengine")
 @click.option("-v", "--verbose", is_flag=True, help="log what is decided and why")
-def main(verbose: bool) -> None:
+@click.option("-q", "--quiet", is_flag=True, help="log errors only")
+def main(verbose: bool, quiet: bool) -> None:
     """Memory-bounded Jacobians of sequence models, stored in zarr."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="jacengine: %(message)s")
+    if verbose and quiet:
+        raise click.UsageError("pass either -v or -q, not both.")
+    level = logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING
+    logging.basicConfig(level=level, format="jacengine: %(message)s")
 
 
 def run_guarded(action: Any) -> Any:
@@ -219,7 +242,7 @@ def plan(as_json: bool, **kwargs: Any) -> None:
 @click.argument("store", required=False, type=click.Path(exists=True, file_okay=False))
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="take STORE from this config file")
 @click.option("--shards", type=int, default=None, help="also show the progress of each of N job-array shards")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 def status(store: str | None, config_path: str | None, shards: int | None, as_json: bool) -> None:
     """Blocks done/total and bytes on disk (all shards together); exits 3 while incomplete."""
     from jacengine.executors.shards import assign_blocks, check_shard
@@ -291,10 +314,10 @@ def script(scheduler: str, config_path: str, **overrides: Any) -> None:
 @click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), help="default: the path recorded in the store")
 @click.option("--inputs", "inputs_path", type=click.Path(exists=True), help="default: the path recorded in the store")
 @click.option("--samples", default=16, show_default=True, help="random rows recomputed independently")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="random seed of the sampled rows (the same seed checks the same rows)")
 @click.option("--no-repair", is_flag=True, help="only report; do not mark corrupt blocks pending")
-@click.option("--trust-model", is_flag=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--trust-model", is_flag=True, help="allow model files that carry Python code (Keras Lambda layers)")
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 def verify(store: str, model_path: str | None, inputs_path: str | None, samples: int, seed: int, no_repair: bool,
            trust_model: bool, as_json: bool) -> None:
     """Check block checksums and recompute sampled entries; exits 1 on any problem.
@@ -367,7 +390,7 @@ def reduce(store: str, ops: tuple[str, ...], window: str, k: int, fraction: floa
 @click.option("--f-out", default=None, help="output features summed over (with --over outputs; default all)")
 @click.option("--batch-size", default=64, show_default=True, help="samples per product (memory: one backward pass of them)")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="result file (.npy)")
-@click.option("--trust-model", is_flag=True)
+@click.option("--trust-model", is_flag=True, help="allow model files that carry Python code (Keras Lambda layers)")
 def directional(model_path: str, inputs_path: str, over: str, t_in: str | None, f_in: str | None, t_out: str | None,
                 f_out: str | None, batch_size: int, out_path: str, trust_model: bool) -> None:
     """Sum J over a set of inputs (for every output) or outputs (for every input), without J."""
