@@ -156,3 +156,12 @@ def test_remote_store_urls_are_refused_without_creating_a_local_folder(model, x,
         with pytest.raises(jacengine.InputError, match="is a URL"):
             call()
     assert not list(tmp_path.iterdir())
+
+
+def test_to_xarray_labels_the_jacobian_and_leaves_the_bookkeeping_out(model, x, tmp_path) -> None:
+    pytest.importorskip("xarray")
+    store = jacengine.compute(model, x, tmp_path / "j.zarr", t_out=[3, 7], progress=False)
+    array = store.to_xarray()
+    assert array.dims == ("batch", "t_out", "f_out", "t_in", "f_in")
+    assert list(array["t_out"].values) == [3, 7] and array.sizes["t_in"] == T
+    np.testing.assert_array_equal(array.values, store.to_numpy())

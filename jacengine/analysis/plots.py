@@ -12,11 +12,8 @@ from jacengine.storage.store import JacobianStore
 
 def plot_summary(store: JacobianStore, path: str | Path, partial: bool = False) -> Path:
     """Three panels: mean |J| over (t_out, t_in), the lag profile, the feature-importance map."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure  # not pyplot: no backend is chosen, so inline plots in Jupyter keep theirs
 
     # one pass over the store: the lag profile and the feature importance (sum over t_in of the
     # batch mean of |J|, the same as the batch mean of the sum) both derive from the saliency map
@@ -28,7 +25,8 @@ def plot_summary(store: JacobianStore, path: str | Path, partial: bool = False) 
     in_axis = store.spec.in_axis  # t_in, or lag in the lag layout
     t_out, t_in, f_in = store.coordinate("t_out"), store.coordinate(in_axis), store.coordinate("f_in")
 
-    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.6), constrained_layout=True)
+    figure = Figure(figsize=(16, 4.6), layout="constrained")
+    left, middle, right = figure.subplots(1, 3)
     positive = heat[heat > 0]
     norm = LogNorm(vmin=max(positive.min(), positive.max() * 1e-6), vmax=positive.max()) if positive.size else None
     image = left.imshow(np.where(heat > 0, heat, np.nan), origin="lower", aspect="auto", norm=norm, cmap="viridis",
@@ -51,5 +49,4 @@ def plot_summary(store: JacobianStore, path: str | Path, partial: bool = False) 
     figure.suptitle(f"Jacobian {store.shape} from {store.path.name}")
     path = Path(path)
     figure.savefig(path, dpi=110)
-    plt.close(figure)
     return path

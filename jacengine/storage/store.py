@@ -372,6 +372,15 @@ class JacobianStore:
         jacobian = da.from_zarr(self.array)
         return jacobian.astype(np.float32) if jacobian.dtype == np.float16 else jacobian  # sum in float32
 
+    def to_xarray(self) -> Any:
+        """The Jacobian as a lazy ``xarray.DataArray`` (dask-backed) with its dimension names and
+        coordinates, without the store's bookkeeping arrays (needs xarray)."""
+        try:
+            import xarray as xr
+        except ImportError:
+            raise ImportError("to_xarray needs xarray: pip install xarray") from None
+        return xr.open_zarr(self.path, consolidated=False)["jacobian"]
+
     def to_numpy(self) -> np.ndarray:
         """Materialise the whole Jacobian (only for Jacobians that fit in memory)."""
         return np.asarray(self.array[...])
