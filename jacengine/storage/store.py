@@ -303,7 +303,7 @@ class JacobianStore:
     def _intact(self, block: Block) -> bool:
         """Whether every chunk file of a done block exists with its exact size (a cheap check
         against power loss, which can leave a renamed file missing or short)."""
-        size = int(np.prod(self.plan.chunks(self.spec))) * self.array.dtype.itemsize
+        size = int(np.prod(self.plan.chunks(self.spec))) * np.dtype(self.spec.store_dtype).itemsize
         try:
             return all(f.stat().st_size == size for f in self._chunk_files(block))
         except FileNotFoundError:
