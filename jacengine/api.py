@@ -113,9 +113,12 @@ def compute(
                 )
         if not resume:
             check_writable_target(path, overwrite=overwrite)
-        prepared = prepare_for_store(model, inputs, JacobianStore(path), run) if resume else prepare(model, inputs, run)
+        # a resumed store is opened once: its fingerprint is checked against this run, and its
+        # generation id (checked before every write) is that of the store checked
+        existing = JacobianStore(path, mode="r+", durable=run.durable) if resume else None
+        prepared = prepare_for_store(model, inputs, existing, run) if existing else prepare(model, inputs, run)
         _stop_if_asked(stop, path, None)
-        target = _open_target(prepared, path, resume=resume, overwrite=overwrite, sources=_sources(model, inputs),
+        target = _open_target(prepared, path, existing, overwrite=overwrite, sources=_sources(model, inputs),
                               concurrent=executor.concurrent, durable=run.durable)
         if run.executor == "local":
             task = BlockTask(str(path), model, inputs, run, uuid.uuid4().hex)
@@ -172,20 +175,18 @@ def _local_path(store: str | Path) -> Path:
     return Path(store)
 
 
-def _open_target(prepared: Prepared, path: Path, *, resume: bool, overwrite: bool, sources: dict[str, str],
-                 concurrent: bool, durable: bool) -> JacobianStore:
-    """The store to compute into: reopened and checked (resume) or created."""
-    if not resume:
+def _open_target(prepared: Prepared, path: Path, existing: JacobianStore | None, *, overwrite: bool,
+                 sources: dict[str, str], concurrent: bool, durable: bool) -> JacobianStore:
+    """The store to compute into: ``existing`` (resumed, already checked) or a new one."""
+    if existing is None:
         return _create(prepared, path, overwrite=overwrite, sources=sources, durable=durable)
-    target = JacobianStore(path, mode="r+", durable=durable)
-    target.check_fingerprint(dict(prepared.fingerprint, grid=target.fingerprint.get("grid")))
     # temporary files of interrupted writes: all of them only when no other run holds the store
     # (and this one writes alone), else only stale ones: other runs may be writing right now
     with store_lock(path, exclusive=True) as alone:
-        removed = target.remove_partial_files(min_age_s=0 if alone and not concurrent else STALE_PARTIAL_S)
+        removed = existing.remove_partial_files(min_age_s=0 if alone and not concurrent else STALE_PARTIAL_S)
     if removed:
         log.info("removed %d temporary files of interrupted writes", removed)
-    return target
+    return existing
 
 
 def _sources(model: Any, inputs: Any) -> dict[str, str]:

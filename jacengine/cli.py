@@ -253,11 +253,10 @@ def status(store: str | None, config_path: str | None, shards: int | None, as_js
         if store is None:
             raise click.UsageError("no store: pass STORE or a --config file that sets store.")
     opened = run_guarded(lambda: open_store(store))
-    damaged = sorted(opened.damaged_blocks())
+    done_set, damaged = opened.completion()
     if damaged:
-        click.echo(f"blocks {damaged} are recorded done but their chunk files are missing or short (an interrupted "
-                   "write, or a power loss): they count as pending; rerun compute to recompute them", err=True)
-    done_set = opened.done_blocks()
+        click.echo(f"blocks {sorted(damaged)} are recorded done but their chunk files are missing or short (an "
+                   "interrupted write, or a power loss): they count as pending; rerun compute to recompute them", err=True)
     done, total = len(done_set), len(opened.plan.blocks)
     report: dict[str, Any] = {
         "path": str(opened.path),

@@ -113,9 +113,7 @@ class RunOptions:
     def from_mapping(cls, settings: Mapping[str, Any]) -> RunOptions:
         """Options from text or TOML values (a config file, the command line): selections as
         '10', '0:50' or '1,5,9', causal as 'auto', 'true' or 'false'; unknown names refused."""
-        unknown = sorted(set(settings) - set(cls.names()))
-        if unknown:
-            raise InputError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(cls.names())}.")
+        _refuse_unknown(settings, "setting")
         values = dict(settings)
         for name in SELECTIONS:
             if isinstance(values.get(name), str):
@@ -131,7 +129,11 @@ class RunOptions:
 def options_from(options: RunOptions | None, settings: Mapping[str, Any]) -> RunOptions:
     """``options`` (default: all defaults) with keyword ``settings`` applied on top."""
     base = options if options is not None else RunOptions()
+    _refuse_unknown(settings, "option")
+    return base.replace(**settings) if settings else base
+
+
+def _refuse_unknown(settings: Mapping[str, Any], what: str) -> None:
     unknown = sorted(set(settings) - set(RunOptions.names()))
     if unknown:
-        raise InputError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(RunOptions.names())}.")
-    return base.replace(**settings) if settings else base
+        raise InputError(f"unknown {what}(s) {', '.join(unknown)}; known: {', '.join(RunOptions.names())}.")
