@@ -45,6 +45,11 @@ class RunOptions:
             "float16" (half the disk; the largest rounding error is recorded in the store).
         precision: "model" (compute in the model's dtype) or "float64" (a float64 copy of the model).
         trust_model: allow loading model files that carry Python code (Keras Lambda layers).
+        signature: for a SavedModel, the signature or function to call (default
+            "serving_default", else ``__call__``).
+        model_id: for a model without a layer graph (SavedModel object, ``tf.Module``,
+            callable), a name for what it computes, checked on resume instead of a hash of its
+            traced graph: change it whenever the model changes.
         gpu_memory_limit: cap the GPU memory of the backend (default: memory growth).
         backend: "auto" (the registered backend that recognises the model) or a backend name.
         executor: "local" (this process) or "dask" (dask.distributed tasks).
@@ -67,6 +72,8 @@ class RunOptions:
     store_dtype: str = "float32"
     precision: str = "model"
     trust_model: bool = False
+    signature: str | None = None
+    model_id: str | None = None
     gpu_memory_limit: int | str | None = None
     backend: str = "auto"
     executor: str = "local"
@@ -87,6 +94,10 @@ class RunOptions:
             value = getattr(self, name)
             if not any(value is choice or (isinstance(choice, str) and value == choice) for choice in allowed):
                 raise InputError(f"{name}={value!r} is not one of {', '.join(map(str, allowed))}.")
+        for name in ("signature", "model_id"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise InputError(f"{name} must be a non-empty string, got {value!r}.")
         for name in ("max_lag", "workers"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

@@ -104,7 +104,7 @@ def prepare(model: Any, inputs: InputsLike, options: RunOptions, *, calibrate: b
         computer, method_reason, probe_results = backend.block_computer(description), f"method {spec.method}", {}
     fingerprint = {
         "format": FORMAT_VERSION,
-        "model": backend.model_hash(loaded),
+        "model": backend.model_hash(loaded, source.shape[2]),
         "inputs": inputs_hash,
         "spec": _sha(spec.to_json()),
         "grid": list(plan.grid),

@@ -121,7 +121,7 @@ class LinearBackend:
                 model = LinearRecurrence(arrays["a"], arrays["b"], arrays["c"])
         return model
 
-    def model_hash(self, model: LinearRecurrence) -> str:
+    def model_hash(self, model: LinearRecurrence, input_features: int) -> str:
         return hashlib.sha256(b"".join(np.ascontiguousarray(m).tobytes() for m in (model.a, model.b, model.c))).hexdigest()
 
     def save(self, model: LinearRecurrence, folder: Path) -> str:

@@ -25,7 +25,7 @@ from helpers import create_with_blocks, store_hash  # noqa: E402
 
 import jacengine  # noqa: E402
 from jacengine.tf.backend import WORKER_ENV  # noqa: E402
-from jacengine.tf.model import load_model  # noqa: E402
+from jacengine.tf.model import load_keras_file  # noqa: E402
 
 BLOCKS = dict(chunks_per_block=1, t_chunk=4, batch_chunk=2)  # 4 samples x 16 steps: 8 blocks
 
@@ -40,7 +40,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     np.save(folder / "x.npy", np.random.default_rng(4).normal(size=(4, 16, 2)).astype("float32"))
     paths = {"model": folder / "model.keras", "inputs": folder / "x.npy", "init": folder / "init.zarr",
              "local": folder / "local.zarr"}
-    loaded = load_model(str(paths["model"]))  # the file's model, as workers see it
+    loaded = load_keras_file(paths["model"])  # the file's model, as workers see it
     create_with_blocks(loaded, np.load(paths["inputs"]), paths["init"], **BLOCKS)
     shutil.copytree(paths["init"], paths["local"])
     jacengine.compute(str(paths["model"]), str(paths["inputs"]), paths["local"], progress=False)
@@ -64,7 +64,7 @@ def test_dask_local_cluster_store_is_bit_identical_to_local(files) -> None:
 @pytest.mark.slow
 def test_dask_stages_in_memory_model_and_inputs(files, tmp_path) -> None:
     store = fresh_copy(files, "staged.zarr")
-    model = load_model(str(files["model"]))
+    model = load_keras_file(files["model"])
     jacengine.compute(model, np.load(files["inputs"]), store, executor="dask", workers=1, progress=False)
     assert store_hash(store) == store_hash(files["local"])
     assert not list(store.parent.glob(".staged.zarr.staging-*"))  # staging folder removed

@@ -90,13 +90,14 @@ class Backend(Protocol):
         vetted, and in float64 with ``options.precision == "float64"``."""
         ...
 
-    def model_hash(self, model: Any) -> str:
-        """A hash of what the model computes (architecture and weights): resumes are refused
-        when it changes."""
+    def model_hash(self, model: Any, input_features: int) -> str:
+        """A hash of what the model computes (architecture and weights), for inputs with
+        ``input_features`` features: resumes are refused when it changes."""
         ...
 
     def save(self, model: Any, folder: Path) -> str:
-        """Write the model into ``folder`` for worker processes; returns the path they load."""
+        """What worker processes load for ``model`` (as the user passed it, not a file path):
+        a reference they can load (e.g. an import path), or the model written into ``folder``."""
         ...
 
     def start_budget(self) -> Any:

@@ -1,7 +1,8 @@
 """Hand a model and inputs to worker processes: as files, since workers load their own copies.
 
-Paths given by the user are used as they are. An in-memory model or array is
-written next to the store (workers must be able to reach the store anyway, so the folder is on
+Files given by the user are used as they are. Other models go through the backend's ``save``
+(which may hand back a reference such as an import path); an in-memory array, or a model the
+backend writes, goes next to the store (workers must be able to reach the store anyway, so the folder is on
 a file system they share) and removed when the run ends.
 """
 
@@ -23,17 +24,22 @@ from jacengine.storage.inputs import Inputs
 def staged_for_workers(model: Any, inputs: Any, store: Path, save_model: Callable[[Any, Path], str]) -> Iterator[tuple[str, str]]:
     """Yields (model path, inputs path) that worker processes can open; ``save_model(model,
     folder)`` writes an in-memory model (the backend's :meth:`~jacengine.backends.base.Backend.save`)."""
-    if isinstance(model, (str, Path)) and isinstance(inputs, (str, Path)):
+    if _is_file(model) and isinstance(inputs, (str, Path)):
         yield str(Path(model).resolve()), str(Path(inputs).resolve())
         return
     store.parent.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=f".{store.name}.staging-", dir=store.parent))
     try:
-        model_path = str(Path(model).resolve()) if isinstance(model, (str, Path)) else save_model(model, folder)
+        model_path = str(Path(model).resolve()) if _is_file(model) else save_model(model, folder)
         inputs_path = str(Path(inputs).resolve()) if isinstance(inputs, (str, Path)) else _save_inputs(inputs, folder)
         yield model_path, inputs_path
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _is_file(model: Any) -> bool:
+    """A model given as a path that exists (a file or a directory such as a SavedModel)."""
+    return isinstance(model, (str, Path)) and Path(model).exists()
 
 
 def _save_inputs(inputs: Any, folder: Path) -> str:

@@ -1,4 +1,5 @@
-"""TensorFlow as a :class:`~jacengine.backends.base.Backend`: Keras 3 models and ``.keras`` files."""
+"""TensorFlow as a :class:`~jacengine.backends.base.Backend`: every model kind of
+:mod:`jacengine.tf.loading`, seen through :class:`~jacengine.tf.adapters.TFModel`."""
 
 from __future__ import annotations
 
@@ -16,15 +17,15 @@ from jacengine.options import RunOptions
 from jacengine.planning.budget import parse_budget
 from jacengine.planning.costmodel import CostModel
 from jacengine.storage.inputs import Inputs
-from jacengine.tf import model as models
 from jacengine.tf import reference
+from jacengine.tf.adapters import TFModel
 from jacengine.tf.block_computer import BlockComputer
 from jacengine.tf.introspect import PROBE_SAMPLES, PROBE_STEPS, build_spec
+from jacengine.tf.loading import load_tf_model, recognises
 from jacengine.tf.memory import TensorMemory, compute_device, configure_gpus
 from jacengine.tf.method_choice import Meters, calibrate_method, choose_method
 from jacengine.tf.probes import prior_cost
 from jacengine.tf.products import LinearFunctionals
-from jacengine.tf.rewrite import without_time_distributed_dense
 from jacengine.tf.zoo import seed_model
 
 # One thread per worker process: TensorFlow would otherwise start a pool as wide as the machine
@@ -46,9 +47,7 @@ class TensorFlowBackend:
     name = "tensorflow"
 
     def recognises(self, model: Any) -> bool:
-        if isinstance(model, (str, Path)):
-            return Path(model).suffix == ".keras"
-        return isinstance(model, keras.Model)
+        return recognises(model)
 
     def worker_environment(self) -> dict[str, str]:
         # the workers use the kernels this process uses (oneDNN off unless the user's process has it on)
@@ -58,17 +57,17 @@ class TensorFlowBackend:
         limit = options.gpu_memory_limit
         configure_gpus(parse_budget(limit) if limit is not None else None)
 
-    def load(self, model: Any, options: RunOptions) -> keras.Model:
-        loaded = models.load_model(model, trust_model=options.trust_model)
-        return models.float64_copy(loaded) if options.precision == "float64" else loaded
+    def load(self, model: Any, options: RunOptions) -> TFModel:
+        loaded = load_tf_model(model, trust_model=options.trust_model, signature=options.signature,
+                               model_id=options.model_id)
+        loaded.check()
+        return loaded.float64() if options.precision == "float64" else loaded
 
-    def model_hash(self, model: keras.Model) -> str:
-        return models.model_hash(model)
+    def model_hash(self, model: TFModel, input_features: int) -> str:
+        return model.fingerprint(input_features)
 
-    def save(self, model: keras.Model, folder: Path) -> str:
-        path = folder / "model.keras"
-        model.save(path)
-        return str(path)
+    def save(self, model: Any, folder: Path) -> str:
+        return load_tf_model(model).save(folder)
 
     def start_budget(self) -> BudgetMeters:
         device = compute_device()
@@ -78,12 +77,12 @@ class TensorFlowBackend:
             process.set_baseline()
         return BudgetMeters(TensorMemory(device), process)
 
-    def describe(self, model: keras.Model, inputs: Inputs, options: RunOptions) -> Description:
+    def describe(self, model: TFModel, inputs: Inputs, options: RunOptions) -> Description:
         spec, reason = build_spec(
             model, inputs, t_out=options.t_out, f_out=options.f_out, f_in=options.f_in, causal=options.causal,
             method=options.method, layout=options.layout, max_lag=options.max_lag, store_dtype=options.store_dtype)
         probe_inputs = inputs.read(0, PROBE_SAMPLES, PROBE_STEPS if spec.truncatable else None).astype(spec.compute_dtype)
-        return Description(spec, reason, without_time_distributed_dense(model, probe_inputs))
+        return Description(spec, reason, model.for_blocks(probe_inputs))
 
     def calibrate(self, description: Description, inputs: Inputs, budget_bytes: int, meters: BudgetMeters,
                   method: str) -> Calibration:
@@ -101,17 +100,17 @@ class TensorFlowBackend:
     def block_computer(self, description: Description) -> BlockComputer:
         return BlockComputer(description.block_model, description.spec)
 
-    def float64_copy(self, model: keras.Model) -> keras.Model:
-        return models.float64_copy(model)
+    def float64_copy(self, model: TFModel) -> TFModel:
+        return model.float64()
 
-    def gradient_row(self, model: keras.Model, sample: np.ndarray, step: int | None, feature: int) -> np.ndarray:
+    def gradient_row(self, model: TFModel, sample: np.ndarray, step: int | None, feature: int) -> np.ndarray:
         return reference.gradient_row(model, sample, step, feature)
 
-    def central_difference(self, model: keras.Model, sample: np.ndarray, step: int | None, f_out: int, t_in: int,
+    def central_difference(self, model: TFModel, sample: np.ndarray, step: int | None, f_out: int, t_in: int,
                            f_in: int) -> float:
         return reference.central_difference(model, sample, step, f_out, t_in, f_in)
 
-    def directional_products(self, model: keras.Model) -> LinearFunctionals:
+    def directional_products(self, model: TFModel) -> LinearFunctionals:
         return LinearFunctionals(model)
 
     def example_model(self, x_train: np.ndarray, y_train: np.ndarray, epochs: int) -> tuple[keras.Model, float | None]:

@@ -21,7 +21,6 @@ import logging
 import time
 from typing import Any
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -30,6 +29,7 @@ from jacengine.memory import release_free_heap
 from jacengine.planning.blocks import Block, window_start
 from jacengine.planning.spec import JacobianSpec
 from jacengine.tf import methods
+from jacengine.tf.adapters import TFModel
 from jacengine.timing import phase
 
 log = logging.getLogger("jacengine")
@@ -53,7 +53,7 @@ class BlockComputer:
     method); otherwise it warns once per op.
     """
 
-    def __init__(self, model: keras.Model, spec: JacobianSpec, strict: bool = False) -> None:
+    def __init__(self, model: TFModel, spec: JacobianSpec, strict: bool = False) -> None:
         self.model = model
         self.spec = spec
         self.strict = strict

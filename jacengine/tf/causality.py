@@ -19,10 +19,9 @@ An unknown layer costs speed (the full Jacobian is computed), never correctness.
 
 from __future__ import annotations
 
-import keras
-import numpy as np
+from typing import Any
 
-from jacengine.tf.model import iter_layers
+import numpy as np
 
 # Layers that act on each time step independently (or are the identity at inference).
 _PER_STEP = {
@@ -35,22 +34,24 @@ _RECURRENT = {"LSTM", "GRU", "SimpleRNN", "RNN"}
 _ATTENTION = {"MultiHeadAttention", "Attention", "AdditiveAttention", "GroupedQueryAttention"}
 
 
-def why_not_causal(model: keras.Model) -> str | None:
-    """None when the model's structure is causal by construction, else the first reason it is not."""
-    for layer in [model, *iter_layers(model)]:
+def why_not_causal(model: Any, layers: list[Any]) -> str | None:
+    """None when a Keras model's structure (the model and ``layers``, all layers inside it) is
+    causal by construction, else the first reason it is not. Layers are known by class name, so
+    Keras 3 and tf_keras (Keras 2) models share the allow-list."""
+    for layer in [model, *layers]:
         reason = _layer_reason(layer)
         if reason:
             return f"layer {layer.name!r} ({type(layer).__name__}): {reason}"
     return None
 
 
-def _layer_reason(layer: keras.layers.Layer) -> str | None:
+def _layer_reason(layer: Any) -> str | None:
     kind = type(layer).__name__
-    if isinstance(layer, keras.Model):
-        if isinstance(layer, keras.Sequential) or kind == "Functional":
+    if any(cls.__name__ == "Model" for cls in type(layer).__mro__):
+        if kind in ("Sequential", "Functional"):
             return None  # its layers are judged one by one
         return "a subclassed model has no layer graph to inspect"
-    if isinstance(layer, keras.layers.Layer) and kind.endswith("Cell"):
+    if kind.endswith("Cell"):
         return None  # the wrapping RNN layer is judged instead
     if kind in _PER_STEP:
         if kind in {"BatchNormalization", "UnitNormalization"} and _axes(layer) not in ({-1}, {2}):
@@ -74,7 +75,8 @@ def _layer_reason(layer: keras.layers.Layer) -> str | None:
         return None
     if kind in _ATTENTION:
         for node in getattr(layer, "_inbound_nodes", []):
-            kwargs = node.arguments.kwargs
+            arguments = getattr(node, "arguments", None)  # Keras 3; tf_keras nodes keep call_kwargs
+            kwargs = arguments.kwargs if arguments is not None else getattr(node, "call_kwargs", {})
             if not kwargs.get("use_causal_mask", False):
                 return "attention without use_causal_mask=True sees every step"
             if kwargs.get("attention_mask") is not None or kwargs.get("mask") is not None:
@@ -83,12 +85,12 @@ def _layer_reason(layer: keras.layers.Layer) -> str | None:
     return "not known to be causal"
 
 
-def _axes(layer: keras.layers.Layer) -> set[int]:
+def _axes(layer: Any) -> set[int]:
     axis = layer.axis
     return set(axis) if isinstance(axis, (list, tuple)) else {axis}
 
 
-def probe_is_causal(model: keras.Model, x: np.ndarray, n_cuts: int = 3, seed: int = 0) -> bool:
+def probe_is_causal(model: Any, x: np.ndarray, n_cuts: int = 3, seed: int = 0) -> bool:
     """True when perturbing x[:, c:] leaves y[:, :c] bitwise unchanged for several cut points c.
 
     The original and all perturbed copies go through the model in one batched call.

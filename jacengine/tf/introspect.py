@@ -1,10 +1,9 @@
-"""Build a :class:`JacobianSpec` from a Keras model and its inputs (shapes, causality, dtypes)."""
+"""Build a :class:`JacobianSpec` from a model and its inputs (shapes, causality, dtypes)."""
 
 from __future__ import annotations
 
 import gc
 
-import keras
 import numpy as np
 
 from jacengine.errors import InputError, ModelError
@@ -12,15 +11,15 @@ from jacengine.memory import release_free_heap
 from jacengine.planning.selection import Selection, normalise_selection
 from jacengine.planning.spec import JacobianSpec
 from jacengine.storage.inputs import Inputs
-from jacengine.tf.causality import probe_is_causal, why_not_causal
-from jacengine.tf.model import check_model
+from jacengine.tf.adapters import TFModel
+from jacengine.tf.causality import probe_is_causal
 
 PROBE_SAMPLES = 2
 PROBE_STEPS = 24  # eager Keras RNNs cost milliseconds per step and call; structure shows on short inputs
 
 
 def build_spec(
-    model: keras.Model,
+    model: TFModel,
     inputs: Inputs,
     *,
     t_out: Selection = None,
@@ -33,23 +32,23 @@ def build_spec(
     store_dtype: str = "float32",
 ) -> tuple[JacobianSpec, str]:
     """Return the spec and a one-line explanation of the causality decision."""
-    dtype = check_model(model)
+    dtype = model.dtype
     batch, steps, features = inputs.shape
-    expected = tuple(model.inputs[0].shape)
+    expected = model.input_shape
     if len(expected) != 3:
-        raise ModelError(f"the model takes inputs of shape {expected}; jacengine needs (batch, time, features).")
+        raise ModelError(f"the {model.kind} takes inputs of shape {expected}; jacengine needs (batch, time, features).")
     if expected[2] is not None and expected[2] != features:
         raise InputError(f"the model expects {expected[2]} input features, the inputs have {features}.")
     if expected[1] is not None and expected[1] != steps:
         raise InputError(f"the model expects sequences of length {expected[1]}, the inputs have {steps}.")
-    truncatable = expected[1] is None
+    truncatable = model.accepts_any_length
 
     probe = inputs.read(0, min(batch, PROBE_SAMPLES)).astype(dtype.as_numpy_dtype)
     # Structural questions are answered on a short prefix when the model accepts one: eager
     # passes (and a persistent tape) over thousands of steps are slow and hold memory the budget
     # needs. The output shape is read symbolically for the full length.
     short = probe[:, :PROBE_STEPS] if truncatable else probe
-    y_shape = _output_shape(model, (1, steps, features), short[:1])
+    y_shape = model.output_shape((1, steps, features), short[:1])
     if len(y_shape) == 2:
         sequence_to_one, output_steps, output_features = True, 1, y_shape[1]
     elif len(y_shape) == 3:
@@ -82,20 +81,7 @@ def build_spec(
     return spec, reason
 
 
-def _output_shape(model: keras.Model, input_shape: tuple[int, int, int], short: np.ndarray) -> tuple[int, ...]:
-    """The model's output shape for ``input_shape``: symbolically (Keras' shape inference,
-    checked against an eager call on ``short``), else from an eager call on zeros of that shape."""
-    try:
-        symbolic = tuple(model.compute_output_spec(keras.KerasTensor(input_shape)).shape)
-        short_symbolic = tuple(model.compute_output_spec(keras.KerasTensor(short.shape)).shape)
-    except Exception:  # shape inference is optional for custom layers
-        symbolic = short_symbolic = ()
-    if symbolic and None not in symbolic and short_symbolic == np.shape(model(short, training=False)):
-        return symbolic
-    return np.shape(model(np.zeros(input_shape, dtype=short.dtype), training=False))
-
-
-def check_connected(model: keras.Model, probe: np.ndarray, spec: JacobianSpec) -> None:
+def check_connected(model: TFModel, probe: np.ndarray, spec: JacobianSpec) -> None:
     """Raise when a selected output feature does not depend on the inputs at all.
 
     TensorFlow's pfor Jacobian silently returns zeros for a disconnected output (and a plain
@@ -119,7 +105,7 @@ def check_connected(model: keras.Model, probe: np.ndarray, spec: JacobianSpec) -
 
 
 def _decide_causal(
-    model: keras.Model, probe: np.ndarray, causal: bool | str, sequence_to_one: bool, aligned: bool
+    model: TFModel, probe: np.ndarray, causal: bool | str, sequence_to_one: bool, aligned: bool
 ) -> tuple[bool, str]:
     if causal not in ("auto", True, False):
         raise InputError(f"causal must be 'auto', True or False, got {causal!r}.")
@@ -137,7 +123,7 @@ def _decide_causal(
                 "not causal. Use causal='auto' or causal=False."
             )
         return True, "causal (as requested; a probe found no dependence on future inputs)"
-    structural = why_not_causal(model)
+    structural = model.why_not_causal()
     if structural is not None:
         return False, f"non-causal: {structural}"
     if not probe_ok:

@@ -28,7 +28,6 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import keras
 import numpy as np
 
 from jacengine.errors import BudgetError, MethodUnsupported
@@ -37,8 +36,8 @@ from jacengine.planning.costmodel import PLANNED_FRACTION, CostModel, block_work
 from jacengine.planning.methods import METHODS
 from jacengine.planning.spec import JacobianSpec
 from jacengine.storage.inputs import Inputs
+from jacengine.tf.adapters import TFModel
 from jacengine.tf.block_computer import BlockComputer
-from jacengine.tf.model import iter_layers
 from jacengine.tf.probes import Measurement, MemoryReader, measure_probe, prior_cost
 from jacengine.timing import phase
 
@@ -66,7 +65,7 @@ MAX_REPROBES = 4  # probes grow up to TRUST_FACTOR ** MAX_REPROBES times the fir
 # on some models): a final plan whose blocks were not measured stays within this factor of the
 # largest block that was.
 FINAL_TRUST_FACTOR = 2.0
-_RECURRENT = (keras.layers.RNN, keras.layers.Bidirectional)  # LSTM, GRU, SimpleRNN are RNN subclasses
+_RECURRENT = {"RNN", "Bidirectional"}  # base classes, Keras 3 and tf_keras alike (LSTM, GRU, SimpleRNN are RNNs)
 
 
 @dataclass
@@ -101,7 +100,7 @@ class Meters:
     process: Any  # jacengine.budget.ProcessMemory, or None on a GPU
 
 
-def calibrate_method(model: keras.Model, spec: JacobianSpec, meters: Meters, strict: bool = False) -> CalibratedMethod:
+def calibrate_method(model: TFModel, spec: JacobianSpec, meters: Meters, strict: bool = False) -> CalibratedMethod:
     """Measure probe blocks of ``spec.method`` and plan with the result: :func:`first_probe`,
     then :func:`refine`."""
     return refine(first_probe(model, spec, meters, strict), meters)
@@ -111,14 +110,14 @@ def _calibrating(spec: JacobianSpec) -> Any:
     return phase(f"calibrate {spec.method}")
 
 
-def first_probe(model: keras.Model, spec: JacobianSpec, meters: Meters, strict: bool = False) -> CalibratedMethod:
+def first_probe(model: TFModel, spec: JacobianSpec, meters: Meters, strict: bool = False) -> CalibratedMethod:
     """Trace the method and measure a first, cheap probe block; plan within the trust region
     around it."""
     with _calibrating(spec):
         return _first_probe(model, spec, meters, strict)
 
 
-def _first_probe(model: keras.Model, spec: JacobianSpec, meters: Meters, strict: bool) -> CalibratedMethod:
+def _first_probe(model: TFModel, spec: JacobianSpec, meters: Meters, strict: bool) -> CalibratedMethod:
     computer = BlockComputer(model, spec, strict=strict)
     prior = prior_cost(model, spec)
     probe, rate_probe = _slivers(spec, choose_plan(spec, prior, meters.budget_bytes, fallback_to_smallest=True))
@@ -217,15 +216,16 @@ def _quarter(block: Block) -> Block:
                    row_stop=block.row_start + rows, compute_rows=rows)
 
 
-def forward_mode_cannot_work(model: keras.Model) -> str | None:
+def forward_mode_cannot_work(model: TFModel) -> str | None:
     """Why forward mode is bound to fail for ``model`` (without tracing it), or None."""
-    recurrent = sorted({type(layer).__name__ for layer in iter_layers(model) if isinstance(layer, _RECURRENT)})
+    recurrent = sorted({type(layer).__name__ for layer in model.layers()
+                        if any(cls.__name__ in _RECURRENT for cls in type(layer).__mro__)})
     if recurrent:
         return f"Keras' {', '.join(recurrent)} raise under ForwardAccumulator in tf.function"
     return None
 
 
-def choose_method(model: keras.Model, spec: JacobianSpec, meters: Meters) -> tuple[CalibratedMethod, str]:
+def choose_method(model: TFModel, spec: JacobianSpec, meters: Meters) -> tuple[CalibratedMethod, str]:
     """The fastest method that works for ``model``, calibrated; and a one-line reason."""
     working: list[tuple[CalibratedMethod, int]] = []  # with the resident memory when it finished
     dropped: list[str] = []

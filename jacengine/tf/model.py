@@ -1,11 +1,18 @@
-"""Load and vet Keras models before any work is planned."""
+"""Keras models (Keras 3 and tf_keras, i.e. Keras 2): load, vet, hash, copy in float64.
+
+Both Kerases are handled by the same code: they share the model API that is used here
+(``inputs``, ``layers``, ``get_config``, ``weights``); :func:`keras_api` says which module a
+model comes from where a class or function of that module is needed.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -16,24 +23,26 @@ import tensorflow as tf  # noqa: E402
 
 from jacengine.errors import ModelError  # noqa: E402
 
-ModelLike = Any  # keras.Model or path to a .keras file
 
-
-def load_model(model: ModelLike, *, trust_model: bool = False) -> keras.Model:
-    """Return a Keras model from a model object or a ``.keras`` path.
-
-    Files are loaded in Keras safe mode: a model that carries Python code (Lambda layers) runs
-    arbitrary code when loaded, so it is refused unless ``trust_model=True``.
-    """
+def keras_api(model: Any) -> ModuleType | None:
+    """``keras`` for a Keras 3 model, ``tf_keras`` for a Keras 2 one, None for anything else.
+    tf_keras is never imported here: a tf_keras model means the user imported it already."""
     if isinstance(model, keras.Model):
-        return model
-    if not isinstance(model, (str, Path)):
-        raise ModelError(f"model must be a keras.Model or a path to a .keras file, got {type(model).__name__}.")
-    path = Path(model)
-    if not path.exists():
-        raise ModelError(f"model file {path} does not exist.")
-    if path.suffix != ".keras":
-        raise ModelError(f"{path} is not a .keras file; save the model with model.save('model.keras').")
+        return keras
+    tf_keras = sys.modules.get("tf_keras")
+    if tf_keras is not None and isinstance(model, tf_keras.Model):
+        return tf_keras
+    return None
+
+
+def _is_layer(value: Any) -> bool:
+    return any(isinstance(value, api.layers.Layer) for api in (keras, sys.modules.get("tf_keras")) if api is not None)
+
+
+def load_keras_file(path: Path, *, trust_model: bool = False) -> keras.Model:
+    """A Keras 3 model from a ``.keras`` file, loaded in Keras safe mode: a model that carries
+    Python code (Lambda layers) runs arbitrary code when loaded, so it is refused unless
+    ``trust_model=True``."""
     try:
         return keras.saving.load_model(str(path), safe_mode=not trust_model, compile=False)
     except ValueError as exc:
@@ -45,7 +54,7 @@ def load_model(model: ModelLike, *, trust_model: bool = False) -> keras.Model:
         raise ModelError(f"cannot load {path}: {exc}") from exc
 
 
-def iter_layers(model: keras.layers.Layer) -> list[keras.layers.Layer]:
+def iter_layers(model: Any) -> list[Any]:
     """Every layer inside ``model``, nested models and wrappers included."""
     found = []
     stack = list(getattr(model, "layers", []))
@@ -55,34 +64,31 @@ def iter_layers(model: keras.layers.Layer) -> list[keras.layers.Layer]:
         stack.extend(getattr(layer, "layers", []))
         for attribute in ("layer", "forward_layer", "backward_layer", "cell"):
             inner = getattr(layer, attribute, None)
-            if isinstance(inner, keras.layers.Layer):
+            if _is_layer(inner):
                 stack.append(inner)
     return found
 
 
-def check_model(model: keras.Model) -> tf.DType:
-    """Refuse models that cannot be differentiated block by block; return the compute dtype."""
+def check_model(model: Any, layers: list[Any]) -> None:
+    """Refuse models that cannot be differentiated block by block (``layers``: all of them)."""
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ModelError(
             f"the model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; jacengine "
             "needs exactly one of each (wrap the model to select them)."
         )
-    stateful = [layer.name for layer in iter_layers(model) if getattr(layer, "stateful", False)]
+    stateful = [layer.name for layer in layers if getattr(layer, "stateful", False)]
     if stateful:
         raise ModelError(
             f"stateful recurrent layers {stateful} carry state between calls, so blocks would "
             "depend on the order they run in. Rebuild the model with stateful=False (weights "
             "transfer with set_weights)."
         )
-    # Keras casts inputs to the Input layer's dtype, so that is the precision J has with respect
-    # to x, whatever the layers compute in (a Sequential's own policy may not say either)
     dtype = tf.as_dtype(model.inputs[0].dtype)
     if not dtype.is_floating:
         raise ModelError(f"the model takes {dtype.name} inputs; a Jacobian needs floating-point inputs.")
-    return dtype
 
 
-def model_hash(model: keras.Model) -> str:
+def model_hash(model: Any) -> str:
     """SHA-256 over the model's architecture (config) and every weight's bytes, in order.
 
     Weights are identified by position, not by ``weight.path``: Keras names them differently
@@ -99,7 +105,7 @@ def model_hash(model: keras.Model) -> str:
     return digest.hexdigest()
 
 
-def float64_copy(model: keras.Model) -> keras.Model:
+def float64_copy(model: Any) -> Any:
     """The same architecture and weights computing in float64 (Sequential/functional models)."""
     try:
         copy = model.__class__.from_config(_to_float64(model.get_config()))
@@ -112,7 +118,7 @@ def float64_copy(model: keras.Model) -> keras.Model:
 
 def _to_float64(config: Any) -> Any:
     if isinstance(config, dict):
-        if config.get("class_name") == "DTypePolicy":
+        if config.get("class_name") in ("DTypePolicy", "Policy"):  # Keras 3, tf_keras
             return {**config, "config": {**config["config"], "name": "float64"}}
         return {k: ("float64" if k == "dtype" and v in ("float32", "float16", "bfloat16") else _to_float64(v))
                 for k, v in config.items()}

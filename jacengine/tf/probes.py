@@ -26,7 +26,6 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-import keras
 import numpy as np
 
 from jacengine.memory import ProcessMemory, release_free_heap
@@ -34,9 +33,9 @@ from jacengine.planning.blocks import Block
 from jacengine.planning.costmodel import CostModel
 from jacengine.planning.spec import JacobianSpec
 from jacengine.storage.inputs import Inputs
+from jacengine.tf.adapters import TFModel
 from jacengine.tf.block_computer import BlockComputer
 from jacengine.tf.memory import allocator_pool_factor
-from jacengine.tf.model import iter_layers
 
 _MIN_FIXED_BYTES = 48 * 2**20  # TensorFlow's tracing and runtime never cost less than this on CPU
 _MEASURABLE_BYTES = 16 * 2**20  # peaks closer than this give no line (RSS moves by MiBs between calls)
@@ -50,11 +49,11 @@ class MemoryReader(Protocol):
     def peak(self) -> int: ...
 
 
-def prior_cost(model: keras.Model, spec: JacobianSpec) -> CostModel:
+def prior_cost(model: TFModel, spec: JacobianSpec) -> CostModel:
     """A pessimistic cost model from the model's layer widths, used only to size the probe."""
     itemsize = 8 if spec.compute_dtype == "float64" else 4
     width = 0
-    for layer in iter_layers(model):
+    for layer in model.layers():
         units = getattr(layer, "units", None) or getattr(layer, "filters", None)
         if isinstance(units, int):
             width += units * (1 + _RECURRENT_GATES.get(type(layer).__name__, 0))

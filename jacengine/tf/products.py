@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 
-import keras
 import numpy as np
 import tensorflow as tf
+
+from jacengine.tf.adapters import TFModel
 
 log = logging.getLogger("jacengine")
 
@@ -25,7 +26,7 @@ log = logging.getLogger("jacengine")
 class LinearFunctionals:
     """Compiled J·v and u·J for one model; sequence-to-one outputs get a time axis of 1."""
 
-    def __init__(self, model: keras.Model) -> None:
+    def __init__(self, model: TFModel) -> None:
         self.model = model
         self.forward_mode_works: bool | None = None  # unknown until the first J·v
         self._jvp_forward = tf.function(self._jvp_by_forward_accumulator, autograph=False)

@@ -4,19 +4,20 @@ eager: no pfor, no tf.function, no blocks."""
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import tensorflow as tf
 
+from jacengine.tf.adapters import TFModel
 
-def _output(model: keras.Model, x: tf.Tensor, step: int | None, feature: int) -> tf.Tensor:
+
+def _output(model: TFModel, x: tf.Tensor, step: int | None, feature: int) -> tf.Tensor:
     y = model(x, training=False)
     return y[0, feature] if step is None else y[0, step, feature]
 
 
-def gradient_row(model: keras.Model, sample: np.ndarray, step: int | None, feature: int) -> np.ndarray:
+def gradient_row(model: TFModel, sample: np.ndarray, step: int | None, feature: int) -> np.ndarray:
     """d y[0, step, feature] / d x[0] for one sample (1, T, F) -> (T, F); step None = seq-to-one."""
-    x = tf.constant(sample, dtype=model.compute_dtype)
+    x = tf.constant(sample, dtype=model.dtype)
     with tf.GradientTape() as tape:
         tape.watch(x)
         target = _output(model, x, step, feature)
@@ -24,7 +25,7 @@ def gradient_row(model: keras.Model, sample: np.ndarray, step: int | None, featu
 
 
 def central_difference(
-    model64: keras.Model, sample: np.ndarray, step: int | None, feature: int, t_in: int, f_in: int, h: float = 1e-5
+    model64: TFModel, sample: np.ndarray, step: int | None, feature: int, t_in: int, f_in: int, h: float = 1e-5
 ) -> float:
     """(y(x + h e) - y(x - h e)) / 2h in float64 for the input entry (t_in, f_in)."""
     x = np.asarray(sample, dtype="float64")

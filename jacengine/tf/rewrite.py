@@ -10,36 +10,40 @@ rewritten model is used only if it reproduces the original's outputs on a probe.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-import keras
 import numpy as np
+
+from jacengine.tf.model import keras_api
 
 log = logging.getLogger("jacengine")
 
 
-def _is_time_distributed_dense(layer: keras.layers.Layer) -> bool:
-    return isinstance(layer, keras.layers.TimeDistributed) and isinstance(layer.layer, keras.layers.Dense)
+def _is_time_distributed_dense(layer: Any) -> bool:
+    return type(layer).__name__ == "TimeDistributed" and type(getattr(layer, "layer", None)).__name__ == "Dense"
 
 
-def _unwrap(layer: keras.layers.Layer) -> keras.layers.Layer:
+def _unwrap(layer: Any) -> Any:
     return layer.layer if _is_time_distributed_dense(layer) else layer
 
 
-def _call(layer: keras.layers.Layer, *args: object, **kwargs: object) -> object:
-    if isinstance(layer, keras.layers.Dense):
+def _call(layer: Any, *args: object, **kwargs: object) -> object:
+    if type(layer).__name__ == "Dense":
         kwargs.pop("mask", None)  # TimeDistributed accepted a mask; Dense does not
     return layer(*args, **kwargs)
 
 
-def without_time_distributed_dense(model: keras.Model, probe: np.ndarray) -> keras.Model:
-    """``model`` with every TimeDistributed(Dense) replaced by its Dense, if provably equal on
-    ``probe``; otherwise ``model`` unchanged."""
-    if not any(_is_time_distributed_dense(layer) for layer in model.layers):
+def without_time_distributed_dense(model: Any, probe: np.ndarray) -> Any:
+    """``model`` (Keras 3 or tf_keras) with every TimeDistributed(Dense) replaced by its Dense,
+    if provably equal on ``probe``; otherwise ``model`` unchanged."""
+    api = keras_api(model)
+    if api is None or not any(_is_time_distributed_dense(layer) for layer in model.layers):
         return model
     try:
-        # Sequential models list their layers and take no call_function; functional ones need it
-        call = {} if isinstance(model, keras.Sequential) else {"call_function": _call}
-        rewritten = keras.models.clone_model(model, clone_function=_unwrap, **call)
+        # Sequential models list their layers and take no call_function; Keras 3 functional
+        # ones need it (tf_keras' clone_model has none: its functional clones call layers plainly)
+        call = {} if isinstance(model, api.Sequential) or api.__name__ != "keras" else {"call_function": _call}
+        rewritten = api.models.clone_model(model, clone_function=_unwrap, **call)
     except Exception as exc:  # an exotic graph: keep the original, it is still correct
         log.info("kept TimeDistributed layers (rewrite failed: %s)", exc)
         return model
