@@ -20,7 +20,7 @@ from jacengine.backends import backend_for
 from jacengine.errors import InputError, RunInterrupted
 from jacengine.executors import DaskExecutor, Executor, LocalExecutor, ShardExecutor
 from jacengine.interrupt import StopFlag, stop_on_signals
-from jacengine.options import RunOptions, options_from
+from jacengine.options import MODEL_IDENTITY, RunOptions, options_from
 from jacengine.preparation import Prepared, prepare, prepare_for_store
 from jacengine.storage.inputs import InputsLike
 from jacengine.storage.locking import store_lock
@@ -54,7 +54,7 @@ def init(model: Any, inputs: InputsLike, store: str | Path, *, overwrite: bool =
         prepare_for_store(model, inputs, existing, run)
         return existing
     check_writable_target(path, overwrite=overwrite)
-    return _create(prepare(model, inputs, run), path, overwrite=overwrite, sources=_sources(model, inputs),
+    return _create(prepare(model, inputs, run), path, overwrite=overwrite, sources=_sources(model, inputs, run),
                    durable=run.durable)
 
 
@@ -94,7 +94,8 @@ def compute(
     """
     run = options_from(options, settings)
     path = _local_path(store)
-    with stop_on_signals() as stop:  # from the start: a stop while loading or calibrating is resumable too
+    # signals from the start: a stop while loading or calibrating is resumable too
+    with stop_on_signals() as stop, contextlib.ExitStack() as staging:
         backend = backend_for(model, run.backend)
         run = run.replace(backend=backend.name)  # workers need not recognise the model again
         if cluster is not None and run.executor != "dask":
@@ -113,19 +114,20 @@ def compute(
                 )
         if not resume:
             check_writable_target(path, overwrite=overwrite)
+        token = uuid.uuid4().hex
+        if run.executor == "local":
+            task = BlockTask(str(path), model, inputs, run, token)
+        else:  # before any work: a model that workers cannot load is refused now, not after calibration
+            model_path, inputs_path = staging.enter_context(staged_for_workers(model, inputs, path, backend.save))
+            task = BlockTask(str(path.resolve()), model_path, inputs_path, run, token)
         # a resumed store is opened once: its fingerprint is checked against this run, and its
         # generation id (checked before every write) is that of the store checked
         existing = JacobianStore(path, mode="r+", durable=run.durable) if resume else None
         prepared = prepare_for_store(model, inputs, existing, run) if existing else prepare(model, inputs, run)
         _stop_if_asked(stop, path, None)
-        target = _open_target(prepared, path, existing, overwrite=overwrite, sources=_sources(model, inputs),
+        target = _open_target(prepared, path, existing, overwrite=overwrite, sources=_sources(model, inputs, run),
                               concurrent=executor.concurrent, durable=run.durable)
-        if run.executor == "local":
-            task = BlockTask(str(path), model, inputs, run, uuid.uuid4().hex)
-            return execute(prepared, target, task, executor, stop)
-        with staged_for_workers(model, inputs, path, backend.save) as (model_path, inputs_path):
-            task = BlockTask(str(path.resolve()), model_path, inputs_path, run, uuid.uuid4().hex)
-            return execute(prepared, target, task, executor, stop)
+        return execute(prepared, target, task, executor, stop)
 
 
 def execute(prepared: Prepared, target: JacobianStore, task: BlockTask, executor: Executor,
@@ -189,10 +191,13 @@ def _open_target(prepared: Prepared, path: Path, existing: JacobianStore | None,
     return existing
 
 
-def _sources(model: Any, inputs: Any) -> dict[str, str]:
-    """Paths of the model and inputs when they were given as files (recorded for verify)."""
-    return {name: str(Path(value).resolve()) for name, value in (("model", model), ("inputs", inputs))
-            if isinstance(value, (str, Path))}
+def _sources(model: Any, inputs: Any, run: RunOptions) -> dict[str, str]:
+    """What verify needs to load the model and inputs again: them, when they were given as files
+    (as absolute paths) or references such as import paths (as given), and the options that
+    say how to call and identify the model."""
+    sources = {name: str(Path(value).resolve()) if Path(value).exists() else str(value)
+               for name, value in (("model", model), ("inputs", inputs)) if isinstance(value, (str, Path))}
+    return sources | {name: getattr(run, name) for name in MODEL_IDENTITY if getattr(run, name) is not None}
 
 
 def _create(prepared: Prepared, path: Path, *, overwrite: bool, sources: dict[str, str], durable: bool = True) -> JacobianStore:

@@ -6,11 +6,13 @@ import json
 import logging
 import sys
 import traceback
+from pathlib import Path
 from typing import Any
 
 import click
 from dask.utils import format_bytes
 
+from jacengine.backends import is_import_path
 from jacengine.errors import InputError, JacengineError, RunInterrupted
 from jacengine.executors.shards import parse_shard
 from jacengine.executors.shards import shard_from_env as shard_from_env_vars
@@ -60,6 +62,22 @@ def _text_choice(*choices: Any) -> click.Choice:
     return click.Choice([str(c).lower() for c in choices])
 
 
+class ModelReference(click.ParamType):
+    """--model: an existing file or directory, or an import path 'package.module:name'."""
+
+    name = "model"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if is_import_path(value) or Path(value).exists():
+            return str(value)
+        self.fail(f"{value!r} is neither an existing file or directory nor an import path 'package.module:name'.",
+                  param, ctx)
+
+
+MODEL = ModelReference()
+MODEL_HELP = "a .keras or .h5 file, a SavedModel directory, or an import path package.module:name"
+
+
 # The run settings as flags: types and choices from RunOptions' vocabularies, defaults from
 # RunOptions itself (the only place they live).
 _RUN_FLAGS: dict[str, dict[str, Any]] = {
@@ -75,6 +93,9 @@ _RUN_FLAGS: dict[str, dict[str, Any]] = {
     "precision": dict(type=click.Choice(PRECISIONS), help="model (the model's dtype) or float64 (a float64 copy)"),
     "gpu_memory_limit": dict(help="cap the GPU memory, e.g. 8GiB (default: memory growth)"),
     "backend": dict(help="auto (the one that recognises the model) or a backend name"),
+    "signature": dict(help="SavedModel: the signature or function to call [default: serving_default, else __call__]"),
+    "model_id": dict(help="a model without layers (SavedModel, import path): its identity for resumes, instead of a "
+                          "hash of its traced graph"),
     "durable": dict(type=bool, help="fsync every block before recording it done (survives power loss); false: faster"),
 }
 
@@ -85,7 +106,7 @@ def model_options(function: Any) -> Any:
         click.option("--config", "config", type=click.Path(exists=True, dir_okay=False), is_eager=True,
                      callback=_load_config_defaults, expose_value=True,
                      help="TOML file with any of these settings (flags override it); see jacengine.jobs.config"),
-        click.option("--model", "model", type=click.Path(exists=True, dir_okay=False), help="a .keras model file"),
+        click.option("--model", "model", type=MODEL, help=MODEL_HELP),
         click.option("--inputs", "inputs", type=click.Path(exists=True), help="(B, T, F) inputs: a .npy file or a zarr array"),
         *[click.option(f"--{name.replace('_', '-')}", name, default=_as_flag_text(RunOptions.default(name)),
                        show_default=RunOptions.default(name) is not None, **flag)
@@ -310,7 +331,7 @@ def script(scheduler: str, config_path: str, **overrides: Any) -> None:
 
 @main.command()
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
-@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), help="default: the path recorded in the store")
+@click.option("--model", "model_path", type=MODEL, help="default: the model recorded in the store")
 @click.option("--inputs", "inputs_path", type=click.Path(exists=True), help="default: the path recorded in the store")
 @click.option("--samples", default=16, show_default=True, help="random rows recomputed independently")
 @click.option("--seed", default=0, show_default=True, help="random seed of the sampled rows (the same seed checks the same rows)")
@@ -378,7 +399,7 @@ def reduce(store: str, ops: tuple[str, ...], window: str, k: int, fraction: floa
 
 
 @main.command()
-@click.option("--model", "model_path", required=True, type=click.Path(exists=True, dir_okay=False), help="a .keras model file")
+@click.option("--model", "model_path", required=True, type=MODEL, help=MODEL_HELP)
 @click.option("--inputs", "inputs_path", required=True, type=click.Path(exists=True), help="(B, T, F) inputs: .npy or zarr")
 @click.option("--over", type=click.Choice(["inputs", "outputs"]), required=True,
               help="inputs: sum J over --t-in/--f-in for every output (one JVP); "

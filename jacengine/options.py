@@ -24,6 +24,7 @@ CAUSAL_CHOICES = ("auto", True, False)
 PRECISIONS = ("model", "float64")  # compute in the model's own dtype, or in a float64 copy of it
 EXECUTORS = ("local", "dask")
 SELECTIONS = ("t_out", "f_out", "f_in")
+MODEL_IDENTITY = ("signature", "model_id")  # how a model is called and identified: recorded in a store for verify
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import numpy as np
 
 from jacengine.backends import backend_for
 from jacengine.errors import StoreMismatchError
-from jacengine.options import RunOptions
+from jacengine.options import MODEL_IDENTITY, RunOptions
 from jacengine.planning.spec import JacobianSpec
 from jacengine.storage.inputs import Inputs
 from jacengine.storage.store import JacobianStore, block_checksum
@@ -90,15 +90,16 @@ def verify(
     if model is None or inputs is None:
         report.notes.append("model or inputs unknown: pass them to recompute sampled entries")
         return report
-    _check_samples(store, report, model, Inputs(inputs), samples, seed, trust_model)
+    identity = {name: sources[name] for name in MODEL_IDENTITY if name in sources}
+    _check_samples(store, report, model, Inputs(inputs), samples, seed, RunOptions(trust_model=trust_model, **identity))
     return report
 
 
 def _check_samples(
-    store: JacobianStore, report: VerifyReport, model: Any, inputs: Inputs, samples: int, seed: int, trust_model: bool
+    store: JacobianStore, report: VerifyReport, model: Any, inputs: Inputs, samples: int, seed: int, options: RunOptions
 ) -> None:
     backend = backend_for(model)
-    loaded = backend.load(model, RunOptions(trust_model=trust_model))
+    loaded = backend.load(model, options)
     fingerprint = store.fingerprint
     for name, actual in (("model", backend.model_hash(loaded, inputs.shape[2])), ("inputs", inputs.content_hash())):
         if fingerprint.get(name) != actual:

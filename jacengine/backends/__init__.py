@@ -8,7 +8,9 @@ outside the package, with :func:`register_backend`).
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from jacengine.backends.base import Backend
@@ -25,6 +27,13 @@ _REGISTRY: dict[str, BackendEntry] = {
     "tensorflow": BackendEntry("jacengine.tf.backend:BACKEND", "pip install 'jacengine' (TensorFlow and Keras 3)"),
 }
 _LOADED: dict[str, Backend] = {}
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def is_import_path(value: Any) -> bool:
+    """A model named as 'package.module:name' (a string that is not an existing path): the
+    form the command line, config files and worker processes use for models defined in code."""
+    return isinstance(value, str) and bool(_IMPORT_PATH.match(value)) and not Path(value).exists()
 
 
 def register_backend(name: str, target: str, install_hint: str = "") -> None:

@@ -1,6 +1,6 @@
 """Job configuration files (TOML): everything a run needs, so a job script is one line.
 
-    model = "model.keras"          # paths are relative to the config file
+    model = "model.keras"          # paths are relative to the config file (or "package.module:name")
     inputs = "inputs.npy"
     store = "jacobian.zarr"
     budget = "4GiB"                # per process (each dask worker, each shard)
@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jacengine.backends import is_import_path
 from jacengine.errors import BudgetError, InputError
 from jacengine.options import RunOptions
 
@@ -112,4 +113,8 @@ def load_config(path: str | Path) -> Config:
 
 
 def _relative_to(config: Path, value: str) -> str:
-    return value if Path(value).is_absolute() else str((config.parent / value).resolve())
+    """``value`` as an absolute path, relative paths taken from the config file's folder; an
+    import path 'package.module:name' (a model defined in code) stays as it is."""
+    if Path(value).is_absolute() or (is_import_path(value) and not (config.parent / value).exists()):
+        return value
+    return str((config.parent / value).resolve())

@@ -25,19 +25,14 @@ from typing import Any
 
 import tensorflow as tf
 
+from jacengine.backends import is_import_path
 from jacengine.errors import ModelError
 from jacengine.tf.adapters import FunctionModel, KerasModel, TFModel
 from jacengine.tf.model import keras_api, load_keras_file
 
-IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 KERAS2_SUFFIXES = (".h5", ".hdf5")
 ACCEPTED = ("a Keras 3 or tf_keras model, a tf.Module, a callable built from TensorFlow ops, a .keras or .h5 file, "
             "a SavedModel directory, or an import path 'package.module:name'")
-
-
-def is_import_path(value: Any) -> bool:
-    """A string 'package.module:name' that is not an existing file."""
-    return isinstance(value, str) and bool(IMPORT_PATH.match(value)) and not Path(value).exists()
 
 
 def recognises(model: Any) -> bool:
@@ -168,7 +163,7 @@ def _saved_model_function(loaded: Any, kind: str, reference: str | None, name: s
                              "Name another with signature='...' (--signature).")
         (key, spec), = inputs.items()
         _repair_loop_handle_data([function])
-        return FunctionModel(lambda x: function(**{key: x}), kind, reference=reference, signature=spec,
+        return FunctionModel(_SignatureCall(loaded, function, key), kind, reference=reference, signature=spec,
                              model_id=model_id)
     attribute = getattr(loaded, name, None)
     if not callable(attribute):
@@ -180,6 +175,17 @@ def _saved_model_function(loaded: Any, kind: str, reference: str | None, name: s
     specs = [c.structured_input_signature[0] for c in concrete]
     spec = specs[0][0] if len(specs) == 1 and len(specs[0]) == 1 and isinstance(specs[0][0], tf.TensorSpec) else None
     return FunctionModel(attribute, kind, reference=reference, signature=spec, model_id=model_id)
+
+
+class _SignatureCall:
+    """Calls a SavedModel signature with one tensor. Holds the loaded object too: its variables
+    live only as long as it does, and the signature alone does not keep it alive."""
+
+    def __init__(self, loaded: Any, signature: Any, input_name: str) -> None:
+        self.loaded, self.signature, self.input_name = loaded, signature, input_name
+
+    def __call__(self, x: tf.Tensor) -> Any:
+        return self.signature(**{self.input_name: x})
 
 
 def _repair_loop_handle_data(functions: list[Any]) -> None:

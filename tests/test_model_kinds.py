@@ -1,0 +1,186 @@
+"""Every model kind jacengine accepts stores the J of TensorFlow's own batch_jacobian.
+
+Kinds: tf_keras (Keras 2) models, directly and from .h5 and SavedModel files; a SavedModel of
+a Keras 3 GRU; a tf.Module with a hand-written recurrence; a plain tf.function; import paths.
+Tolerance: float32, 1e-5 of max |J|. Blocks are forced small (several per sample range and
+output step range) so causal skipping and prefixes are exercised.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+keras = pytest.importorskip("keras")
+tf_keras = pytest.importorskip("tf_keras")
+
+from helpers import compute_with_blocks, reference_jacobian  # noqa: E402
+
+import jacengine  # noqa: E402
+from jacengine.errors import ModelError, StoreMismatchError  # noqa: E402
+
+B, T, F_IN = 3, 12, 2
+BLOCKS = {"chunks_per_block": 1, "t_chunk": 4, "batch_chunk": 2}
+
+
+@pytest.fixture(scope="module")
+def x() -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(B, T, F_IN)).astype("float32")
+
+
+def assert_matches(store: jacengine.JacobianStore, reference: np.ndarray) -> None:
+    stored = store.to_numpy()
+    assert stored.shape == reference.shape
+    assert np.max(np.abs(stored - reference)) <= 1e-5 * np.max(np.abs(reference))
+
+
+def reference(function: object, x: np.ndarray) -> np.ndarray:
+    """batch_jacobian of a callable that takes no ``training`` argument."""
+    return reference_jacobian(lambda inputs, training=False: function(inputs), x)
+
+
+def legacy_seed_model() -> object:
+    """The seed model in Keras 2: LSTM then TimeDistributed(Dense)."""
+    tf_keras.utils.set_random_seed(1)
+    return tf_keras.Sequential([tf_keras.Input((None, F_IN)), tf_keras.layers.LSTM(5, return_sequences=True),
+                                tf_keras.layers.TimeDistributed(tf_keras.layers.Dense(2))])
+
+
+class Recurrence(tf.Module):
+    """h_t = tanh(h_(t-1) A + x_t B), y_t = h_t C: causal, but opaque to jacengine."""
+
+    def __init__(self, seed: int = 2) -> None:
+        rng = np.random.default_rng(seed)
+        self.a = tf.Variable(0.4 * rng.normal(size=(4, 4)).astype("float32"))
+        self.b = tf.Variable(rng.normal(size=(F_IN, 4)).astype("float32"))
+        self.c = tf.Variable(rng.normal(size=(4, 1)).astype("float32"))
+
+    @tf.function(input_signature=[tf.TensorSpec((None, None, F_IN), tf.float32)])
+    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+        steps = tf.TensorArray(tf.float32, size=tf.shape(x)[1])
+        h = tf.zeros((tf.shape(x)[0], 4))
+        for t in tf.range(tf.shape(x)[1]):
+            h = tf.tanh(h @ self.a + x[:, t] @ self.b)
+            steps = steps.write(t, h @ self.c)
+        return tf.transpose(steps.stack(), [1, 0, 2])
+
+
+@pytest.fixture(scope="module")
+def legacy_files(tmp_path_factory) -> dict[str, object]:
+    folder = tmp_path_factory.mktemp("legacy")
+    model = legacy_seed_model()
+    model.save(folder / "seed.h5")
+    model.save(folder / "seed_savedmodel")
+    return {"model": model, "h5": folder / "seed.h5", "savedmodel": folder / "seed_savedmodel"}
+
+
+@pytest.mark.parametrize("source", ["object", "h5", "savedmodel"])
+def test_tf_keras_seed_model(legacy_files, x, tmp_path, source) -> None:
+    model = legacy_files["model"] if source == "object" else legacy_files[source]
+    store = compute_with_blocks(model, x, tmp_path / "j.zarr", **BLOCKS)
+    assert store.spec.causal  # tf_keras layers share Keras 3's allow-list
+    assert_matches(store, reference_jacobian(legacy_files["model"], x))
+
+
+def test_savedmodel_of_keras3_gru(x, tmp_path) -> None:
+    keras.utils.set_random_seed(3)
+    gru = keras.Sequential([keras.Input((None, F_IN)), keras.layers.GRU(4, return_sequences=True), keras.layers.Dense(2)])
+    gru.export(tmp_path / "gru", verbose=False)
+    store = compute_with_blocks(str(tmp_path / "gru"), x, tmp_path / "j.zarr", **BLOCKS)
+    assert not store.spec.causal  # a SavedModel has no layer graph to inspect
+    assert_matches(store, reference_jacobian(gru, x))
+
+
+def test_tf_module_default_non_causal_and_vouched_causal(x, tmp_path) -> None:
+    module = Recurrence()
+    reference_j = reference(module, x)
+    default = compute_with_blocks(module, x, tmp_path / "default.zarr", **BLOCKS)
+    assert not default.spec.causal
+    assert_matches(default, reference_j)
+    vouched = compute_with_blocks(module, x, tmp_path / "causal.zarr", causal=True, **BLOCKS)
+    assert vouched.spec.causal and vouched.spec.truncatable  # its signature leaves the time axis open
+    assert_matches(vouched, reference_j)
+
+
+def test_plain_tf_function(x, tmp_path) -> None:
+    weights = tf.constant(np.random.default_rng(4).normal(size=(F_IN, 3)).astype("float32"))
+
+    @tf.function
+    def model(inputs: tf.Tensor) -> tf.Tensor:
+        return tf.tanh(tf.cumsum(inputs, axis=1) @ weights)  # causal: a running sum
+
+    store = compute_with_blocks(model, x, tmp_path / "j.zarr", **BLOCKS)
+    assert not store.spec.causal
+    assert_matches(store, reference(model, x))
+
+
+def test_causal_true_on_a_non_causal_callable_is_refused(x, tmp_path) -> None:
+    def reversed_sum(inputs: tf.Tensor) -> tf.Tensor:
+        return tf.cumsum(inputs, axis=1, reverse=True)
+
+    with pytest.raises(ModelError, match="not causal"):
+        jacengine.plan(reversed_sum, x, causal=True)
+
+
+def test_resume_with_changed_callable_is_refused(x, tmp_path) -> None:
+    module = Recurrence()
+    path = tmp_path / "j.zarr"
+    jacengine.compute(module, x, path, progress=False, budget="256MiB")
+    jacengine.compute(module, x, path, progress=False, budget="256MiB")  # same model: a no-op resume
+    module.a.assign(module.a + 1.0)
+    with pytest.raises(StoreMismatchError, match="model"):
+        jacengine.compute(module, x, path, progress=False, budget="256MiB")
+
+
+def test_lambda_layer_in_h5_refused_without_trust(x, tmp_path) -> None:
+    model = tf_keras.Sequential([tf_keras.Input((None, F_IN)), tf_keras.layers.Lambda(lambda v: 2.0 * v)])
+    model.save(tmp_path / "lambda.h5")
+    with pytest.raises(ModelError, match="trust_model"):
+        jacengine.plan(str(tmp_path / "lambda.h5"), x)
+
+
+def test_callable_object_cannot_go_to_dask_workers(x, tmp_path) -> None:
+    with pytest.raises(ModelError, match="import path"):
+        jacengine.compute(Recurrence(), x, tmp_path / "j.zarr", executor="dask", workers=1, progress=False)
+
+
+@pytest.fixture()
+def model_module(tmp_path, monkeypatch) -> str:
+    """A module in the current directory defining a tf.Module instance ``model``."""
+    (tmp_path / "my_models.py").write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(__import__("pathlib").Path(__file__).parent)!r})
+        from test_model_kinds import Recurrence
+        model = Recurrence()
+    """))
+    monkeypatch.chdir(tmp_path)
+    return "my_models:model"
+
+
+def test_import_path(model_module, x, tmp_path) -> None:
+    store = compute_with_blocks(model_module, x, tmp_path / "j.zarr", **BLOCKS)
+    assert_matches(store, reference(Recurrence(), x))
+
+
+def test_cli_with_import_path_and_savedmodel_directory(model_module, x, tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from jacengine.cli import main
+
+    np.save(tmp_path / "x.npy", x)
+    tf.saved_model.save(Recurrence(seed=5), str(tmp_path / "module_savedmodel"))
+    runner = CliRunner()
+    for model, expected in ((model_module, Recurrence()), (str(tmp_path / "module_savedmodel"), Recurrence(seed=5))):
+        out = tmp_path / f"{len(str(model))}.zarr"
+        arguments = ["compute", "--model", model, "--inputs", str(tmp_path / "x.npy"), "--out", str(out), "--no-progress",
+                     "--budget", "256MiB", "--causal", "true"]
+        result = runner.invoke(main, arguments)
+        assert result.exit_code == 0, result.output
+        assert_matches(jacengine.open_store(out), reference(expected, x))
+        result = runner.invoke(main, ["verify", str(out)])  # the model recorded in the store, loaded again
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["plan", "--model", "no_such_module_here.py", "--inputs", str(tmp_path / "x.npy")])
+    assert result.exit_code == 2 and "neither an existing file" in result.output
