@@ -8,7 +8,7 @@ or :func:`verify` first needs it.
 from jacengine._version import __version__
 from jacengine.analysis.directional import directional
 from jacengine.analysis.verify import VerifyReport, verify
-from jacengine.api import compute, init, plan
+from jacengine.api import compute, init, jacobian, plan
 from jacengine.errors import (
     BlockError,
     BlockOutOfMemory,
@@ -42,6 +42,7 @@ __all__ = [
     "compute",
     "directional",
     "init",
+    "jacobian",
     "open_store",
     "plan",
     "verify",

@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from dask.utils import format_bytes
 
 from jacengine.backends import backend_for
-from jacengine.errors import InputError, RunInterrupted
+from jacengine.errors import BudgetError, InputError, RunInterrupted
 from jacengine.executors import DaskExecutor, Executor, LocalExecutor, ShardExecutor
 from jacengine.interrupt import StopFlag, stop_on_signals
 from jacengine.options import MODEL_IDENTITY, RunOptions, options_from
+from jacengine.planning.spec import JacobianSpec
 from jacengine.preparation import Prepared, prepare, prepare_for_store
 from jacengine.storage.inputs import InputsLike
 from jacengine.storage.locking import store_lock
+from jacengine.storage.scratch import scratch_store_path
 from jacengine.storage.staging import staged_for_workers
 from jacengine.storage.store import JacobianStore, check_writable_target, is_jacengine_store
 from jacengine.task import BlockTask
@@ -61,7 +65,7 @@ def init(model: Any, inputs: InputsLike, store: str | Path, *, overwrite: bool =
 def compute(
     model: Any,
     inputs: InputsLike,
-    store: str | Path,
+    store: str | Path | None,
     *,
     options: RunOptions | None = None,
     overwrite: bool = False,
@@ -76,7 +80,9 @@ def compute(
         model: a ``keras.Model`` or a path to a ``.keras`` file (loaded in safe mode), or a model
             of another registered backend.
         inputs: (B, T, F) floats: a numpy array, a ``.npy`` path (memory-mapped) or a zarr array.
-        store: directory of the zarr store to create, or of an existing store to resume.
+        store: directory of the zarr store to create, or of an existing store to resume; None:
+            compute in memory (a scratch store, deleted with the returned object), with the
+            result counted against the budget (see :func:`jacobian`).
         options: a :class:`~jacengine.options.RunOptions`; keyword ``settings`` (its field
             names: ``budget``, ``t_out``, ``f_out``, ``f_in``, ``causal``, ``method``, ``layout``,
             ``max_lag``, ``store_dtype``, ``precision``, ``trust_model``, ``gpu_memory_limit``,
@@ -93,6 +99,10 @@ def compute(
     refused with a message naming what differs.
     """
     run = options_from(options, settings)
+    if store is None:
+        return _compute_in_memory(model, inputs, run, progress=progress, refused={
+            "overwrite": overwrite, "cluster": cluster is not None, "shard": shard is not None,
+            "executor='dask'": run.executor != "local"})
     path = _local_path(store)
     # signals from the start: a stop while loading or calibrating is resumable too
     with stop_on_signals() as stop, contextlib.ExitStack() as staging:
@@ -128,6 +138,51 @@ def compute(
         target = _open_target(prepared, path, existing, overwrite=overwrite, sources=_sources(model, inputs, run),
                               concurrent=executor.concurrent, durable=run.durable)
         return execute(prepared, target, task, executor, stop)
+
+
+def jacobian(model: Any, inputs: InputsLike, *, options: RunOptions | None = None, progress: bool = False,
+             **settings: Any) -> np.ndarray:
+    """J of ``model`` at ``inputs`` as a numpy array: small questions without a store.
+
+    ``jacobian(model, x, t_out=10)`` is the gradient of output step 10 with respect to every
+    input step: shape (B, F_out, T, F_in). An int selection (``t_out``, ``f_out``, ``f_in``)
+    drops its axis, as numpy indexing does; other selections keep it, in the layout of
+    ``tape.batch_jacobian`` (B, T_out, F_out, T_in, F_in). The computation is that of
+    :func:`compute` (blocks, causal skipping, the same settings), and the result counts against
+    the budget: when it does not fit, the error says so and the answer is a store on disk.
+    """
+    run = options_from(options, settings)
+    values = compute(model, inputs, None, options=run, progress=progress).to_numpy()
+    dropped = tuple(axis for axis, name in ((1, "t_out"), (2, "f_out"), (4, "f_in"))
+                    if isinstance(getattr(run, name), (int, np.integer)) and not isinstance(getattr(run, name), bool))
+    return values.squeeze(axis=dropped) if dropped else values
+
+
+def _compute_in_memory(model: Any, inputs: InputsLike, run: RunOptions, *, progress: bool,
+                       refused: dict[str, bool]) -> JacobianStore:
+    """:func:`compute` with ``store=None``: into a scratch store, in this process, with the
+    result (as :meth:`JacobianStore.to_numpy` materialises it) reserved from the budget."""
+    asked = [name for name, given in refused.items() if given]
+    if asked:
+        raise InputError(f"store=None computes in this process's memory; {', '.join(asked)} need(s) a store path "
+                         "(store='jacobian.zarr', --out).")
+    with stop_on_signals() as stop:
+        try:
+            prepared = prepare(model, inputs, run, reserve=_result_bytes)
+        except BudgetError as exc:
+            raise BudgetError(f"{exc} In memory, the result itself counts against the budget; compute into a store on "
+                              "disk (store='jacobian.zarr', --out) to leave the whole budget to the computation, or raise "
+                              "the budget.") from exc
+        path = scratch_store_path(_result_bytes(prepared.spec))
+        target = _create(prepared, path, overwrite=False, sources={}, durable=False)
+        target.remove_with_this_object(path.parent)
+        return execute(prepared, target, BlockTask(str(path), model, inputs, run, uuid.uuid4().hex),
+                       LocalExecutor(progress=progress), stop)
+
+
+def _result_bytes(spec: JacobianSpec) -> int:
+    """The whole Jacobian in memory (zeros of skipped blocks included, as to_numpy returns it)."""
+    return math.prod(spec.shape) * np.dtype(spec.store_dtype).itemsize
 
 
 def execute(prepared: Prepared, target: JacobianStore, task: BlockTask, executor: Executor,

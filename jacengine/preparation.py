@@ -8,13 +8,16 @@ describes it, calibrates and plans through the backend's protocol, and knows no 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from dask.utils import format_bytes
 
 from jacengine.backends import backend_for
 from jacengine.backends.base import BlockComputer
+from jacengine.errors import BudgetError
 from jacengine.options import RunOptions
 from jacengine.planning.blocks import Block, Plan
 from jacengine.planning.budget import BUDGET_DEFINITION
@@ -77,11 +80,14 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def prepare(model: Any, inputs: InputsLike, options: RunOptions, *, calibrate: bool = True) -> Prepared:
+def prepare(model: Any, inputs: InputsLike, options: RunOptions, *, calibrate: bool = True,
+            reserve: Callable[[JacobianSpec], int] | None = None) -> Prepared:
     """Load, describe, calibrate and plan: everything but the blocks themselves.
 
     Without ``calibrate`` the plan comes from the backend's prior cost model and the spec's
     method as given ("auto": the spec's provisional one); resumes and workers use the store's plan.
+    ``reserve(spec)``: bytes the run holds besides its blocks (a result kept in memory); the
+    blocks are planned within what the budget leaves.
     """
     backend = backend_for(model, options.backend)
     backend.configure(options)
@@ -94,13 +100,17 @@ def prepare(model: Any, inputs: InputsLike, options: RunOptions, *, calibrate: b
     meters = backend.start_budget()
     with phase("spec and causality probe"):
         description = backend.describe(loaded, source, options)
+    budget = options.budget_bytes - (reserve(description.spec) if reserve is not None else 0)
+    if budget <= 0:
+        raise BudgetError(f"the result alone ({format_bytes(options.budget_bytes - budget)}) does not fit the budget of "
+                          f"{format_bytes(options.budget_bytes)}.")
     if calibrate:
-        chosen = backend.calibrate(description, source, options.budget_bytes, meters, options.method)
+        chosen = backend.calibrate(description, source, budget, meters, options.method)
         spec, cost, plan, computer = chosen.spec, chosen.cost, chosen.plan, chosen.computer
         method_reason, probe_results = chosen.reason, chosen.probe_results
     else:
         spec, cost = description.spec, backend.prior_cost(description)
-        plan = choose_plan(spec, cost, options.budget_bytes, fallback_to_smallest=True)
+        plan = choose_plan(spec, cost, budget, fallback_to_smallest=True)
         computer, method_reason, probe_results = backend.block_computer(description), f"method {spec.method}", {}
     fingerprint = {
         "format": FORMAT_VERSION,
@@ -110,7 +120,7 @@ def prepare(model: Any, inputs: InputsLike, options: RunOptions, *, calibrate: b
         "grid": list(plan.grid),
         "dtypes": f"{spec.compute_dtype}->{spec.store_dtype}",
     }
-    return Prepared(spec, description.causal_reason, method_reason, cost, plan, options.budget_bytes, fingerprint,
+    return Prepared(spec, description.causal_reason, method_reason, cost, plan, budget, fingerprint,
                     Computation(source, computer), probe_results)
 
 

@@ -15,6 +15,7 @@ import signal
 import tempfile
 import time
 import uuid
+import weakref
 from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
@@ -387,6 +388,11 @@ class JacobianStore:
     def to_numpy(self) -> np.ndarray:
         """Materialise the whole Jacobian (only for Jacobians that fit in memory)."""
         return np.asarray(self.array[...])
+
+    def remove_with_this_object(self, folder: Path) -> None:
+        """Delete ``folder`` (which holds this store) when this object is garbage collected or
+        at exit: the lifetime of a scratch store (:mod:`jacengine.storage.scratch`)."""
+        self._removal = weakref.finalize(self, shutil.rmtree, folder, True)
 
     def nbytes_on_disk(self) -> int:
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
