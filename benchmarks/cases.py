@@ -18,7 +18,8 @@ JACOBIAN_METHODS = ("jacengine", "tf-eager", "tf-pfor", "tf-while", "tf-gradient
 QUICK_METHODS = ("jacengine", "tf-pfor")
 REDUCE_METHODS = ("jacengine-reduce", "numpy-reduce")
 SCALE_OUT_METHODS = ("jacengine", "jacengine-dask", "jacengine-shards")  # 1 process; 2 dask workers; 2 shards
-SUITES = ("seed", "scaling-T", "scaling-B", "features", "budget", "models", "reduce", "scale-out", "methods", "speed")
+SUITES = ("seed", "scaling-T", "scaling-B", "features", "budget", "models", "reduce", "scale-out", "methods", "speed",
+          "model-kinds")
 # the speed targets: JAX and a hand-written loop of TF causal blocks at every size; on the seed
 # problem also TF's one-liners (at the larger sizes the while loop takes minutes and pfor runs out of memory)
 SPEED_METHODS = ("jacengine", "jax", "tf-causal-blocks")
@@ -27,6 +28,12 @@ ENGINE_METHODS = (*METHODS, "auto")  # jacengine's method= in the methods suite:
 LAG_WINDOW = 50  # the methods suite's lag-layout case stores lags 0..49
 DEFAULT_BUDGET = "1GiB"
 MODEL_FAMILIES = ("lstm", "gru", "stacked-lstm", "causal-conv1d", "bidirectional")  # kinds of jacengine.tf.zoo
+# the model-kinds suite: the seed model handed to jacengine as each kind of TensorFlow model it
+# accepts (benchmarks.child.as_model_kind), Keras 3 first (the ratios' reference)
+# ("-dense-head": the same maths with Dense in place of TimeDistributed(Dense), which traced
+# with an open time axis computes wrong outputs and vectorises badly: DESIGN.md, "Known traps")
+MODEL_KINDS = ("keras", "tf_keras", "tf_keras-h5", "tf_keras-savedmodel", "savedmodel", "tf-module", "tf-function",
+               "tf-function-dense-head")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +54,8 @@ class Case:
     engine_method: str = "auto"
     max_lag: int | None = None
     tf_first: bool = False  # TensorFlow imported before jacengine, oneDNN at its default (a notebook's state)
+    model_kind: str = "keras"  # how the model is handed to jacengine (MODEL_KINDS)
+    vouch_causal: bool = False  # jacengine's causal=True (for model kinds it cannot inspect)
 
     @property
     def problem(self) -> tuple[Any, ...]:
@@ -62,6 +71,8 @@ class Case:
         how = "" if self.engine_method == "auto" else f" method={self.engine_method}"
         how += f" lags<{self.max_lag}" if self.max_lag else ""
         how += " (TF imported first)" if self.tf_first else ""
+        how += f" as {self.model_kind}" if self.model_kind != "keras" else ""
+        how += " causal=True" if self.vouch_causal else ""
         return f"{self.suite}: {self.method}{how} {self.model} {shape}{budget}"
 
     def to_json(self) -> str:
@@ -122,4 +133,9 @@ def suite_cases(suite: str, quick: bool = False) -> list[Case]:
         return [Case(suite, "jacengine", kind, b, t, f, f, repeats=0, engine_method=how, max_lag=lag)
                 for kind in kinds for b, t, f in shapes
                 for how, lag in [*((m, None) for m in ENGINE_METHODS), ("auto", window)]]
+    if suite == "model-kinds":  # the seed problem through every model kind jacengine accepts
+        batch, steps = (2, 20) if quick else (10, 100)
+        kinds = [(kind, False) for kind in MODEL_KINDS] + [("tf-module", True)]
+        return [Case(suite, "jacengine", "lstm", batch, steps, repeats=repeats, model_kind=kind, vouch_causal=vouch)
+                for kind, vouch in kinds]
     raise ValueError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)} or all")

@@ -123,13 +123,76 @@ def _jacengine_runner(case: Case, model: Any, x: np.ndarray, directory: str) -> 
     import jacengine
 
     runs = iter(range(10**6))
-
-    layout = {"layout": "lag", "max_lag": case.max_lag} if case.max_lag else {}
+    model = as_model_kind(case.model_kind, model, directory)
+    settings: dict[str, Any] = {"layout": "lag", "max_lag": case.max_lag} if case.max_lag else {}
+    if case.vouch_causal:
+        settings["causal"] = True
 
     def compute() -> Any:
         path = os.path.join(directory, f"run{next(runs)}.zarr")
-        return jacengine.compute(model, x, path, budget=case.budget, method=case.engine_method, progress=False, **layout)
+        return jacengine.compute(model, x, path, budget=case.budget, method=case.engine_method, progress=False, **settings)
     return compute
+
+
+def as_model_kind(kind: str, model: Any, directory: str) -> Any:
+    """The Keras 3 ``model`` as another kind of TensorFlow model (cases.MODEL_KINDS), same weights:
+    a tf_keras copy (object, .h5 file, SavedModel directory), a SavedModel exported from Keras 3,
+    or a tf.Module or tf.function calling it (opaque to jacengine)."""
+    import tensorflow as tf
+
+    if kind == "keras":
+        return model
+    if kind.startswith("tf_keras"):
+        import tf_keras
+
+        copy = _tf_keras_copy(tf_keras, model)
+        if kind == "tf_keras":
+            return copy
+        path = os.path.join(directory, "model.h5" if kind == "tf_keras-h5" else "tf_keras_savedmodel")
+        copy.save(path)
+        return path
+    if kind == "savedmodel":
+        # Keras 3 exports TimeDistributed traced with an open time axis, which computes wrong
+        # outputs (DESIGN.md, "Known traps"): export the same maths with a per-step Dense head
+        from jacengine.tf.rewrite import without_time_distributed_dense
+
+        path = os.path.join(directory, "savedmodel")
+        without_time_distributed_dense(model, x_probe(model)).export(path, verbose=False)
+        return path
+    signature = [tf.TensorSpec((None, None, model.inputs[0].shape[-1]), tf.float32)]
+    if kind.startswith("tf-function"):
+        if kind.endswith("-dense-head"):
+            from jacengine.tf.rewrite import without_time_distributed_dense
+
+            model = without_time_distributed_dense(model, x_probe(model))
+        return tf.function(lambda x: model(x, training=False), input_signature=signature)
+
+    class KerasInModule(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        @tf.function(input_signature=signature)
+        def __call__(self, x: Any) -> Any:
+            return self.model(x, training=False)
+    return KerasInModule()
+
+
+def x_probe(model: Any) -> np.ndarray:
+    return np.random.default_rng(1).normal(size=(2, 8, model.inputs[0].shape[-1])).astype("float32")
+
+
+def _tf_keras_copy(tf_keras: Any, model: Any) -> Any:
+    """The seed model (LSTM, then TimeDistributed(Dense)) rebuilt in tf_keras with its weights."""
+    kinds = [type(layer).__name__ for layer in model.layers]
+    if kinds != ["LSTM", "TimeDistributed"]:
+        raise NotApplicable(f"the tf_keras copy exists for the seed model only, not {kinds}")
+    lstm, head = model.layers
+    copy = tf_keras.Sequential([tf_keras.Input((None, model.inputs[0].shape[-1])),
+                                tf_keras.layers.LSTM(lstm.units, return_sequences=True),
+                                tf_keras.layers.TimeDistributed(tf_keras.layers.Dense(head.layer.units))])
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _scale_out_runner(case: Case, model: Any, x: np.ndarray, directory: str, extra: dict[str, Any]) -> Callable[[], Any]:

@@ -43,6 +43,8 @@ def _method_cell(record: dict[str, Any]) -> str:
     if record["method"] == "jacengine" and (how != "auto" or record.get("suite") == "methods"):
         cell += f" {how}" + (f" → {chosen}" if how == "auto" and chosen else "")
     cell += " (TF imported first)" if record.get("tf_first") else ""
+    cell += f" as {record['model_kind']}" if record.get("model_kind", "keras") != "keras" else ""
+    cell += " causal=True" if record.get("vouch_causal") else ""
     return cell + (f", lags < {record['max_lag']}" if record.get("max_lag") else "")
 
 
@@ -72,8 +74,10 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
     ]
     for r in records:
         ok = r["status"] == "ok"
-        # baselines against jacengine; in the methods suite every variant against the first (reverse)
-        ours = _jacengine_of(records, r) if ok and (r["method"] != "jacengine" or r["suite"] == "methods") else None
+        # baselines against jacengine; in the methods and model-kinds suites every variant against the
+        # first (method reverse; the Keras 3 model)
+        variants = r["suite"] in ("methods", "model-kinds")
+        ours = _jacengine_of(records, r) if ok and (r["method"] != "jacengine" or variants) else None
         ours = None if ours is r else ours
         time_ratio = best_seconds(r) / best_seconds(ours) if ours else None
         memory_ratio = r["peak_rss_bytes"] / max(ours["peak_rss_bytes"], 1) if ours else None

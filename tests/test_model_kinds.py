@@ -77,6 +77,18 @@ def legacy_files(tmp_path_factory) -> dict[str, object]:
     return {"model": model, "h5": folder / "seed.h5", "savedmodel": folder / "seed_savedmodel"}
 
 
+def test_tf_keras_time_distributed_rewritten_to_dense(legacy_files, x) -> None:
+    from jacengine.tf.adapters import KerasModel
+
+    rewritten = KerasModel(legacy_files["model"]).for_blocks(x[:2, :5])
+    assert [type(layer).__name__ for layer in rewritten.model.layers] == ["LSTM", "Dense"]
+
+
+def test_callable_of_the_wrong_shape_is_refused_clearly(x) -> None:
+    with pytest.raises(ModelError, match="maps \\(B, T, F_in\\)"):
+        jacengine.plan(lambda inputs: tf.reshape(inputs, (-1, 7)), x)
+
+
 @pytest.mark.parametrize("source", ["object", "h5", "savedmodel"])
 def test_tf_keras_seed_model(legacy_files, x, tmp_path, source) -> None:
     model = legacy_files["model"] if source == "object" else legacy_files[source]

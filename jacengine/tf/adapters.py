@@ -207,7 +207,13 @@ class FunctionModel(TFModel):
             raise ModelError(f"the {self.kind} takes {self.dtype.name} inputs; a Jacobian needs floating-point inputs.")
 
     def output_shape(self, input_shape: tuple[int, int, int], probe: np.ndarray) -> tuple[int, ...]:
-        return tuple(np.shape(self(np.zeros(input_shape, dtype=probe.dtype))))
+        try:
+            return tuple(np.shape(self(np.zeros(input_shape, dtype=probe.dtype))))
+        except (TypeError, ValueError, tf.errors.InvalidArgumentError) as exc:
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ModelError(f"calling the {self.kind} on {self.dtype.name} inputs of shape {input_shape} failed "
+                             f"({first_line}); jacengine needs a model that maps (B, T, F_in) to (B, T, F_out) or "
+                             "(B, F_out).") from exc
 
     def layers(self) -> list[Any]:
         return []

@@ -16,6 +16,7 @@ of an installed or local module, which is the user's own choice to name.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import re
 import sys
@@ -71,10 +72,11 @@ def _adapt(value: Any, *, reference: str | None, signature: str | None, model_id
         if not callable(value):
             raise ModelError(f"the tf.Module {type(value).__name__} has no __call__; pass the method to differentiate "
                              "(e.g. module.predict) or an import path to it.")
-        return FunctionModel(value, "tf.Module", reference=reference, signature=_declared_spec(value.__call__),
-                             model_id=model_id)
+        return FunctionModel(_uncompiled(value.__call__), "tf.Module", reference=reference,
+                             signature=_declared_spec(value.__call__), model_id=model_id)
     if callable(value):
-        return FunctionModel(value, "callable", reference=reference, signature=_declared_spec(value), model_id=model_id)
+        return FunctionModel(_uncompiled(value), "callable", reference=reference, signature=_declared_spec(value),
+                             model_id=model_id)
     raise ModelError(f"model must be {ACCEPTED}; got {type(value).__name__}.")
 
 
@@ -85,7 +87,7 @@ def _load_path(path: Path, *, trust_model: bool, signature: str | None, model_id
     if path.is_dir():
         if not (path / "saved_model.pb").is_file():
             raise ModelError(f"{path} is a directory but not a SavedModel (it has no saved_model.pb). Pass {ACCEPTED}.")
-        if (path / "keras_metadata.pb").is_file() and _tf_keras(required=False) is not None:
+        if (path / "keras_metadata.pb").is_file() and importlib.util.find_spec("tf_keras") is not None:
             _refuse_code(path, (path / "keras_metadata.pb").read_bytes(), trust_model)
             return KerasModel(_tf_keras().models.load_model(reference, compile=False), reference)
         return _saved_model_function(tf.saved_model.load(reference), "SavedModel", reference, signature, model_id)
@@ -113,12 +115,10 @@ def _refuse_code(path: Path, config: bytes, trust_model: bool) -> None:
                          "trust its author, pass trust_model=True (--trust-model).")
 
 
-def _tf_keras(required: bool = True) -> ModuleType | None:
+def _tf_keras() -> ModuleType:
     try:
         return importlib.import_module("tf_keras")
     except ImportError as exc:
-        if not required:
-            return None
         raise ModelError("this model is a Keras 2 (tf_keras) file; install tf_keras to load it: "
                          "pip install 'jacengine[tf-keras]'.") from exc
 
@@ -139,6 +139,23 @@ def _import(target: str) -> Any:
             raise ModelError(f"model {target!r}: {module_name} has no attribute {attribute!r}.")
         value = getattr(value, part)
     return value
+
+
+def _uncompiled(function: Any) -> Any:
+    """The Python function behind a ``tf.function``, else ``function``.
+
+    jacengine compiles the model into its own functions and checks the first call of each
+    against an eager call of the same inputs; calling the user's compiled function inside them
+    would make that check compare the compiled function with itself. It matters: Keras'
+    TimeDistributed, traced with an open time axis (as a ``tf.function`` with an
+    ``input_signature`` of (None, None, F) traces it), returns wrong outputs (DESIGN.md, "Known
+    traps"); jacengine's check catches that and compiles per block shape instead. A loaded
+    SavedModel's functions have no Python behind them and are called as they are.
+    """
+    python_function = getattr(function, "python_function", None)
+    if python_function is None or type(function).__name__ == "RestoredFunction":
+        return function
+    return python_function
 
 
 def _declared_spec(function: Any) -> tf.TensorSpec | None:
