@@ -176,8 +176,12 @@ def _compute_in_memory(model: Any, inputs: InputsLike, run: RunOptions, *, progr
         path = scratch_store_path(_result_bytes(prepared.spec))
         target = _create(prepared, path, overwrite=False, sources={}, durable=False)
         target.remove_with_this_object(path.parent)
-        return execute(prepared, target, BlockTask(str(path), model, inputs, run, uuid.uuid4().hex),
-                       LocalExecutor(progress=progress), stop)
+        try:
+            return execute(prepared, target, BlockTask(str(path), model, inputs, run, uuid.uuid4().hex),
+                           LocalExecutor(progress=progress), stop)
+        except RunInterrupted:
+            raise RunInterrupted(f"stopped by {stop.signal_name}; a computation in memory keeps nothing. Rerun it, or "
+                                 "compute into a store (store='jacobian.zarr', --out) to make it resumable.") from None
 
 
 def _result_bytes(spec: JacobianSpec) -> int:

@@ -196,3 +196,28 @@ def test_cli_with_import_path_and_savedmodel_directory(model_module, x, tmp_path
         assert result.exit_code == 0, result.output
     result = runner.invoke(main, ["plan", "--model", "no_such_module_here.py", "--inputs", str(tmp_path / "x.npy")])
     assert result.exit_code == 2 and "neither an existing file" in result.output
+
+
+def test_signature_names_the_function_of_a_savedmodel(x, tmp_path) -> None:
+    module = Recurrence()
+    doubled = tf.function(lambda inputs: 2.0 * module(inputs), input_signature=module.__call__.input_signature)
+    signatures = {"serving_default": module.__call__.get_concrete_function(), "doubled": doubled.get_concrete_function()}
+    tf.saved_model.save(module, str(tmp_path / "two"), signatures=signatures)
+    store = jacengine.compute(str(tmp_path / "two"), x, tmp_path / "j.zarr", signature="doubled", progress=False,
+                              budget="256MiB")
+    assert_matches(store, 2.0 * reference(module, x))
+    with pytest.raises(ModelError, match="no signature or function 'tripled'"):
+        jacengine.plan(str(tmp_path / "two"), x, signature="tripled")
+
+
+def test_model_id_stands_for_the_model_and_misplaced_settings_are_refused(legacy_files, x, tmp_path) -> None:
+    module, path = Recurrence(), tmp_path / "j.zarr"
+    jacengine.compute(module, x, path, progress=False, budget="256MiB", model_id="v1")
+    module.a.assign(module.a + 1.0)
+    jacengine.compute(module, x, path, progress=False, budget="256MiB", model_id="v1")  # the user's word: resumed
+    with pytest.raises(StoreMismatchError, match="model"):
+        jacengine.compute(module, x, path, progress=False, budget="256MiB", model_id="v2")
+    with pytest.raises(ModelError, match="signature"):
+        jacengine.plan(legacy_files["model"], x, signature="serve")
+    with pytest.raises(ModelError, match="model_id"):
+        jacengine.plan(legacy_files["model"], x, model_id="v1")

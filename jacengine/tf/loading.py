@@ -56,10 +56,18 @@ def load_tf_model(model: Any, *, trust_model: bool = False, signature: str | Non
     if isinstance(model, TFModel):
         return model
     if isinstance(model, str) and is_import_path(model):
-        return _adapt(_import(model), reference=model, signature=signature, model_id=model_id)
-    if isinstance(model, (str, Path)):
-        return _load_path(Path(model), trust_model=trust_model, signature=signature, model_id=model_id)
-    return _adapt(model, reference=None, signature=signature, model_id=model_id)
+        loaded = _adapt(_import(model), reference=model, signature=signature, model_id=model_id)
+    elif isinstance(model, (str, Path)):
+        loaded = _load_path(Path(model), trust_model=trust_model, signature=signature, model_id=model_id)
+    else:
+        loaded = _adapt(model, reference=None, signature=signature, model_id=model_id)
+    if signature is not None and "SavedModel" not in loaded.kind:
+        raise ModelError(f"signature={signature!r} (--signature) names a function of a SavedModel; this model is a "
+                         f"{loaded.kind}. Remove the setting.")
+    if model_id is not None and isinstance(loaded, KerasModel):
+        raise ModelError(f"model_id (--model-id) identifies models without a layer graph; a {loaded.kind} is "
+                         "identified by its config and weights. Remove the setting.")
+    return loaded
 
 
 def _adapt(value: Any, *, reference: str | None, signature: str | None, model_id: str | None) -> TFModel:
@@ -142,7 +150,8 @@ def _import(target: str) -> Any:
 
 
 def _uncompiled(function: Any) -> Any:
-    """The Python function behind a ``tf.function``, else ``function``.
+    """The Python function behind a ``tf.function`` (converted by AutoGraph, as ``tf.function``
+    does: Python loops over tensors become graph loops), else ``function``.
 
     jacengine compiles the model into its own functions and checks the first call of each
     against an eager call of the same inputs; calling the user's compiled function inside them
@@ -155,7 +164,10 @@ def _uncompiled(function: Any) -> Any:
     python_function = getattr(function, "python_function", None)
     if python_function is None or type(function).__name__ == "RestoredFunction":
         return function
-    return python_function
+    try:
+        return tf.autograph.to_graph(python_function)
+    except Exception:  # AutoGraph cannot convert it (e.g. no source): the compiled function, unchecked
+        return function
 
 
 def _declared_spec(function: Any) -> tf.TensorSpec | None:
