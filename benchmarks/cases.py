@@ -136,6 +136,8 @@ def suite_cases(suite: str, quick: bool = False) -> list[Case]:
     if suite == "model-kinds":  # the seed problem through every model kind jacengine accepts
         batch, steps = (2, 20) if quick else (10, 100)
         kinds = [(kind, False) for kind in MODEL_KINDS] + [("tf-module", True)]
+        if quick:  # one of each loader: a Keras 2 file, a SavedModel directory, a tf.function
+            kinds = [("keras", False), ("tf_keras-h5", False), ("savedmodel", False), ("tf-function", False)]
         return [Case(suite, "jacengine", "lstm", batch, steps, repeats=repeats, model_kind=kind, vouch_causal=vouch)
                 for kind, vouch in kinds]
     raise ValueError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)} or all")

@@ -61,6 +61,7 @@ def wait_for_done_blocks(store: Path, count: int, process: subprocess.Popen, tim
 TRIALS = [pytest.param(i, marks=pytest.mark.slow) if i >= 1 else i for i in range(15)]
 
 
+@pytest.mark.slow  # timing luck; the deterministic kill points of test_durability run by default
 @pytest.mark.parametrize("trial", TRIALS)
 def test_kill_9_at_random_points_then_resume_is_bit_identical(files, tmp_path, trial) -> None:
     directory, model, reference, n_blocks = files

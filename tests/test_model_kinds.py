@@ -188,7 +188,7 @@ def test_cli_with_import_path_and_savedmodel_directory(model_module, x, tmp_path
     for model, expected in ((model_module, Recurrence()), (str(tmp_path / "module_savedmodel"), Recurrence(seed=5))):
         out = tmp_path / f"{len(str(model))}.zarr"
         arguments = ["compute", "--model", model, "--inputs", str(tmp_path / "x.npy"), "--out", str(out), "--no-progress",
-                     "--budget", "256MiB", "--causal", "true"]
+                     "--budget", "256MiB", "--causal", "true", "--method", "reverse"]
         result = runner.invoke(main, arguments)
         assert result.exit_code == 0, result.output
         assert_matches(jacengine.open_store(out), reference(expected, x))

@@ -98,6 +98,7 @@ def test_killed_dask_worker_is_replaced_and_store_is_identical(files) -> None:
     assert store_hash(store) == store_hash(files["local"])
 
 
+@pytest.mark.slow  # by default shards run in-process (test_executor, test_backends); processes: test_durability
 def test_four_concurrent_shard_processes_match_one_process(files) -> None:
     store = fresh_copy(files, "shards.zarr")
     config = store.parent / "shards.toml"  # the job-array way: everything in a config file
