@@ -34,7 +34,7 @@ from jacengine.task import BlockTask
 
 log = logging.getLogger("jacengine")
 
-STALE_PARTIAL_S = 600.0  # a temporary file this old belongs to no running write
+STALE_TEMPORARY_S = 600.0  # a temporary file this old belongs to no running write
 
 
 def plan(model: Any, inputs: InputsLike, *, options: RunOptions | None = None, **settings: Any) -> dict[str, Any]:
@@ -244,7 +244,7 @@ def _open_target(prepared: Prepared, path: Path, existing: JacobianStore | None,
     # temporary files of interrupted writes: all of them only when no other run holds the store
     # (and this one writes alone), else only stale ones: other runs may be writing right now
     with store_lock(path, exclusive=True) as alone:
-        removed = existing.remove_partial_files(min_age_s=0 if alone and not concurrent else STALE_PARTIAL_S)
+        removed = existing.remove_temporary_files(min_age_s=0 if alone and not concurrent else STALE_TEMPORARY_S)
     if removed:
         log.info("removed %d temporary files of interrupted writes", removed)
     return existing

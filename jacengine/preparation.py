@@ -24,7 +24,7 @@ from jacengine.planning.budget import BUDGET_DEFINITION
 from jacengine.planning.costmodel import CostModel, choose_plan, minimum_budget, predicted_peak, predicted_store_bytes
 from jacengine.planning.spec import JacobianSpec
 from jacengine.storage.inputs import Inputs, InputsLike
-from jacengine.storage.store import FORMAT_VERSION, JacobianStore
+from jacengine.storage.store import FORMAT_VERSION, READABLE_FORMATS, JacobianStore
 from jacengine.timing import phase
 
 
@@ -134,5 +134,8 @@ def prepare_for_store(model: Any, inputs: InputsLike, store: JacobianStore, opti
     """
     settled = {name: getattr(store.spec, name) for name in ("causal", "method") if getattr(options, name) == "auto"}
     prepared = prepare(model, inputs, options.replace(**settled), calibrate=False)
-    store.check_fingerprint(dict(prepared.fingerprint, grid=store.fingerprint.get("grid")))
+    # an older format this version still writes (its manifest as it is) counts as the same
+    stored_format = store.fingerprint.get("format")
+    same_format = stored_format if stored_format in READABLE_FORMATS else FORMAT_VERSION
+    store.check_fingerprint(dict(prepared.fingerprint, grid=store.fingerprint.get("grid"), format=same_format))
     return prepared

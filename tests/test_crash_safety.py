@@ -22,6 +22,7 @@ from helpers import compute_with_blocks, create_with_blocks, store_hash  # noqa:
 
 import jacengine  # noqa: E402
 from jacengine.errors import BlockError, ModelError, StoreError, StoreMismatchError  # noqa: E402
+from jacengine.storage.chunkfiles import TEMPORARY_SUFFIX  # noqa: E402
 
 PLAN = dict(chunks_per_block=1, t_chunk=4, batch_chunk=1, n_buckets=1)
 
@@ -77,7 +78,7 @@ def test_kill_9_at_random_points_then_resume_is_bit_identical(files, tmp_path, t
     done_at_kill = len(jacengine.open_store(store).done_blocks())
     assert done_at_kill < n_blocks, "the run finished before the kill: make it longer"
     resumed = jacengine.compute(model, directory / "x.npy", store, progress=False)
-    assert resumed.is_complete and not list(store.rglob("*.partial"))
+    assert resumed.is_complete and not list(store.rglob(f"*{TEMPORARY_SUFFIX}"))
     assert store_hash(store) == reference
 
 
@@ -89,7 +90,7 @@ def test_kill_between_data_write_and_manifest_then_resume(files, tmp_path) -> No
     store.forget_blocks([block.index])
     garbage = np.full(store.read_block(block).shape, 123.0, dtype="float32")
     store.array[block.batch_start : block.batch_stop, block.row_start : block.row_stop, :, : block.in_stop, :] = garbage
-    (tmp_path / "torn.zarr" / "jacobian" / "c" / "0.partial").write_bytes(b"torn")
+    (tmp_path / "torn.zarr" / "jacobian" / "c" / f".0.torn{TEMPORARY_SUFFIX}").write_bytes(b"torn")
     jacengine.compute(model, directory / "x.npy", tmp_path / "torn.zarr", progress=False)
     assert store_hash(tmp_path / "torn.zarr") == reference
 

@@ -18,7 +18,8 @@ from linear_backend import LinearRecurrence
 import jacengine
 from jacengine.backends import register_backend
 from jacengine.executors.shards import shard_blocks
-from jacengine.storage.store import FAULT_VARIABLE, MANIFEST
+from jacengine.storage.chunkfiles import FAULT_POINTS, FAULT_VARIABLE, TEMPORARY_SUFFIX
+from jacengine.storage.store import MANIFEST
 
 KILLS_PER_POINT = int(os.environ.get("JACENGINE_KILLS", "1"))  # JACENGINE_KILLS=20 for the counts in the notes
 RUN = textwrap.dedent("""
@@ -57,20 +58,25 @@ def reference(tmp_path_factory) -> tuple[Path, str]:
     return path, files_hash(path)
 
 
-@pytest.mark.parametrize("point", ["after-data", "after-manifest"])
+@pytest.mark.parametrize("point", FAULT_POINTS)
 def test_a_kill_at_each_commit_point_resumes_bit_identical(point: str, reference, tmp_path) -> None:
+    """after-temp: a chunk's temporary file written; after-rename: the first chunk in place;
+    after-data: every chunk in place; after-manifest: the block committed. Each resume must
+    leave no temporary file and the same bytes (files_hash covers every file)."""
     blocks = len(jacengine.open_store(reference[0]).plan.blocks)
     for attempt in range(KILLS_PER_POINT):
         path = tmp_path / f"{attempt}.zarr"
         index = (attempt * 3 + 1) % blocks
         assert run(path, f"{point}:{index}") == -9  # killed at that point of that block
         interrupted = jacengine.open_store(path)
-        assert index not in interrupted.done_blocks() if point == "after-data" else index in interrupted.done_blocks()
+        assert (index in interrupted.done_blocks()) == (point == "after-manifest")
+        assert bool(list(path.rglob(f"*{TEMPORARY_SUFFIX}"))) == (point == "after-temp")
         assert run(path) == 0
         assert files_hash(path) == reference[1]
 
 
-@pytest.mark.parametrize("damage", ["delete a chunk", "truncate a chunk", "garble a manifest row"])
+@pytest.mark.parametrize("damage", ["delete a chunk", "truncate a chunk", "garble a manifest row",
+                                    "garble a manifest row in place"])
 def test_simulated_power_loss_is_seen_by_status_and_repaired_by_compute(damage: str, reference, tmp_path) -> None:
     import shutil
 
@@ -87,11 +93,14 @@ def test_simulated_power_loss_is_seen_by_status_and_repaired_by_compute(damage: 
         chunk.unlink()
     elif damage == "truncate a chunk":
         chunk.write_bytes(chunk.read_bytes()[:7])
-    else:
+    elif damage == "garble a manifest row":
         (path / MANIFEST / "c" / str(block.index) / "0").write_bytes(b"\x00garbled")
+    else:  # same size, so it decodes: the row check must catch it
+        row = path / MANIFEST / "c" / str(block.index) / "0"
+        row.write_bytes(bytes(byte ^ 0x5A for byte in row.read_bytes()))
     status = CliRunner().invoke(main, ["status", str(path)])
     assert status.exit_code == 3 and f"blocks {len(store.plan.blocks) - 1}/{len(store.plan.blocks)} done" in status.output
-    assert ("recorded done but" in status.output) == (damage != "garble a manifest row")
+    assert ("recorded done but" in status.output) == damage.endswith("chunk")
     assert run(path) == 0
     assert files_hash(path) == reference[1]
 
@@ -130,3 +139,60 @@ def test_four_shards_one_killed_and_a_local_resume_meanwhile_end_bit_identical(r
     for process in (*shards[:1], *shards[2:], local, restarted):
         assert process.wait(timeout=120) == 0, process.stderr.read().decode()[-2000:]
     assert files_hash(path) == reference[1]
+
+
+def test_chunk_files_are_the_bytes_zarr_writes(tmp_path) -> None:
+    """jacengine writes chunk files itself; zarr must write (and read) the very same bytes,
+    edge chunks (padded with the fill value) included."""
+    import zarr
+
+    from jacengine.storage.chunkfiles import check_raw_layout, chunk_path, encode_chunk, write_files
+
+    values = np.random.default_rng(2).normal(size=(5, 7)).astype("float32")
+    arrays = {}
+    for name in ("zarr", "ours"):
+        group = zarr.open_group(str(tmp_path / f"{name}.zarr"), mode="w")
+        arrays[name] = group.create_array("a", shape=values.shape, chunks=(2, 3), dtype="float32", fill_value=0,
+                                          compressors=None)
+    arrays["zarr"][:] = values
+    check_raw_layout(arrays["ours"])
+    chunks = [(i, j) for i in range(3) for j in range(3)]
+    write_files([(chunk_path(tmp_path / "ours.zarr" / "a", (i, j)),
+                  encode_chunk(values[2 * i : 2 * i + 2, 3 * j : 3 * j + 3], (2, 3), np.dtype("float32")))
+                 for i, j in chunks], durable=True, block_index=0)
+    for i, j in chunks:
+        assert chunk_path(tmp_path / "ours.zarr" / "a", (i, j)).read_bytes() == \
+            chunk_path(tmp_path / "zarr.zarr" / "a", (i, j)).read_bytes()
+    assert np.array_equal(arrays["ours"][:], values)
+    compressed = zarr.open_group(str(tmp_path / "c.zarr"), mode="w").create_array("a", shape=(4,), dtype="float32")
+    with pytest.raises(ValueError, match="not uncompressed"):
+        check_raw_layout(compressed)
+
+
+def test_a_format_1_store_is_resumed_as_it_is(reference, tmp_path) -> None:
+    """Stores written before format 2 (a zstd manifest of [done, checksum] rows) resume in place."""
+    import shutil
+
+    import zarr
+
+    path = tmp_path / "old.zarr"
+    shutil.copytree(reference[0], path)
+    store = jacengine.open_store(path)
+    rows = store.manifest()
+    rows[-2:] = 0  # two blocks left to compute
+    group = zarr.open_group(str(path), mode="r+")
+    del group[MANIFEST]
+    group.create_array(MANIFEST, shape=rows.shape, chunks=(1, 2), dtype="uint64", fill_value=0,
+                       dimension_names=("block", "field"))[:] = rows
+    attributes = dict(group.attrs["jacengine"])
+    attributes["format"] = 1
+    attributes["fingerprint"] = dict(attributes["fingerprint"], format=1)
+    group.attrs["jacengine"] = attributes
+    assert len(jacengine.open_store(path).pending_blocks()) == 2
+    assert run(path) == 0
+    resumed = jacengine.open_store(path)
+    assert resumed.is_complete and resumed.manifest().shape == rows.shape
+    chunk_bytes = {p.relative_to(path): p.read_bytes() for p in sorted((path / "jacobian").rglob("*")) if p.is_file()}
+    expected = {p.relative_to(reference[0]): p.read_bytes() for p in sorted((reference[0] / "jacobian").rglob("*"))
+                if p.is_file()}
+    assert chunk_bytes == expected

@@ -12,6 +12,7 @@ from helpers import compute_with_blocks, reference_jacobian, store_hash  # noqa:
 
 import jacengine  # noqa: E402
 from jacengine.errors import BudgetError, InputError, ModelError, StoreError, StoreMismatchError  # noqa: E402
+from jacengine.storage.chunkfiles import TEMPORARY_SUFFIX  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -114,11 +115,11 @@ def test_resume_computes_only_missing_blocks_bit_identically(model, x, tmp_path)
     reference = store_hash(path)
     forgotten = [b.index for b in store.plan.blocks][-1:]
     store.forget_blocks(forgotten)
-    (path / "jacobian" / "c" / "junk.partial").write_bytes(b"half a chunk")
+    (path / "jacobian" / "c" / f".junk{TEMPORARY_SUFFIX}").write_bytes(b"half a chunk")
     assert not jacengine.open_store(path).is_complete
     resumed = jacengine.compute(model, x, path, budget="2GiB", progress=False)
     assert resumed.is_complete
-    assert not list(path.rglob("*.partial"))
+    assert not list(path.rglob(f"*{TEMPORARY_SUFFIX}"))
     assert store_hash(path) == reference
 
 

@@ -15,6 +15,7 @@ import pytest
 from jacengine.errors import StoreError
 from jacengine.planning.blocks import make_plan
 from jacengine.planning.spec import JacobianSpec
+from jacengine.storage.chunkfiles import TEMPORARY_SUFFIX
 from jacengine.storage.locking import LOCK_FILE
 from jacengine.storage.store import JacobianStore
 
@@ -83,16 +84,16 @@ def test_a_writer_of_an_overwritten_store_cannot_commit_into_the_new_one(tmp_pat
 def test_cleanup_at_age_zero_waits_for_the_lock(tmp_path, other_run) -> None:
     """What compute does before a local run: with another run holding the store, its in-flight
     temporary files stay (age rule); alone, every leftover goes."""
-    from jacengine.api import STALE_PARTIAL_S
+    from jacengine.api import STALE_TEMPORARY_S
     from jacengine.storage.locking import store_lock
 
     path = tmp_path / "s.zarr"
     store = create(path)
-    leftover = path / "jacobian" / "c" / "in-flight.partial"
+    leftover = path / "jacobian" / "c" / f".in-flight{TEMPORARY_SUFFIX}"
     leftover.parent.mkdir(parents=True, exist_ok=True)
     leftover.write_bytes(b"x")
     other_run(path)
     with store_lock(path, exclusive=True) as alone:
         assert alone is False
-        assert store.remove_partial_files(min_age_s=0 if alone else STALE_PARTIAL_S) == 0
+        assert store.remove_temporary_files(min_age_s=0 if alone else STALE_TEMPORARY_S) == 0
     assert leftover.exists() and (path / LOCK_FILE).exists()

@@ -1,4 +1,4 @@
-"""The on-disk Jacobian store (format version 1, a public contract described in README.md).
+"""The on-disk Jacobian store (format version 2, a public contract described in README.md).
 
 One zarr v3 group holding the ``jacobian`` array, 1-D coordinate arrays named like its
 dimensions, a ``block_manifest`` array recording which blocks are done (and their checksums),
@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import signal
 import tempfile
 import time
 import uuid
@@ -28,12 +26,22 @@ from jacengine._version import __version__
 from jacengine.errors import BlockError, StoreError, StoreMismatchError
 from jacengine.planning.blocks import Block, Plan
 from jacengine.planning.spec import JacobianSpec
+from jacengine.storage.chunkfiles import (
+    check_raw_layout,
+    chunk_path,
+    encode_chunk,
+    fault_point,
+    fsync_files,
+    remove_temporary_files,
+    write_files,
+)
 from jacengine.storage.locking import store_lock
 from jacengine.timing import phase
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)  # format 1: a compressed manifest without row checks; read and resumed as it is
 ATTRIBUTE = "jacengine"
-MANIFEST = "block_manifest"  # (n_blocks, 2) uint64: [1 when done, checksum of the block's bytes]
+MANIFEST = "block_manifest"  # (n_blocks, 3) uint64: [1 when done, checksum of the block's bytes, row check]
 ROUNDING = "rounding_error"  # float16 stores: (n_blocks,) float64, largest |stored - computed| per block
 
 
@@ -46,6 +54,13 @@ def block_checksum(data: np.ndarray) -> int:
     """A 63-bit checksum of a block's bytes in C order (fits zarr's uint64 and JSON)."""
     digest = hashlib.blake2b(np.ascontiguousarray(data).tobytes(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
+
+
+def row_check(index: int, done: int, checksum: int) -> int:
+    """The third field of a manifest row: a 63-bit hash of the block index and the row's other
+    two fields, so that a garbled or misplaced row never reads as a done block."""
+    values = np.array([index, done, checksum], dtype="<u8").tobytes()
+    return int.from_bytes(hashlib.blake2b(values, digest_size=8).digest(), "little") >> 1
 
 
 def is_jacengine_store(path: str | Path) -> bool:
@@ -134,11 +149,12 @@ class JacobianStore:
             coordinate[:] = np.asarray(values, dtype="int64")
         group.create_array(
             MANIFEST,
-            shape=(len(plan.blocks), 2),
-            chunks=(1, 2),
+            shape=(len(plan.blocks), 3),
+            chunks=(1, 3),
             dtype="uint64",
             fill_value=0,
             dimension_names=("block", "field"),
+            compressors=None,  # 24 raw bytes per row: nothing to half-decode
         )
         if spec.store_dtype == "float16":
             group.create_array(ROUNDING, shape=(len(plan.blocks),), chunks=(1,), dtype="float64", fill_value=0,
@@ -222,18 +238,21 @@ class JacobianStore:
         return self._group[MANIFEST]  # type: ignore[return-value]
 
     def manifest(self) -> np.ndarray:
-        """(n_blocks, 2) array of [done flag, checksum] per block; a row that cannot be read
-        (a garbled or truncated chunk) reads as pending, [0, 0]."""
+        """(n_blocks, 2) array of [done flag, checksum] per block. A row that cannot be read (a
+        truncated chunk), or whose row check fails (garbled bytes), reads as pending, [0, 0]."""
         try:
-            return np.asarray(self._manifest[:])
+            rows = np.asarray(self._manifest[:])
         except Exception:  # one bad row: read them one by one
-            rows = np.zeros((len(self.plan.blocks), 2), dtype="uint64")
+            rows = np.zeros(self._manifest.shape, dtype="uint64")
             for index in range(len(rows)):
                 try:
                     rows[index] = self._manifest[index]
                 except Exception:
                     pass
-            return rows
+        if rows.shape[1] == 3:
+            valid = [int(check) == row_check(i, int(done), int(checksum)) for i, (done, checksum, check) in enumerate(rows)]
+            rows = np.where(np.array(valid)[:, None], rows[:, :2], 0).astype("uint64")
+        return rows
 
     def done_blocks(self) -> set[int]:
         """Blocks recorded done whose chunk files are all present at their full size (see
@@ -261,16 +280,17 @@ class JacobianStore:
     def write_block(self, block: Block, data: np.ndarray) -> None:
         """Write a block's values (whole chunks only), then record it as done.
 
-        The commit protocol: (1) the block's chunks are written (zarr writes each to a
-        temporary file and renames it; chunks of zeros are written too, so that every chunk of
-        a done block exists), (2) each chunk file and its directory are fsynced, (3) the store's
-        generation id is checked (see :mod:`jacengine.storage.locking`), (4) the manifest row
-        [1, checksum] is written and fsynced. A crash before (4) leaves the block pending and a
+        The commit protocol: (1) each of the block's chunks is written to a temporary file of
+        jacengine's own naming, fsynced, and renamed over the chunk's name; chunks of zeros are
+        written too, so that every chunk of a done block exists (:mod:`~jacengine.storage.chunkfiles`);
+        (2) the chunk directories are fsynced; (3) the store's generation id is checked (see
+        :mod:`jacengine.storage.locking`); (4) the manifest row [1, checksum, row check] is
+        written the same way and fsynced. A crash before (4) leaves the block pending and a
         resume recomputes it; rewriting a block leaves identical bytes. On reading, a recorded
         block whose chunk files are missing or short (power loss after the row reached the disk
-        but not the data) counts as pending, and so does an unreadable manifest row. A store
-        opened with ``durable=False`` skips the fsyncs (step 2 and after 4): faster on slow
-        disks, and safe against a killed process, but not against a power loss.
+        but not the data) counts as pending, and so does a manifest row that cannot be read or
+        fails its row check. A store opened with ``durable=False`` skips the fsyncs: faster on
+        slow disks, and safe against a killed process, but not against a power loss.
         """
         expected = (block.n_batch, block.n_rows, len(self.spec.f_out), block.in_stop, len(self.spec.f_in))
         if data.shape != expected:
@@ -284,25 +304,42 @@ class JacobianStore:
             stored = np.ascontiguousarray(data, dtype=self.array.dtype)
         if self.array.dtype == np.float16:
             self._record_rounding(block, data, stored)
-        with zarr.config.set({"array.write_empty_chunks": True}):  # every chunk of a done block exists on disk
-            self.array[block.batch_start : block.batch_stop, block.row_start : block.row_stop, :, : block.in_stop, :] = stored
-        if self.durable:
-            _make_durable(self._chunk_files(block))
-        _fault_point("after-data", block.index)
+        check_raw_layout(self.array)
+        chunk_shape = self.plan.chunks(self.spec)
+        files = [(path, encode_chunk(stored[local], chunk_shape, self.array.dtype)) for path, local in self._chunks(block)]
+        write_files(files, durable=self.durable, block_index=block.index)
+        fault_point("after-data", block.index)
         self._check_generation()
-        self._manifest[block.index : block.index + 1, :] = np.array([[1, block_checksum(stored)]], dtype="uint64")
-        if self.durable:
-            _make_durable([self.path / MANIFEST / "c" / str(block.index) / "0"])
-        _fault_point("after-manifest", block.index)
+        self._write_manifest_row(block.index, done=1, checksum=block_checksum(stored))
+        fault_point("after-manifest", block.index)
+
+    def _write_manifest_row(self, index: int, *, done: int, checksum: int) -> None:
+        """Write one manifest row as the commit protocol says (format 1 stores: through zarr)."""
+        path = chunk_path(self.path / MANIFEST, (index, 0))
+        if self._manifest.shape[1] == 2:
+            self._manifest[index : index + 1, :] = np.array([[done, checksum]], dtype="uint64")
+            if self.durable:
+                fsync_files([path])
+            return
+        row = np.array([done, checksum, row_check(index, done, checksum)], dtype="<u8")
+        write_files([(path, row.tobytes())], durable=self.durable, block_index=index)
+
+    def _chunks(self, block: Block) -> list[tuple[Path, tuple[slice, ...]]]:
+        """Each chunk of ``block`` in the ``jacobian`` array: its file, and the part of the
+        block's data it holds (blocks cover whole chunks: :meth:`Plan.check_alignment`)."""
+        plan = self.plan
+        spans = [(block.batch_start, block.batch_stop, plan.batch_chunk), (block.row_start, block.row_stop, plan.t_out_chunk),
+                 (0, block.in_stop, plan.t_in_chunk)]
+        axes = [[(c, slice(c * size - start, min((c + 1) * size, stop) - start)) for c in range(start // size, -(-stop // size))]
+                for start, stop, size in spans]
+        root = self.path / "jacobian"
+        whole = slice(None)
+        return [(chunk_path(root, (b, r, 0, i, 0)), (batch, rows, whole, inputs, whole))
+                for b, batch in axes[0] for r, rows in axes[1] for i, inputs in axes[2]]
 
     def _chunk_files(self, block: Block) -> list[Path]:
-        """The chunk files of ``block`` in the ``jacobian`` array (zarr v3 default keys)."""
-        plan = self.plan
-        batches = range(block.batch_start // plan.batch_chunk, -(-block.batch_stop // plan.batch_chunk))
-        rows = range(block.row_start // plan.t_out_chunk, -(-block.row_stop // plan.t_out_chunk))
-        inputs = range(-(-block.in_stop // plan.t_in_chunk))
-        root = self.path / "jacobian" / "c"
-        return [root / str(b) / str(r) / "0" / str(i) / "0" for b in batches for r in rows for i in inputs]
+        """The chunk files of ``block`` in the ``jacobian`` array."""
+        return [path for path, _ in self._chunks(block)]
 
     def _intact(self, block: Block) -> bool:
         """Whether every chunk file of a done block exists with its exact size (a cheap check
@@ -351,21 +388,12 @@ class JacobianStore:
     def forget_blocks(self, indices: Iterable[int]) -> None:
         """Mark blocks pending again (e.g. after verify found them corrupt)."""
         for index in indices:
-            self._manifest[index : index + 1, :] = np.zeros((1, 2), dtype="uint64")
+            self._write_manifest_row(index, done=0, checksum=0)
 
-    def remove_partial_files(self, min_age_s: float = 0) -> int:
+    def remove_temporary_files(self, min_age_s: float = 0) -> int:
         """Delete temporary files left by writes interrupted mid-way; returns how many. With
         other processes writing to the store, pass ``min_age_s`` so their in-flight files stay."""
-        now = time.time()
-        removed = 0
-        for leftover in self.path.rglob("*.partial"):
-            try:
-                if now - leftover.stat().st_mtime >= min_age_s:
-                    leftover.unlink()
-                    removed += 1
-            except FileNotFoundError:  # another process just finished (renamed) or removed it
-                pass
-        return removed
+        return remove_temporary_files(self.path, min_age_s, time.time())
 
     # -- reading ----------------------------------------------------------------------------
     def to_dask(self) -> Any:
@@ -400,43 +428,6 @@ class JacobianStore:
     def __repr__(self) -> str:
         done, total = len(self.done_blocks()), len(self.plan.blocks)
         return f"JacobianStore({str(self.path)!r}, shape={self.shape}, dims={self.dims}, blocks {done}/{total} done)"
-
-
-def _make_durable(files: Iterable[Path]) -> None:
-    """fsync ``files`` (those that exist) and then their directories, so that a rename that
-    put them there survives a power loss."""
-    directories = set()
-    for path in files:
-        try:
-            descriptor = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            continue
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        directories.add(path.parent)
-    for directory in directories:
-        try:
-            descriptor = os.open(directory, os.O_RDONLY)
-        except OSError:  # directories cannot be opened on some platforms (Windows)
-            continue
-        try:
-            os.fsync(descriptor)
-        except OSError:
-            pass
-        finally:
-            os.close(descriptor)
-
-
-FAULT_VARIABLE = "JACENGINE_FAULT"  # tests only: "after-data" or "after-manifest", optionally ":<block index>"
-
-
-def _fault_point(name: str, index: int) -> None:
-    """Kill this process here when the fault-injection variable asks for it (tests only)."""
-    wanted = os.environ.get(FAULT_VARIABLE)
-    if wanted and wanted.split(":")[0] == name and (":" not in wanted or int(wanted.split(":")[1]) == index):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def check_writable_target(path: Path, *, overwrite: bool) -> None:

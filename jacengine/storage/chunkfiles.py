@@ -1,0 +1,125 @@
+"""Chunk files of an uncompressed zarr v3 array, written by jacengine itself.
+
+The store's per-block data (the ``jacobian`` chunks and the ``block_manifest`` rows) is written
+here rather than through zarr, so that jacengine owns every step of a commit: a private
+temporary file (named with :data:`TEMPORARY_SUFFIX`, so cleanup never depends on zarr's private
+naming), its fsync, the rename over the chunk's name, and the directory's fsync, with a fault
+point after each step for the tests. What is written is what zarr itself would write and reads
+back: by the zarr v3 specification, a chunk of an array whose only codec is ``bytes`` (little
+endian) is the chunk's values in C order, padded with the fill value at the array's edges, at
+the key ``c/<i>/<j>/...`` of the default chunk key encoding. :func:`check_raw_layout` refuses an
+array with any other encoding.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+TEMPORARY_SUFFIX = ".jacengine-tmp"
+FAULT_VARIABLE = "JACENGINE_FAULT"  # tests only: "<point>" or "<point>:<block index>"
+FAULT_POINTS = ("after-temp", "after-rename", "after-data", "after-manifest")
+
+
+def check_raw_layout(array: zarr.Array) -> None:
+    """Raise unless ``array``'s chunks are raw little-endian bytes at default keys."""
+    metadata = array.metadata
+    codecs = [codec.to_dict() for codec in getattr(metadata, "codecs", ())]
+    raw = len(codecs) == 1 and codecs[0].get("name") == "bytes" and \
+        codecs[0].get("configuration", {}).get("endian", "little") == "little"
+    encoding = metadata.chunk_key_encoding.to_dict() if hasattr(metadata, "chunk_key_encoding") else {}
+    default_keys = encoding.get("name") == "default" and encoding.get("configuration", {}).get("separator", "/") == "/"
+    if not (raw and default_keys):
+        raise ValueError(f"array {array.name} is not uncompressed with default chunk keys (codecs {codecs}, "
+                         f"keys {encoding}); jacengine writes only the layout it creates.")
+
+
+def chunk_path(array_root: Path, index: tuple[int, ...]) -> Path:
+    """The file of chunk ``index`` (default chunk key encoding, separator "/")."""
+    return array_root.joinpath("c", *map(str, index))
+
+
+def encode_chunk(values: np.ndarray, chunk_shape: tuple[int, ...], dtype: np.dtype, fill: float = 0) -> bytes:
+    """``values`` (a chunk, smaller at the array's edges) as the chunk's bytes: padded to
+    ``chunk_shape`` with ``fill``, little endian, C order."""
+    little = np.dtype(dtype).newbyteorder("<")
+    if values.shape != tuple(chunk_shape):
+        padded = np.full(chunk_shape, fill, dtype=little)
+        padded[tuple(slice(0, n) for n in values.shape)] = values
+        values = padded
+    return np.ascontiguousarray(values, dtype=little).tobytes()
+
+
+def write_files(files: Iterable[tuple[Path, bytes]], *, durable: bool, block_index: int) -> None:
+    """Write each (path, bytes) through a temporary file renamed over ``path``; with
+    ``durable`` each file is fsynced before its rename and each directory after."""
+    directories: set[Path] = set()
+    for path, data in files:
+        # a directory created here is an entry in its parent: that parent is fsynced too
+        created = [parent for parent in path.parents if not parent.exists()]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        directories.update(parent.parent for parent in created)
+        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{TEMPORARY_SUFFIX}")
+        with open(temporary, "wb") as file:
+            file.write(data)
+            if durable:
+                file.flush()
+                os.fsync(file.fileno())
+        fault_point("after-temp", block_index)
+        os.replace(temporary, path)
+        fault_point("after-rename", block_index)
+        directories.add(path.parent)
+    if durable:
+        for directory in directories:
+            _fsync_directory(directory)
+
+
+def remove_temporary_files(root: Path, min_age_s: float, now: float) -> int:
+    """Delete temporary files of interrupted writes under ``root`` at least ``min_age_s`` old."""
+    removed = 0
+    for leftover in root.rglob(f"*{TEMPORARY_SUFFIX}"):
+        try:
+            if now - leftover.stat().st_mtime >= min_age_s:
+                leftover.unlink()
+                removed += 1
+        except FileNotFoundError:  # another process just renamed or removed it
+            pass
+    return removed
+
+
+def fsync_files(paths: Iterable[Path]) -> None:
+    """fsync files written by someone else (zarr) and then their directories."""
+    for path in paths:
+        try:
+            with open(path, "rb") as file:
+                os.fsync(file.fileno())
+        except FileNotFoundError:
+            continue
+        _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the renames in ``directory`` durable (where the platform can open directories)."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def fault_point(name: str, index: int) -> None:
+    """Kill this process here when the fault-injection variable asks for it (tests only)."""
+    wanted = os.environ.get(FAULT_VARIABLE)
+    if wanted and wanted.split(":")[0] == name and (":" not in wanted or int(wanted.split(":")[1]) == index):
+        os.kill(os.getpid(), signal.SIGKILL)
