@@ -21,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from zarr.codecs import BytesCodec
+from zarr.codecs.bytes import Endian
+from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
 
 TEMPORARY_SUFFIX = ".jacengine-tmp"
 FAULT_VARIABLE = "JACENGINE_FAULT"  # tests only: "<point>" or "<point>:<block index>"
@@ -30,14 +33,12 @@ FAULT_POINTS = ("after-temp", "after-rename", "after-data", "after-manifest")
 def check_raw_layout(array: zarr.Array) -> None:
     """Raise unless ``array``'s chunks are raw little-endian bytes at default keys."""
     metadata = array.metadata
-    codecs = [codec.to_dict() for codec in getattr(metadata, "codecs", ())]
-    raw = len(codecs) == 1 and codecs[0].get("name") == "bytes" and \
-        codecs[0].get("configuration", {}).get("endian", "little") == "little"
-    encoding = metadata.chunk_key_encoding.to_dict() if hasattr(metadata, "chunk_key_encoding") else {}
-    default_keys = encoding.get("name") == "default" and encoding.get("configuration", {}).get("separator", "/") == "/"
-    if not (raw and default_keys):
-        raise ValueError(f"array {array.name} is not uncompressed with default chunk keys (codecs {codecs}, "
-                         f"keys {encoding}); jacengine writes only the layout it creates.")
+    codecs = tuple(getattr(metadata, "codecs", ()))
+    raw = len(codecs) == 1 and isinstance(codecs[0], BytesCodec) and codecs[0].endian in (None, Endian.little)
+    keys = getattr(metadata, "chunk_key_encoding", None)
+    if not (raw and isinstance(keys, DefaultChunkKeyEncoding) and keys.separator == "/"):
+        raise ValueError(f"array {array.name} is not uncompressed with default chunk keys (codecs {codecs}, keys {keys}); "
+                         "jacengine writes only the layout it creates.")
 
 
 def chunk_path(array_root: Path, index: tuple[int, ...]) -> Path:
