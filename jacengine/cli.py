@@ -16,6 +16,7 @@ from jacengine.backends import is_import_path
 from jacengine.errors import InputError, JacengineError, RunInterrupted
 from jacengine.executors.shards import parse_shard
 from jacengine.executors.shards import shard_from_env as shard_from_env_vars
+from jacengine.interrupt import StopFlag, stop_on_signals
 from jacengine.jobs.config import CLUSTER_KINDS, Config, load_config
 from jacengine.jobs.jobqueue import jobqueue_cluster
 from jacengine.options import CAUSAL_CHOICES, EXECUTORS, PRECISIONS, RunOptions
@@ -199,18 +200,27 @@ def compute(overwrite: bool, shard: str | None, shard_from_env: bool, no_progres
     if shard and shard_from_env:
         raise click.UsageError("pass either --shard or --shard-from-env, not both.")
     shard_pair = run_guarded(lambda: parse_shard(shard) if shard else shard_from_env_vars() if shard_from_env else None)
-    dask_cluster = run_guarded(lambda: jobqueue_cluster(cluster, config.jobqueue)) if cluster else None
-    try:
-        result = run_guarded(lambda: compute_api(files["model"], files["inputs"], store, options=options, overwrite=overwrite,
-                                                 progress=not no_progress, cluster=dask_cluster, shard=shard_pair))
-    finally:
-        if dask_cluster is not None:
-            dask_cluster.close()
+    # a stop while a job-queue cluster starts exits 75 (resumable) like one at any later stage
+    with stop_on_signals() as stop:
+        dask_cluster = run_guarded(lambda: jobqueue_cluster(cluster, config.jobqueue)) if cluster else None
+        try:
+            run_guarded(lambda: _refuse_if_stopped(stop))
+            result = run_guarded(lambda: compute_api(files["model"], files["inputs"], store, options=options,
+                                                     overwrite=overwrite, progress=not no_progress, cluster=dask_cluster,
+                                                     shard=shard_pair))
+        finally:
+            if dask_cluster is not None:
+                dask_cluster.close()
     if shard_pair and not result.is_complete:
         click.echo(f"shard {shard_pair[0]}/{shard_pair[1]} done; {len(result.pending_blocks())} blocks left to other shards "
                    f"(jacengine status {result.path})")
     else:
         click.echo(f"wrote {result.path}: jacobian {result.shape} {result.dims}")
+
+
+def _refuse_if_stopped(stop: StopFlag) -> None:
+    if stop():
+        raise RunInterrupted(f"stopped by {stop.signal_name} before the first block; rerun the same command to start again.")
 
 
 def _required(files: dict[str, Any], name: str, flag: str) -> str:

@@ -79,3 +79,22 @@ def test_short_help_quiet_and_a_crash_has_its_own_exit_status(monkeypatch, tmp_p
     monkeypatch.undo()
     refused = runner.invoke(main, ["status", str(tmp_path)])
     assert refused.exit_code == 2 and "not a jacengine store" in refused.output
+
+
+def test_a_stop_while_a_cluster_starts_exits_75(monkeypatch, tmp_path) -> None:
+    """SIGTERM at any stage of `compute` is resumable, here while a job-queue cluster starts."""
+    import os
+    import signal
+
+    from jacengine import cli
+
+    def starting_cluster(kind: str, section: dict) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # the scheduler stops the job right now
+
+    monkeypatch.setattr(cli, "jobqueue_cluster", starting_cluster)
+    (tmp_path / "model.keras").write_bytes(b"")
+    np.save(tmp_path / "x.npy", np.zeros((1, 4, 1), dtype="float32"))
+    result = CliRunner().invoke(main, ["compute", "--model", str(tmp_path / "model.keras"), "--inputs",
+                                       str(tmp_path / "x.npy"), "--out", str(tmp_path / "j.zarr"), "--cluster", "slurm"])
+    assert result.exit_code == 75 and "stopped by SIGTERM before the first block" in result.output
+    assert not (tmp_path / "j.zarr").exists()
