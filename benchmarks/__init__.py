@@ -2,5 +2,5 @@
 
 Modules: ``cases`` (what each suite measures), ``child`` (runs one case in a fresh process),
 ``runner`` (subprocesses under a memory watchdog and time limit, agreement checks, machine
-description), ``report`` (Markdown, plots, README section), ``jax_lstm`` (the JAX baseline).
+description), ``report`` (Markdown, plots, the generated section of docs/performance.md), ``jax_lstm`` (the JAX baseline).
 """

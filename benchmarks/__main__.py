@@ -17,7 +17,7 @@ from benchmarks.runner import check_agreement, machine, run_cases
 from jacengine.planning.budget import parse_budget
 
 RESULTS = Path(__file__).resolve().parent / "results"
-README = Path(__file__).resolve().parent.parent / "README.md"
+PERFORMANCE_PAGE = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
 
 
 def _default_memory_cap() -> str:
@@ -96,10 +96,10 @@ def report_command(directory: Path) -> None:
 @main.command()
 @click.option("--results", type=click.Path(exists=True, file_okay=False, path_type=Path), default=RESULTS)
 def readme(results: Path) -> None:
-    """Regenerate README.md's performance section from the committed results."""
-    if not report.update_readme(README, results):
-        sys.exit(f"{README} has no {report.README_START} ... {report.README_END} markers")
-    click.echo(f"updated {README}", err=True)
+    """Regenerate the generated section of docs/performance.md from the committed results."""
+    if not report.update_readme(PERFORMANCE_PAGE, results):
+        sys.exit(f"{PERFORMANCE_PAGE} has no {report.README_START} ... {report.README_END} markers")
+    click.echo(f"updated {PERFORMANCE_PAGE}", err=True)
 
 
 if __name__ == "__main__":

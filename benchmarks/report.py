@@ -1,4 +1,4 @@
-"""Results to readers: Markdown tables, the scaling plots, and the README's performance section."""
+"""Results to readers: Markdown tables, the scaling plots, and the generated section of docs/performance.md."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from jacengine.planning.budget import parse_budget
 
 MIB = 2**20
 README_START, README_END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
-HEADLINE_SUITES = ("seed", "speed", "scaling-T", "budget", "methods", "scale-out")
+HEADLINE_SUITES = ("seed", "speed", "scaling-T", "budget", "methods", "scale-out", "model-kinds")
 
 
 def best_seconds(record: dict[str, Any]) -> float | None:
@@ -169,7 +169,7 @@ def write_outputs(result: dict[str, Any], directory: Path) -> list[Path]:
 
 
 def readme_section(results: dict[str, dict[str, Any]], directory: Path, readme: Path) -> str:
-    """The generated README section: machine, headline tables, plots and the reproducing commands."""
+    """The generated section of docs/performance.md: machine, headline tables, plots and the reproducing commands."""
     headline = [results[s] for s in HEADLINE_SUITES if s in results]
     if not headline:
         return ""

@@ -159,7 +159,17 @@ def main(verbose: bool, quiet: bool) -> None:
     if verbose and quiet:
         raise click.UsageError("pass either -v or -q, not both.")
     level = logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING
-    logging.basicConfig(level=level, format="jacengine: %(message)s")
+    _log_to_stderr(logging.getLogger("jacengine"), level)
+
+
+def _log_to_stderr(logger: logging.Logger, level: int) -> None:
+    """jacengine's own messages to stderr, prefixed "jacengine:"; the root logger (TensorFlow's
+    and dask's messages) is left as it is."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("jacengine: %(message)s"))
+    logger.handlers = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
 
 
 def run_guarded(action: Any) -> Any:
@@ -437,10 +447,12 @@ def directional(model_path: str, inputs_path: str, over: str, t_in: str | None, 
 
 
 @main.command()
-@click.option("--out", "store", default="jacengine-demo.zarr", show_default=True, type=click.Path())
-@click.option("--batch", default=10, show_default=True)
-@click.option("--steps", default=100, show_default=True)
-@click.option("--budget", default="2GiB", show_default=True)
+@click.option("--out", "store", default="jacengine-demo.zarr", show_default=True, type=click.Path(),
+              help="store directory for the demo's Jacobian (a jacengine store already there is replaced)")
+@click.option("--batch", default=10, show_default=True, type=click.IntRange(min=1), help="sequences (B)")
+@click.option("--steps", default=100, show_default=True, type=click.IntRange(min=21),
+              help="time steps per sequence (T; above the longest true lag, 20)")
+@click.option("--budget", default="2GiB", show_default=True, help=f"memory budget ({BUDGET_DEFINITION})")
 @click.option("--epochs", default=40, show_default=True, help="training epochs before the Jacobian (0: untrained)")
 @click.option("--plot", type=click.Path(dir_okay=False), help="write a summary figure (PNG; needs matplotlib)")
 def demo(store: str, batch: int, steps: int, budget: str, epochs: int, plot: str | None) -> None:

@@ -21,17 +21,28 @@ from benchmarks.runner import causal_flops, check_agreement, run_case
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def quick_results(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("bench")
-    subprocess.run([sys.executable, "-m", "benchmarks", "run", "--suite", "all", "--quick", "--jobs", "2", "--out", str(out)],
+# Every runner and report path, by default: TF baselines and JAX (seed), the scaling plot
+# (scaling-T), TensorFlow imported first (budget), reductions, dask and shards (scale-out),
+# jacengine's methods and lag layout (methods), and the model kinds. The other suites repeat
+# these runners at other sizes; the slow test runs them all.
+SMOKE_SUITES = ("seed", "scaling-T", "budget", "reduce", "scale-out", "methods", "model-kinds")
+
+
+def run_quick(suites: tuple[str, ...], out: Path) -> Path:
+    selection = [argument for suite in suites for argument in ("--suite", suite)]
+    subprocess.run([sys.executable, "-m", "benchmarks", "run", *selection, "--quick", "--jobs", "2", "--out", str(out)],
                    cwd=ROOT, check=True, capture_output=True, text=True)
     return out
 
 
-def test_quick_run_covers_every_suite_and_methods_agree(quick_results: Path) -> None:
-    results = report.load_results(quick_results)
-    assert set(results) == set(SUITES)
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory) -> Path:
+    return run_quick(SMOKE_SUITES, tmp_path_factory.mktemp("bench"))
+
+
+def check_quick_results(directory: Path, suites: tuple[str, ...]) -> dict:
+    results = report.load_results(directory)
+    assert set(results) == set(suites)
     for suite, result in results.items():
         assert len(result["records"]) == len(suite_cases(suite, quick=True))
         for record in result["records"]:
@@ -41,6 +52,16 @@ def test_quick_run_covers_every_suite_and_methods_agree(quick_results: Path) -> 
             elif "reference" in record:
                 assert record["max_abs_diff"] <= 1e-4, record
         assert result["machine"]["cores"] >= 1 and result["machine"]["versions"]["tensorflow"] and result["complete"]
+    return results
+
+
+@pytest.mark.slow
+def test_quick_run_of_every_suite(tmp_path) -> None:
+    check_quick_results(run_quick(SUITES, tmp_path), SUITES)
+
+
+def test_quick_run_covers_every_runner_and_methods_agree(quick_results: Path) -> None:
+    results = check_quick_results(quick_results, SMOKE_SUITES)
     seed_methods = {r["method"]: r for r in results["seed"]["records"]}
     assert seed_methods["jacengine"]["reference"] == "tf-eager"
     assert (quick_results / "scaling-T.png").stat().st_size > 0

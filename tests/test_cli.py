@@ -98,3 +98,18 @@ def test_a_stop_while_a_cluster_starts_exits_75(monkeypatch, tmp_path) -> None:
                                        str(tmp_path / "x.npy"), "--out", str(tmp_path / "j.zarr"), "--cluster", "slurm"])
     assert result.exit_code == 75 and "stopped by SIGTERM before the first block" in result.output
     assert not (tmp_path / "j.zarr").exists()
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    import click
+
+    def options(command: click.Command, path: str):
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                yield from options(sub, f"{path} {name}")
+        for parameter in command.params:
+            if isinstance(parameter, click.Option) and not parameter.hidden:
+                yield path, parameter
+
+    missing = [f"{path} {'/'.join(option.opts)}" for path, option in options(main, "jacengine") if not option.help]
+    assert not missing, missing

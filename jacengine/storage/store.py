@@ -1,4 +1,4 @@
-"""The on-disk Jacobian store (format version 2, a public contract described in README.md).
+"""The on-disk Jacobian store (format version 2, a public contract described in docs/store-format.md).
 
 One zarr v3 group holding the ``jacobian`` array, 1-D coordinate arrays named like its
 dimensions, a ``block_manifest`` array recording which blocks are done (and their checksums),
