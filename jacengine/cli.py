@@ -26,7 +26,8 @@ from jacengine.planning.selection import parse_selection_text
 from jacengine.planning.spec import LAYOUTS, STORE_DTYPES
 
 EXIT_INCOMPLETE = 3
-EXIT_CRASH = 70  # EX_SOFTWARE: an unexpected exception
+EXIT_CRASH = 1  # an unexpected exception (a bug), as Python itself exits for one
+EXIT_PROBLEMS_FOUND = 4  # verify found corrupt or missing blocks, or wrong entries
 
 
 def parse_selection(text: str | None) -> Any:
@@ -136,7 +137,7 @@ def resolve(kwargs: dict[str, Any], *extra: str) -> tuple[dict[str, Any], RunOpt
 class _Commands(click.Group):
     """The command group: jacengine's errors exit as :func:`run_guarded` says wherever they are
     raised; an unexpected exception (a bug, not bad input) exits :data:`EXIT_CRASH` with its
-    traceback, apart from 1 ("verify found a problem")."""
+    traceback and a line saying it is a bug."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -382,7 +383,7 @@ def verify(store: str, model_path: str | None, inputs_path: str | None, samples:
             click.echo(note)
         click.echo("OK" if report.ok else f"PROBLEMS FOUND (tolerance {report.tolerance:g})")
     if not report.ok:
-        sys.exit(1)
+        sys.exit(EXIT_PROBLEMS_FOUND)
 
 
 @main.command()

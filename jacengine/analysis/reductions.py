@@ -249,7 +249,8 @@ def custom(store: JacobianStore, name: str, function: Callable[[da.Array], Any],
     jacobian, coverage = jacobian_for_reduction(store, partial)
     result = function(jacobian)
     if np.ndim(result) != len(dims):
-        raise InputError(f"the reduction returned {np.ndim(result)} dimensions but dims names {len(dims)}.")
+        raise InputError(f"the function of reduction {name!r} returns an array of {np.ndim(result)} dimension(s), but "
+                         f"dims={tuple(dims)} names {len(dims)}; pass one name per dimension of its result.")
     labelled = {d for d in dims if d in _entry_dims(store)}
     return Reduction(name, {"values": (result, dims)}, _coords(store, *sorted(labelled)), {"coverage": coverage})
 

@@ -226,8 +226,9 @@ class BlockComputer:
                 raise ModelError(
                     "the compiled forward pass disagrees with an eager call of the same model on the "
                     "same inputs; some layer computes differently inside tf.function (e.g. "
-                    "TimeDistributed with a dynamic time axis). Please report this model to the "
-                    "jacengine developers."
+                    "TimeDistributed with a dynamic time axis), so its compiled Jacobian cannot be trusted. "
+                    "Compare model(x) with tf.function(model)(x) to find the layer, and replace it (e.g. "
+                    "TimeDistributed(Dense(n)) by Dense(n), which is the same map on (B, T, F) inputs)."
                 )
             self._checked_keys.add(key)
         self._check_finite(block, values)
