@@ -221,3 +221,20 @@ def test_model_id_stands_for_the_model_and_misplaced_settings_are_refused(legacy
         jacengine.plan(legacy_files["model"], x, signature="serve")
     with pytest.raises(ModelError, match="model_id"):
         jacengine.plan(legacy_files["model"], x, model_id="v1")
+
+
+def test_an_import_path_hashes_alike_in_another_process(model_module, x, tmp_path) -> None:
+    """A shard process loads the model from its import path and must find the fingerprint that
+    `init` recorded from the traced graph here (TensorFlow's generated names left out)."""
+    import os
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "x.npy", x)
+    jacengine.init(model_module, str(tmp_path / "x.npy"), tmp_path / "j.zarr", budget="256MiB")
+    shard = subprocess.run([sys.executable, "-m", "jacengine", "compute", "--model", model_module, "--inputs",
+                            str(tmp_path / "x.npy"), "--out", str(tmp_path / "j.zarr"), "--shard", "0/1", "--no-progress"],
+                           cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(tmp_path)), capture_output=True, text=True,
+                           timeout=300)
+    assert shard.returncode == 0, shard.stderr
+    assert_matches(jacengine.open_store(tmp_path / "j.zarr"), reference(Recurrence(), x))

@@ -268,20 +268,22 @@ def _directory_hash(folder: Path) -> str:
 def _graph_hash(concrete: Any) -> str:
     """SHA-256 of a traced function: each graph's op types and constant values in order (the
     names TensorFlow generates differ from trace to trace), the library functions' digests
-    sorted, and the values of captured variables and tensors by position."""
+    sorted, and the values of captured variables and tensors, also as sorted digests: TensorFlow
+    lists captures in an order that can differ between processes (so two variables of the same
+    shape swapping values would go unnoticed; a changed value never does)."""
     graph_def = concrete.graph.as_graph_def()
     digest = hashlib.sha256(_nodes_digest(graph_def.node))
     for function_digest in sorted(_nodes_digest(function.node_def) for function in graph_def.library.function):
         digest.update(function_digest)
-    for position, captured in enumerate(concrete.captured_inputs):
-        if captured.dtype == tf.resource:
-            continue  # a variable: its value is hashed below
-        value = np.ascontiguousarray(captured.numpy())
-        digest.update(f"captured {position}|{value.dtype.str}|{value.shape}".encode() + value.tobytes())
-    for position, variable in enumerate(concrete.variables):
-        value = np.ascontiguousarray(variable.numpy())
-        digest.update(f"variable {position}|{value.dtype.str}|{value.shape}".encode() + value.tobytes())
+    captured = [value for value in concrete.captured_inputs if value.dtype != tf.resource]  # variables: below
+    for value_digest in sorted(_value_digest(value.numpy()) for value in [*captured, *concrete.variables]):
+        digest.update(value_digest)
     return digest.hexdigest()
+
+
+def _value_digest(value: Any) -> bytes:
+    array = np.ascontiguousarray(value)
+    return hashlib.sha256(f"{array.dtype.str}|{array.shape}|".encode() + array.tobytes()).digest()
 
 
 def _nodes_digest(nodes: Any) -> bytes:
