@@ -406,6 +406,10 @@ def reduce(store: str, ops: tuple[str, ...], window: str, k: int, fraction: floa
         raise click.BadParameter("--window takes start:stop")
     options = {"window-sum": {"start": window_slice.start or 0, "stop": window_slice.stop},
                "top-k": {"k": k}, "lag-profile": {"fraction": fraction}}
+    if plot:  # before any work, not after the reductions
+        from jacengine.analysis.plots import check_matplotlib
+
+        run_guarded(check_matplotlib)
     opened = run_guarded(lambda: open_store(store, mode="r+"))
     for op in ops:
         result = run_guarded(lambda op=op: reduce_api(opened, op, partial=partial, **options.get(op, {})))

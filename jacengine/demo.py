@@ -52,6 +52,10 @@ def run_demo(
     plot: str | Path | None = None,
     echo: Callable[[str], None] = print,
 ) -> DemoResult:
+    if plot:  # before training, not after
+        from jacengine.analysis.plots import check_matplotlib
+
+        check_matplotlib()
     backend = get_backend("tensorflow")
     if not isinstance(backend, ExampleBackend):
         raise InputError("the tensorflow backend has no built-in example model.")

@@ -111,3 +111,36 @@ def test_incomplete_store_is_refused_unless_partial(store, tmp_path) -> None:
     result = reduce(incomplete, "saliency", partial=True)
     close(np.nan_to_num(result["mean_abs"]), np.nan_to_num(np.nanmean(masked, axis=0)))
     assert result.attrs["coverage"] == pytest.approx(present.mean())
+
+
+def test_plots_place_uneven_selections_by_their_coordinates_and_draw_into_a_given_ax(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    from helpers import compute_with_blocks
+    from matplotlib.figure import Figure
+
+    from jacengine.analysis.plots import plot_saliency, summary_figure
+    from jacengine.analysis.reductions import saliency
+    from jacengine.tf.zoo import seed_model
+
+    x = np.random.default_rng(5).normal(size=(2, 12, 1)).astype("float32")
+    store = compute_with_blocks(seed_model(units=3), x, tmp_path / "u.zarr", t_out=[1, 5, 11], chunks_per_block=1,
+                                t_chunk=4, batch_chunk=2)
+    figure = summary_figure(store)
+    heat = figure.axes[0].collections[0]  # the saliency mesh: one row per selected output step
+    rows = heat.get_coordinates()[:, 0, 1]  # the y edges
+    assert len(rows) == 4 and rows[0] < 1 < rows[1] < 5 < rows[2] < 11 < rows[3]
+    ax = Figure().subplots()
+    assert plot_saliency(store, saliency(store)["mean_abs"], ax=ax) is ax and ax.get_ylabel() == "output step t_out"
+    figure.savefig(tmp_path / "summary.svg")
+    assert (tmp_path / "summary.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_a_missing_matplotlib_is_reported_before_any_work(monkeypatch) -> None:
+    import sys
+
+    from jacengine.analysis.plots import check_matplotlib
+    from jacengine.errors import InputError
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    with pytest.raises(InputError, match=r"pip install 'jacengine\[plot\]'"):
+        check_matplotlib()
