@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -204,14 +206,40 @@ def _run(prepared: Prepared, target: JacobianStore, task: BlockTask, executor: E
     pending = target.pending_blocks()
     log.info("%s; %s; %d of %d blocks pending, budget %s per process", prepared.causal_reason, prepared.method_reason,
              len(pending), len(target.plan.blocks), format_bytes(prepared.budget_bytes))
+    started = time.perf_counter()
     try:
         with contextlib.nullcontext(stop) if stop is not None else stop_on_signals() as flag:
-            executor.run(task, pending, should_stop=flag)
+            computed = executor.run(task, pending, should_stop=flag)
     finally:
         task.detach()
     target.record_rounding_error()
+    target.last_run = RunSummary(computed, len(target.plan.blocks), time.perf_counter() - started,
+                                 prepared.measured_peak() if executor.in_process else None, prepared.budget_bytes,
+                                 target.nbytes_on_disk())
+    log.info(target.last_run.line())
     _stop_if_asked(flag, target.path, target)
     return target
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run did: blocks computed (of the plan's), wall time, the measured peak of the
+    budgeted memory in this process (None when blocks ran elsewhere: dask workers log theirs),
+    the budget, and the store's size on disk."""
+
+    computed: int
+    blocks: int
+    seconds: float
+    peak_bytes: int | None
+    budget_bytes: int
+    store_bytes: int
+
+    def line(self) -> str:
+        peak = ("peak: see the workers' line with -v" if self.peak_bytes is None else
+                f"measured peak {format_bytes(self.peak_bytes)} of a {format_bytes(self.budget_bytes)} budget "
+                f"({self.peak_bytes / self.budget_bytes:.2f})")
+        return (f"computed {self.computed} of {self.blocks} blocks in {self.seconds:.1f} s; {peak}; "
+                f"store {format_bytes(self.store_bytes)} on disk")
 
 
 def _stop_if_asked(stop: StopFlag, path: Path, target: JacobianStore | None) -> None:

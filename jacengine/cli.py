@@ -227,6 +227,8 @@ def compute(overwrite: bool, shard: str | None, shard_from_env: bool, no_progres
                    f"(jacengine status {result.path})")
     else:
         click.echo(f"wrote {result.path}: jacobian {result.shape} {result.dims}")
+    if result.last_run is not None:
+        click.echo(result.last_run.line())
 
 
 def _refuse_if_stopped(stop: StopFlag) -> None:

@@ -53,6 +53,7 @@ class Prepared:
     fingerprint: dict[str, Any]
     computation: Computation
     probe_results: dict[Block, np.ndarray] = field(default_factory=dict)  # calibration's blocks of this plan
+    measured_peak: Callable[[], int | None] = lambda: None  # the budgeted peak in this process, read now
 
     def summary(self) -> dict[str, Any]:
         """What ``jacengine plan`` prints: blocks and predictions, nothing computed."""
@@ -121,7 +122,7 @@ def prepare(model: Any, inputs: InputsLike, options: RunOptions, *, calibrate: b
         "dtypes": f"{spec.compute_dtype}->{spec.store_dtype}",
     }
     return Prepared(spec, description.causal_reason, method_reason, cost, plan, budget, fingerprint,
-                    Computation(source, computer), probe_results)
+                    Computation(source, computer), probe_results, lambda: backend.measured_peak(meters))
 
 
 def prepare_for_store(model: Any, inputs: InputsLike, store: JacobianStore, options: RunOptions) -> Prepared:

@@ -134,6 +134,9 @@ class LinearBackend:
         memory.set_baseline()
         return memory
 
+    def measured_peak(self, meters: ProcessMemory) -> int | None:
+        return meters.peak_above_baseline()
+
     def describe(self, model: LinearRecurrence, inputs: Inputs, options: RunOptions) -> Description:
         batch, steps, features = inputs.shape
         if features != model.b.shape[1]:

@@ -43,6 +43,7 @@ def test_compute_status_plan_on_files(tmp_path) -> None:
     out = tmp_path / "j.zarr"
     result = runner.invoke(main, ["compute", *files, "--out", str(out), "--t-out", "2:10:3", "--no-progress"])
     assert result.exit_code == 0, result.output
+    assert "measured peak" in result.output and "budget" in result.output  # the one-line summary
     import jacengine
 
     store = jacengine.open_store(out)

@@ -44,6 +44,9 @@ def test_in_memory_store_equals_stored_result_and_is_removed(seed, tmp_path) -> 
     in_memory = jacengine.compute(model, x, None, progress=False, budget="256MiB")
     on_disk = jacengine.compute(model, x, tmp_path / "j.zarr", progress=False, budget="256MiB")
     assert close(in_memory.to_numpy(), reference)
+    summary = in_memory.last_run
+    assert summary.blocks == len(in_memory.plan.blocks) and 0 <= summary.computed <= summary.blocks
+    assert summary.peak_bytes is not None and summary.peak_bytes <= summary.budget_bytes
     assert np.array_equal(in_memory.to_numpy(), on_disk.to_numpy())
     scratch = in_memory.path.parent
     assert scratch.exists()

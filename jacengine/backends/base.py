@@ -105,6 +105,11 @@ class Backend(Protocol):
         :meth:`calibrate` measures probes with."""
         ...
 
+    def measured_peak(self, meters: Any) -> int | None:
+        """The budgeted quantity's peak, as the ``meters`` of :meth:`start_budget` read it now
+        (since their last reset: the last calibration probe)."""
+        ...
+
     def describe(self, model: Any, inputs: Inputs, options: RunOptions) -> Description:
         """The spec of J for ``model`` at ``inputs`` with the selections, layout and method of
         ``options`` (method "auto" gives a provisional one), and the causality decision."""

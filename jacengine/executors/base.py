@@ -37,9 +37,11 @@ class Task(Protocol):
 
 class Executor(Protocol):
     """Runs a task's blocks; ``concurrent`` says whether other processes may be writing to the
-    same store meanwhile (their temporary files must then be left alone)."""
+    same store meanwhile (their temporary files must then be left alone), ``in_process`` whether
+    the blocks run in this process (whose memory is then the budgeted one)."""
 
     concurrent: bool
+    in_process: bool
 
     def run(self, task: Task, blocks: Sequence[Block], should_stop: ShouldStop = lambda: False) -> int:
         """Compute and write ``blocks``; returns how many completed."""

@@ -34,6 +34,7 @@ class DaskExecutor:
     """
 
     concurrent = True
+    in_process = False
 
     def __init__(self, *, scheduler: str | None = None, workers: int | None = None, cluster: Any = None,
                  env: dict[str, str] | None = None, progress: bool = True) -> None:

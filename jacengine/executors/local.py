@@ -19,6 +19,7 @@ class LocalExecutor:
     """
 
     concurrent = False
+    in_process = True
 
     def __init__(self, progress: bool = True) -> None:
         self.progress = progress

@@ -85,6 +85,7 @@ class ShardExecutor:
 
     def __init__(self, inner: Executor, index: int, count: int) -> None:
         self.inner = inner
+        self.in_process = inner.in_process
         self.index, self.count = check_shard(index, count)
 
     def run(self, task: Task, blocks: Sequence[Block], should_stop: ShouldStop = lambda: False) -> int:

@@ -100,6 +100,7 @@ class JacobianStore:
         if not is_jacengine_store(self.path):
             raise StoreError(f"{self.path} is not a jacengine store (no zarr group with a '{ATTRIBUTE}' attribute).")
         self._group = zarr.open_group(str(self.path), mode=mode)  # type: ignore[arg-type]
+        self.last_run: Any = None  # the RunSummary of the run that returned this object (jacengine.api)
 
     # -- creation ---------------------------------------------------------------------------
     @classmethod

@@ -77,6 +77,9 @@ class TensorFlowBackend:
             process.set_baseline()
         return BudgetMeters(TensorMemory(device), process)
 
+    def measured_peak(self, meters: BudgetMeters) -> int | None:
+        return meters.process.peak_above_baseline() if meters.process is not None else meters.tensors.peak()
+
     def describe(self, model: TFModel, inputs: Inputs, options: RunOptions) -> Description:
         spec, reason = build_spec(
             model, inputs, t_out=options.t_out, f_out=options.f_out, f_in=options.f_in, causal=options.causal,
