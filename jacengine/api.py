@@ -100,9 +100,10 @@ def compute(
     computes only the missing blocks; a store from a different model, inputs or settings is
     refused with a message naming what differs.
     """
+    started = time.perf_counter()
     run = options_from(options, settings)
     if store is None:
-        return _compute_in_memory(model, inputs, run, progress=progress, refused={
+        return _compute_in_memory(model, inputs, run, progress=progress, started=started, refused={
             "overwrite": overwrite, "cluster": cluster is not None, "shard": shard is not None,
             "executor='dask'": run.executor != "local"})
     path = _local_path(store)
@@ -139,7 +140,7 @@ def compute(
         _stop_if_asked(stop, path, None)
         target = _open_target(prepared, path, existing, overwrite=overwrite, sources=_sources(model, inputs, run),
                               concurrent=executor.concurrent, durable=run.durable)
-        return execute(prepared, target, task, executor, stop)
+        return execute(prepared, target, task, executor, stop, started)
 
 
 def jacobian(model: Any, inputs: InputsLike, *, options: RunOptions | None = None, progress: bool = False,
@@ -160,7 +161,7 @@ def jacobian(model: Any, inputs: InputsLike, *, options: RunOptions | None = Non
     return values.squeeze(axis=dropped) if dropped else values
 
 
-def _compute_in_memory(model: Any, inputs: InputsLike, run: RunOptions, *, progress: bool,
+def _compute_in_memory(model: Any, inputs: InputsLike, run: RunOptions, *, progress: bool, started: float,
                        refused: dict[str, bool]) -> JacobianStore:
     """:func:`compute` with ``store=None``: into a scratch store, in this process, with the
     result (as :meth:`JacobianStore.to_numpy` materialises it) reserved from the budget."""
@@ -180,7 +181,7 @@ def _compute_in_memory(model: Any, inputs: InputsLike, run: RunOptions, *, progr
         target.remove_with_this_object(path.parent)
         try:
             return execute(prepared, target, BlockTask(str(path), model, inputs, run, uuid.uuid4().hex),
-                           LocalExecutor(progress=progress), stop)
+                           LocalExecutor(progress=progress), stop, started)
         except RunInterrupted:
             raise RunInterrupted(f"stopped by {stop.signal_name}; a computation in memory keeps nothing. Rerun it, or "
                                  "compute into a store (store='jacobian.zarr', --out) to make it resumable.") from None
@@ -192,28 +193,30 @@ def _result_bytes(spec: JacobianSpec) -> int:
 
 
 def execute(prepared: Prepared, target: JacobianStore, task: BlockTask, executor: Executor,
-            stop: StopFlag | None = None) -> JacobianStore:
+            stop: StopFlag | None = None, started: float | None = None) -> JacobianStore:
     """Compute the pending blocks of ``target`` with ``executor`` mapping ``task`` over them
     (this process's preparation attached to the task: nothing is loaded twice). ``stop``: the
-    flag of the caller's signal handler (default: one installed here)."""
+    flag of the caller's signal handler (default: one installed here); ``started``: when the
+    caller's run began (``time.perf_counter()``; default now), for the summary."""
     task.attach(target, prepared.computation)
     with store_lock(target.path, exclusive=False):  # while it writes, no other run may overwrite or clean up
-        return _run(prepared, target, task, executor, stop)
+        return _run(prepared, target, task, executor, stop, time.perf_counter() if started is None else started)
 
 
 def _run(prepared: Prepared, target: JacobianStore, task: BlockTask, executor: Executor,
-         stop: StopFlag | None) -> JacobianStore:
+         stop: StopFlag | None, started: float) -> JacobianStore:
     pending = target.pending_blocks()
     log.info("%s; %s; %d of %d blocks pending, budget %s per process", prepared.causal_reason, prepared.method_reason,
              len(pending), len(target.plan.blocks), format_bytes(prepared.budget_bytes))
-    started = time.perf_counter()
     try:
         with contextlib.nullcontext(stop) if stop is not None else stop_on_signals() as flag:
             computed = executor.run(task, pending, should_stop=flag)
     finally:
         task.detach()
     target.record_rounding_error()
-    target.last_run = RunSummary(computed, len(target.plan.blocks), time.perf_counter() - started,
+    # calibration's probe blocks were stored when the store was created: this run computed them too
+    target.last_run = RunSummary(computed + len(prepared.probe_results), len(target.plan.blocks),
+                                 time.perf_counter() - started,
                                  prepared.measured_peak() if executor.in_process else None, prepared.budget_bytes,
                                  target.nbytes_on_disk())
     log.info(target.last_run.line())
@@ -223,7 +226,8 @@ def _run(prepared: Prepared, target: JacobianStore, task: BlockTask, executor: E
 
 @dataclass(frozen=True)
 class RunSummary:
-    """What a run did: blocks computed (of the plan's), wall time, the measured peak of the
+    """What a run did: blocks computed (of the plan's), wall time (loading and calibration
+    included), the measured peak of the
     budgeted memory in this process (None when blocks ran elsewhere: dask workers log theirs),
     the budget, and the store's size on disk."""
 
