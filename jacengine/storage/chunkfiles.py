@@ -63,7 +63,11 @@ def write_files(files: Iterable[tuple[Path, bytes]], *, durable: bool, block_ind
     directories: set[Path] = set()
     for path, data in files:
         # a directory created here is an entry in its parent: that parent is fsynced too
-        created = [parent for parent in path.parents if not parent.exists()]
+        created = []
+        for parent in path.parents:
+            if parent.exists():
+                break
+            created.append(parent)
         path.parent.mkdir(parents=True, exist_ok=True)
         directories.update(parent.parent for parent in created)
         temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{TEMPORARY_SUFFIX}")

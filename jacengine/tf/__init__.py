@@ -20,9 +20,14 @@ from collections.abc import Iterator
 
 @contextlib.contextmanager
 def _stderr_silenced() -> Iterator[None]:
-    """File descriptor 2 to /dev/null meanwhile (C++ libraries write there directly)."""
+    """File descriptor 2 to /dev/null meanwhile (C++ libraries write there directly); nothing
+    changes where there is no such descriptor."""
     sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
     try:
         with open(os.devnull, "w") as null:
             os.dup2(null.fileno(), 2)
