@@ -200,7 +200,18 @@ def execute(prepared: Prepared, target: JacobianStore, task: BlockTask, executor
     caller's run began (``time.perf_counter()``; default now), for the summary."""
     task.attach(target, prepared.computation)
     with store_lock(target.path, exclusive=False):  # while it writes, no other run may overwrite or clean up
-        return _run(prepared, target, task, executor, stop, time.perf_counter() if started is None else started)
+        finished = _run(prepared, target, task, executor, stop, time.perf_counter() if started is None else started)
+    _remove_orphaned_temporary_files(finished)
+    return finished
+
+
+def _remove_orphaned_temporary_files(target: JacobianStore) -> None:
+    """Temporary files of writers that died during this run (a dask worker killed mid-write):
+    removed now when no other run holds the store, else left to a later run's age rule."""
+    with store_lock(target.path, exclusive=True) as alone:
+        removed = target.remove_temporary_files(min_age_s=0) if alone else 0
+    if removed:
+        log.info("removed %d temporary files of writes that died during this run", removed)
 
 
 def _run(prepared: Prepared, target: JacobianStore, task: BlockTask, executor: Executor,

@@ -196,3 +196,17 @@ def test_a_format_1_store_is_resumed_as_it_is(reference, tmp_path) -> None:
     expected = {p.relative_to(reference[0]): p.read_bytes() for p in sorted((reference[0] / "jacobian").rglob("*"))
                 if p.is_file()}
     assert chunk_bytes == expected
+
+
+def test_a_run_alone_at_its_end_removes_temporary_files_its_dead_writers_left(tmp_path) -> None:
+    """A shard (or a dask run) leaves young temporary files alone when it starts (another writer's
+    may be in flight); at its end, holding the store alone, it removes those a dead writer left."""
+    register_backend("linear", "linear_backend:BACKEND")
+    x = np.random.default_rng(1).normal(size=(8, 48, 2)).astype("float32")
+    path = tmp_path / "j.zarr"
+    jacengine.init(LinearRecurrence.random(), x, path, budget="2MiB")
+    orphan = path / "jacobian" / "c" / f".0.dead-writer{TEMPORARY_SUFFIX}"
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"half a chunk")
+    jacengine.compute(LinearRecurrence.random(), x, path, budget="2MiB", progress=False, shard=(0, 1))
+    assert jacengine.open_store(path).is_complete and not orphan.exists()
