@@ -300,14 +300,22 @@ class JacobianStore:
             self._check_generation()
             self._write_checked_block(block, data)
 
+    @cached_property
+    def _chunk_dtype(self) -> np.dtype:
+        """The ``jacobian`` array's dtype, once its chunks are checked to be the raw layout that
+        :meth:`write_block` writes (opened once per handle, not once per block or chunk)."""
+        array = self.array
+        check_raw_layout(array)
+        return array.dtype
+
     def _write_checked_block(self, block: Block, data: np.ndarray) -> None:
+        dtype = self._chunk_dtype
         with np.errstate(over="ignore"):  # float16 overflow is refused just below, with a message
-            stored = np.ascontiguousarray(data, dtype=self.array.dtype)
-        if self.array.dtype == np.float16:
+            stored = np.ascontiguousarray(data, dtype=dtype)
+        if dtype == np.float16:
             self._record_rounding(block, data, stored)
-        check_raw_layout(self.array)
         chunk_shape = self.plan.chunks(self.spec)
-        files = [(path, encode_chunk(stored[local], chunk_shape, self.array.dtype)) for path, local in self._chunks(block)]
+        files = [(path, encode_chunk(stored[local], chunk_shape, dtype)) for path, local in self._chunks(block)]
         write_files(files, durable=self.durable, block_index=block.index)
         fault_point("after-data", block.index)
         self._check_generation()
