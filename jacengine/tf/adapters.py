@@ -58,9 +58,11 @@ class TFModel(abc.ABC):
         """Whether the model may be called on a prefix of the sequence (causal blocks then
         run the forward pass over the steps they need only)."""
 
-    @abc.abstractmethod
     def check(self) -> None:
-        """Refuse a model that cannot be differentiated block by block, saying why."""
+        """Refuse a model that cannot be differentiated block by block, saying why (here: one
+        that takes no floating-point inputs; kinds that know more check more)."""
+        if not self.dtype.is_floating:
+            raise ModelError(f"the {self.kind} takes {self.dtype.name} inputs; a Jacobian needs floating-point inputs.")
 
     @abc.abstractmethod
     def output_shape(self, input_shape: tuple[int, int, int], probe: np.ndarray) -> tuple[int, ...]:
@@ -121,6 +123,7 @@ class KerasModel(TFModel):
         return len(self.input_shape) == 3 and self.input_shape[1] is None
 
     def check(self) -> None:
+        super().check()
         keras_models.check_model(self.model, self.layers())
 
     def output_shape(self, input_shape: tuple[int, int, int], probe: np.ndarray) -> tuple[int, ...]:
@@ -201,10 +204,6 @@ class FunctionModel(TFModel):
     def accepts_any_length(self) -> bool:
         # only a declared open time axis says so: an undeclared callable may need the full length
         return self.signature is not None and len(self.signature.shape) == 3 and self.signature.shape[1] is None
-
-    def check(self) -> None:
-        if not self.dtype.is_floating:
-            raise ModelError(f"the {self.kind} takes {self.dtype.name} inputs; a Jacobian needs floating-point inputs.")
 
     def output_shape(self, input_shape: tuple[int, int, int], probe: np.ndarray) -> tuple[int, ...]:
         try:

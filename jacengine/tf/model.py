@@ -16,7 +16,6 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from jacengine.errors import ModelError
 
@@ -67,7 +66,8 @@ def iter_layers(model: Any) -> list[Any]:
 
 
 def check_model(model: Any, layers: list[Any]) -> None:
-    """Refuse models that cannot be differentiated block by block (``layers``: all of them)."""
+    """Refuse Keras models whose structure cannot be differentiated block by block (``layers``:
+    all of them); the input dtype is :meth:`jacengine.tf.adapters.TFModel.check`'s."""
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ModelError(
             f"the model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; jacengine "
@@ -80,9 +80,6 @@ def check_model(model: Any, layers: list[Any]) -> None:
             "depend on the order they run in. Rebuild the model with stateful=False (weights "
             "transfer with set_weights)."
         )
-    dtype = tf.as_dtype(model.inputs[0].dtype)
-    if not dtype.is_floating:
-        raise ModelError(f"the model takes {dtype.name} inputs; a Jacobian needs floating-point inputs.")
 
 
 def model_hash(model: Any) -> str:
