@@ -95,7 +95,7 @@ class RunOptions:
             value = getattr(self, name)
             if not any(value is choice or (isinstance(choice, str) and value == choice) for choice in allowed):
                 raise InputError(f"{name}={value!r} is not one of {', '.join(map(str, allowed))}.")
-        for name in ("signature", "model_id"):
+        for name in MODEL_IDENTITY:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise InputError(f"{name} must be a non-empty string, got {value!r}.")
