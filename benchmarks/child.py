@@ -246,8 +246,8 @@ def _reduce_runner(case: Case, model: Any, x: np.ndarray, directory: str) -> Cal
     store = jacengine.compute(model, x, os.path.join(directory, "j.zarr"), budget=case.budget, progress=False)
     if case.method == "jacengine-reduce":
         def out_of_core() -> tuple[np.ndarray, np.ndarray]:
-            mean_abs = reductions.saliency(store)["mean_abs"]
-            return mean_abs, reductions.lag_profile(store, mean_abs=mean_abs)["mean_abs"]
+            results = reductions.reduce_many(store, ["saliency", "lag-profile"], write=False)  # one pass
+            return results["saliency"]["mean_abs"].values, results["lag-profile"]["mean_abs"].values
         return out_of_core
 
     def in_memory() -> tuple[np.ndarray, np.ndarray]:

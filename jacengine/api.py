@@ -24,9 +24,11 @@ from jacengine.backends import backend_for
 from jacengine.errors import BudgetError, InputError, RunInterrupted
 from jacengine.executors import DaskExecutor, Executor, LocalExecutor, ShardExecutor
 from jacengine.interrupt import StopFlag, stop_on_signals
+from jacengine.logs import accepts_verbose
 from jacengine.options import MODEL_IDENTITY, RunOptions, options_from
 from jacengine.planning.spec import JacobianSpec
 from jacengine.preparation import Prepared, prepare, prepare_for_store
+from jacengine.progress import phase_progress
 from jacengine.storage.inputs import InputsLike
 from jacengine.storage.locking import store_lock
 from jacengine.storage.scratch import scratch_store_path
@@ -39,31 +41,39 @@ log = logging.getLogger("jacengine")
 STALE_TEMPORARY_S = 600.0  # a temporary file this old belongs to no running write
 
 
-def plan(model: Any, inputs: InputsLike, *, options: RunOptions | None = None, **settings: Any) -> dict[str, Any]:
+@accepts_verbose
+def plan(model: Any, inputs: InputsLike, *, options: RunOptions | None = None, progress: bool | None = None,
+         **settings: Any) -> dict[str, Any]:
     """Plan a run without computing the Jacobian: blocks, predicted peak memory, store size and
-    run time (the cost model is calibrated on probe blocks). Settings as for :func:`compute`."""
-    return prepare(model, inputs, options_from(options, settings)).summary()
+    run time (the cost model is calibrated on probe blocks). Settings, ``progress`` and
+    ``verbose`` as for :func:`compute`."""
+    with phase_progress("planning", progress):
+        return prepare(model, inputs, options_from(options, settings)).summary()
 
 
+@accepts_verbose
 def init(model: Any, inputs: InputsLike, store: str | Path, *, overwrite: bool = False, options: RunOptions | None = None,
-         **settings: Any) -> JacobianStore:
+         progress: bool | None = None, **settings: Any) -> JacobianStore:
     """Create the store and its plan (calibrated on the actual model) without computing the rest.
 
     What job arrays run first, so that their shards never race to create the store. Running it
     again on the store it made is harmless: the store is checked against the settings and
-    returned. Settings as for :func:`compute`.
+    returned. Settings, ``progress`` and ``verbose`` as for :func:`compute`.
     """
     run = options_from(options, settings)
     path = _local_path(store)
     if is_jacengine_store(path) and not overwrite:
         existing = JacobianStore(path, mode="r")
-        prepare_for_store(model, inputs, existing, run)
+        with phase_progress("checking", progress):
+            prepare_for_store(model, inputs, existing, run)
         return existing
     check_writable_target(path, overwrite=overwrite)
-    return _create(prepare(model, inputs, run), path, overwrite=overwrite, sources=_sources(model, inputs, run),
-                   durable=run.durable)
+    with phase_progress("planning", progress):
+        prepared = prepare(model, inputs, run)
+    return _create(prepared, path, overwrite=overwrite, sources=_sources(model, inputs, run), durable=run.durable)
 
 
+@accepts_verbose
 def compute(
     model: Any,
     inputs: InputsLike,
@@ -71,7 +81,7 @@ def compute(
     *,
     options: RunOptions | None = None,
     overwrite: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
     cluster: Any = None,
     shard: tuple[int, int] | None = None,
     **settings: Any,
@@ -91,7 +101,10 @@ def compute(
             ``backend``, ``executor``, ``scheduler``, ``workers``, ``durable``) override it. Each is
             documented there; the default budget is 2 GiB per process.
         overwrite: replace an existing jacengine store instead of resuming it.
-        progress: show a progress bar.
+        progress: show progress (the preparation's phases, then a bar over the blocks weighted by
+            their predicted cost); None: when stderr is a terminal or in a notebook.
+        verbose: True logs what is decided and why and a summary line to stderr; False only
+            errors; None leaves jacengine's logger as configured (warnings by default).
         cluster: with executor "dask", a cluster object to use (e.g. a dask-jobqueue cluster).
         shard: ``(I, N)``: compute only shard I of N of the blocks (job arrays; the store must
             exist, see :func:`init`).
@@ -136,14 +149,16 @@ def compute(
         # a resumed store is opened once: its fingerprint is checked against this run, and its
         # generation id (checked before every write) is that of the store checked
         existing = JacobianStore(path, mode="r+", durable=run.durable) if resume else None
-        prepared = prepare_for_store(model, inputs, existing, run) if existing else prepare(model, inputs, run)
+        with phase_progress("preparing", progress):
+            prepared = prepare_for_store(model, inputs, existing, run) if existing else prepare(model, inputs, run)
         _stop_if_asked(stop, path, None)
         target = _open_target(prepared, path, existing, overwrite=overwrite, sources=_sources(model, inputs, run),
                               concurrent=executor.concurrent, durable=run.durable)
         return execute(prepared, target, task, executor, stop, started)
 
 
-def jacobian(model: Any, inputs: InputsLike, *, options: RunOptions | None = None, progress: bool = False,
+@accepts_verbose
+def jacobian(model: Any, inputs: InputsLike, *, options: RunOptions | None = None, progress: bool | None = None,
              **settings: Any) -> np.ndarray:
     """J of ``model`` at ``inputs`` as a numpy array: small questions without a store.
 
@@ -153,6 +168,7 @@ def jacobian(model: Any, inputs: InputsLike, *, options: RunOptions | None = Non
     ``tape.batch_jacobian`` (B, T_out, F_out, T_in, F_in). The computation is that of
     :func:`compute` (blocks, causal skipping, the same settings), and the result counts against
     the budget: when it does not fit, the error says so and the answer is a store on disk.
+    ``progress`` and ``verbose`` as for :func:`compute`.
     """
     run = options_from(options, settings)
     values = compute(model, inputs, None, options=run, progress=progress).to_numpy()
@@ -161,7 +177,7 @@ def jacobian(model: Any, inputs: InputsLike, *, options: RunOptions | None = Non
     return values.squeeze(axis=dropped) if dropped else values
 
 
-def _compute_in_memory(model: Any, inputs: InputsLike, run: RunOptions, *, progress: bool, started: float,
+def _compute_in_memory(model: Any, inputs: InputsLike, run: RunOptions, *, progress: bool | None, started: float,
                        refused: dict[str, bool]) -> JacobianStore:
     """:func:`compute` with ``store=None``: into a scratch store, in this process, with the
     result (as :meth:`JacobianStore.to_numpy` materialises it) reserved from the budget."""
@@ -171,7 +187,8 @@ def _compute_in_memory(model: Any, inputs: InputsLike, run: RunOptions, *, progr
                          "(store='jacobian.zarr', --out).")
     with stop_on_signals() as stop:
         try:
-            prepared = prepare(model, inputs, run, reserve=_result_bytes)
+            with phase_progress("preparing", progress):
+                prepared = prepare(model, inputs, run, reserve=_result_bytes)
         except BudgetError as exc:
             raise BudgetError(f"{exc} In memory, the result itself counts against the budget; compute into a store on "
                               "disk (store='jacobian.zarr', --out) to leave the whole budget to the computation, or raise "

@@ -19,6 +19,7 @@ from jacengine.executors.shards import shard_from_env as shard_from_env_vars
 from jacengine.interrupt import StopFlag, stop_on_signals
 from jacengine.jobs.config import CLUSTER_KINDS, Config, load_config
 from jacengine.jobs.jobqueue import jobqueue_cluster
+from jacengine.logs import log_to_stderr
 from jacengine.options import CAUSAL_CHOICES, EXECUTORS, PRECISIONS, RunOptions
 from jacengine.planning.budget import BUDGET_DEFINITION
 from jacengine.planning.methods import METHOD_CHOICES, describe_methods
@@ -151,26 +152,51 @@ class _Commands(click.Group):
             sys.exit(EXIT_CRASH)
 
 
-@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="jacengine")
-@click.option("-v", "--verbose", is_flag=True, help="log what is decided and why")
-@click.option("-q", "--quiet", is_flag=True, help="log errors only")
-def main(verbose: bool, quiet: bool) -> None:
-    """Memory-bounded Jacobians of sequence models, stored in zarr."""
-    if verbose and quiet:
+def _set_level(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """-v / -q, before or after the command's name: the level of jacengine's logger on stderr."""
+    if not value:
+        return
+    chosen = ctx.meta.setdefault("jacengine.verbosity", set())
+    chosen.add(param.name)
+    if len(chosen) > 1:
         raise click.UsageError("pass either -v or -q, not both.")
-    level = logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING
-    _log_to_stderr(logging.getLogger("jacengine"), level)
+    log_to_stderr(logging.INFO if param.name == "verbose" else logging.ERROR)
 
 
-def _log_to_stderr(logger: logging.Logger, level: int) -> None:
-    """jacengine's own messages to stderr, prefixed "jacengine:"; the root logger (TensorFlow's
-    and dask's messages) is left as it is."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("jacengine: %(message)s"))
-    logger.handlers = [handler]
-    logger.setLevel(level)
-    logger.propagate = False
+def _set_progress(ctx: click.Context, _param: click.Parameter, value: bool | None) -> None:
+    if value is not None:
+        ctx.meta["jacengine.progress"] = value
+
+
+def _progress() -> bool | None:
+    """The --progress / --no-progress choice (None: bars when stderr is a terminal)."""
+    return click.get_current_context().meta.get("jacengine.progress")
+
+
+def common_options(function: Any) -> Any:
+    """-v, -q, --progress/--no-progress and -h on the group and on every command."""
+    options = [
+        click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=_set_level,
+                     help="log what is decided and why"),
+        click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_level, help="log errors only"),
+        click.option("--progress/--no-progress", default=None, expose_value=False, callback=_set_progress,
+                     help="progress bars on or off [default: on when stderr is a terminal]"),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+@click.group(cls=_Commands, context_settings=CONTEXT)
+@click.version_option(package_name="jacengine")
+@common_options
+def main() -> None:
+    """Memory-bounded Jacobians of sequence models, stored in zarr."""
+    if not click.get_current_context().meta.get("jacengine.verbosity"):
+        log_to_stderr(logging.WARNING)
 
 
 def run_guarded(action: Any) -> Any:
@@ -186,6 +212,7 @@ def run_guarded(action: Any) -> Any:
 
 
 @main.command()
+@common_options
 @model_options
 @click.option("--out", "store", type=click.Path(), help="store directory (created or resumed)")
 @click.option("--overwrite", is_flag=True, help="replace an existing jacengine store")
@@ -198,8 +225,7 @@ def run_guarded(action: Any) -> Any:
               help="dask: start a dask-jobqueue cluster from the config's [jobqueue] section")
 @click.option("--shard", default=None, help="compute only shard I of N (I/N, e.g. 0/4) of an initialised store")
 @click.option("--shard-from-env", is_flag=True, help="take the shard from SLURM/PBS job-array variables")
-@click.option("--no-progress", is_flag=True, help="no progress bar")
-def compute(overwrite: bool, shard: str | None, shard_from_env: bool, no_progress: bool, cluster: str | None,
+def compute(overwrite: bool, shard: str | None, shard_from_env: bool, cluster: str | None,
             executor: str | None, **kwargs: Any) -> None:
     """Compute the Jacobian of --model at --inputs into the store --out (rerun to resume)."""
     from jacengine.api import compute as compute_api
@@ -217,7 +243,7 @@ def compute(overwrite: bool, shard: str | None, shard_from_env: bool, no_progres
         try:
             run_guarded(lambda: _refuse_if_stopped(stop))
             result = run_guarded(lambda: compute_api(files["model"], files["inputs"], store, options=options,
-                                                     overwrite=overwrite, progress=not no_progress, cluster=dask_cluster,
+                                                     overwrite=overwrite, progress=_progress(), cluster=dask_cluster,
                                                      shard=shard_pair))
         finally:
             if dask_cluster is not None:
@@ -243,6 +269,7 @@ def _required(files: dict[str, Any], name: str, flag: str) -> str:
 
 
 @main.command()
+@common_options
 @model_options
 @click.option("--out", "store", type=click.Path(), help="store directory to create")
 @click.option("--overwrite", is_flag=True, help="replace an existing jacengine store")
@@ -252,11 +279,13 @@ def init(overwrite: bool, **kwargs: Any) -> None:
 
     files, options, _ = resolve(kwargs, "store")
     store = _required(files, "store", "--out")
-    result = run_guarded(lambda: init_api(files["model"], files["inputs"], store, overwrite=overwrite, options=options))
+    result = run_guarded(lambda: init_api(files["model"], files["inputs"], store, overwrite=overwrite, options=options,
+                                              progress=_progress()))
     click.echo(f"initialised {result.path}: {len(result.plan.blocks)} blocks, {len(result.done_blocks())} done")
 
 
 @main.command()
+@common_options
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="print the plan as JSON")
 def plan(as_json: bool, **kwargs: Any) -> None:
@@ -264,7 +293,7 @@ def plan(as_json: bool, **kwargs: Any) -> None:
     from jacengine.api import plan as plan_api
 
     files, options, _ = resolve(kwargs)
-    summary = run_guarded(lambda: plan_api(files["model"], files["inputs"], options=options))
+    summary = run_guarded(lambda: plan_api(files["model"], files["inputs"], options=options, progress=_progress()))
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -283,6 +312,7 @@ def plan(as_json: bool, **kwargs: Any) -> None:
 
 
 @main.command()
+@common_options
 @click.argument("store", required=False, type=click.Path(exists=True, file_okay=False))
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="take STORE from this config file")
 @click.option("--shards", type=int, default=None, help="also show the progress of each of N job-array shards")
@@ -332,6 +362,7 @@ def status(store: str | None, config_path: str | None, shards: int | None, as_js
 
 
 @main.command()
+@common_options
 @click.argument("scheduler", type=click.Choice(["slurm", "pbs"]))
 @click.argument("config_path", metavar="CONFIG", type=click.Path(exists=True, dir_okay=False))
 @click.option("--shards", type=int, default=None, help="job-array size [config: job.shards]")
@@ -353,6 +384,7 @@ def script(scheduler: str, config_path: str, **overrides: Any) -> None:
 
 
 @main.command()
+@common_options
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
 @click.option("--model", "model_path", type=MODEL, help="default: the model recorded in the store")
 @click.option("--inputs", "inputs_path", type=click.Path(exists=True), help="default: the path recorded in the store")
@@ -363,14 +395,14 @@ def script(scheduler: str, config_path: str, **overrides: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 def verify(store: str, model_path: str | None, inputs_path: str | None, samples: int, seed: int, no_repair: bool,
            trust_model: bool, as_json: bool) -> None:
-    """Check block checksums and recompute sampled entries; exits 1 on any problem.
+    """Check block checksums and recompute sampled entries; exits 4 on any problem.
 
     Corrupt blocks are marked pending (unless --no-repair): rerun compute to recompute them.
     """
     from jacengine.analysis.verify import verify as verify_api
 
     report = run_guarded(lambda: verify_api(store, model_path, inputs_path, samples=samples, seed=seed,
-                                            repair=not no_repair, trust_model=trust_model))
+                                            repair=not no_repair, trust_model=trust_model, progress=_progress()))
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -389,6 +421,7 @@ def verify(store: str, model_path: str | None, inputs_path: str | None, samples:
 
 
 @main.command()
+@common_options
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
 @click.option("--op", "ops", multiple=True, required=True,
               type=click.Choice(["saliency", "lag-profile", "feature-importance", "window-sum", "top-k", "std", "quantiles"]),
@@ -397,10 +430,14 @@ def verify(store: str, model_path: str | None, inputs_path: str | None, samples:
 @click.option("--k", default=5, show_default=True, help="top-k: entries per output step")
 @click.option("--fraction", default=0.9, show_default=True, help="lag-profile: share of influence for the quantile lag")
 @click.option("--partial", is_flag=True, help="reduce the completed blocks of an incomplete store")
-@click.option("--plot", type=click.Path(dir_okay=False), help="also write a summary figure (PNG)")
+@click.option("--plot", type=click.Path(dir_okay=False),
+              help="also write a summary figure (.png, .svg or .pdf); runs saliency and lag-profile too, in the same pass")
 def reduce(store: str, ops: tuple[str, ...], window: str, k: int, fraction: float, partial: bool, plot: str | None) -> None:
-    """Reduce a store out of core and write the results into it."""
-    from jacengine.analysis.reductions import reduce as reduce_api
+    """Reduce a store out of core, all ops in one pass over it, and write the results into it.
+
+    Example: jacengine reduce j.zarr --op lag-profile --op window-sum --window 0:10 --plot summary.png
+    """
+    from jacengine.analysis.reductions import reduce_many
     from jacengine.storage.store import open_store
 
     window_slice = parse_selection(window)
@@ -409,23 +446,26 @@ def reduce(store: str, ops: tuple[str, ...], window: str, k: int, fraction: floa
     options = {"window-sum": {"start": window_slice.start or 0, "stop": window_slice.stop},
                "top-k": {"k": k}, "lag-profile": {"fraction": fraction}}
     if plot:  # before any work, not after the reductions
-        from jacengine.analysis.plots import check_matplotlib
+        from jacengine.analysis.plots import SUMMARY_OPS, check_matplotlib
 
         run_guarded(check_matplotlib)
+        ops = tuple(dict.fromkeys([*ops, *SUMMARY_OPS]))
     opened = run_guarded(lambda: open_store(store, mode="r+"))
-    for op in ops:
-        result = run_guarded(lambda op=op: reduce_api(opened, op, partial=partial, **options.get(op, {})))
+    results = run_guarded(lambda: reduce_many(opened, {op: options.get(op, {}) for op in ops}, partial=partial,
+                                              progress=_progress()))
+    for op, result in results.items():
         coverage = result.attrs.get("coverage", 1.0)
-        click.echo(f"{op}: wrote reductions/{result.name} ({', '.join(result.arrays)}), coverage {coverage:.0%}")
+        click.echo(f"{op}: wrote reductions/{op} ({', '.join(map(str, result.data_vars))}), coverage {coverage:.0%}")
         if op == "lag-profile":
             click.echo(f"  {fraction:.0%} of the influence lies within lag {int(result['quantile_lag'].max())}")
     if plot:
-        from jacengine.analysis.plots import plot_summary
+        from jacengine.analysis.plots import save_summary
 
-        click.echo(f"figure: {run_guarded(lambda: plot_summary(opened, plot, partial=partial))}")
+        click.echo(f"figure: {run_guarded(lambda: save_summary(opened, results, plot))}")
 
 
 @main.command()
+@common_options
 @click.option("--model", "model_path", required=True, type=MODEL, help=MODEL_HELP)
 @click.option("--inputs", "inputs_path", required=True, type=click.Path(exists=True), help="(B, T, F) inputs: .npy or zarr")
 @click.option("--over", type=click.Choice(["inputs", "outputs"]), required=True,
@@ -447,13 +487,15 @@ def directional(model_path: str, inputs_path: str, over: str, t_in: str | None, 
 
     result = run_guarded(lambda: directional_api(
         model_path, inputs_path, over=over, t_in=parse_selection(t_in), f_in=parse_selection(f_in),
-        t_out=parse_selection(t_out), f_out=parse_selection(f_out), batch_size=batch_size, trust_model=trust_model))
+        t_out=parse_selection(t_out), f_out=parse_selection(f_out), batch_size=batch_size, trust_model=trust_model,
+        progress=_progress()))
     values = result["sum"]
-    np.save(out_path, values)
-    click.echo(f"{result.name}: wrote {out_path}, shape {values.shape} {result.arrays['sum'][1]}")
+    np.save(out_path, values.values)
+    click.echo(f"{result.attrs['jacengine_reduction']}: wrote {out_path}, shape {values.shape} {values.dims}")
 
 
 @main.command()
+@common_options
 @click.option("--out", "store", default="jacengine-demo.zarr", show_default=True, type=click.Path(),
               help="store directory for the demo's Jacobian (a jacengine store already there is replaced)")
 @click.option("--batch", default=10, show_default=True, type=click.IntRange(min=1), help="sequences (B)")

@@ -12,10 +12,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from jacengine.analysis.reductions import reduce
+from jacengine.analysis.reductions import reduce_many
 from jacengine.api import compute
 from jacengine.backends import get_backend
 from jacengine.backends.base import ExampleBackend
@@ -73,17 +74,21 @@ def run_demo(
     echo(f"jacobian {result.shape} {result.dims} in {seconds:.1f} s, {len(result.plan.blocks)} block(s), "
          f"causal={result.attrs['causal']} -> {result.path}")
 
-    lags = reduce(result, "lag-profile", fraction=0.9)
-    profile = lags["mean_abs"][:, 0, 0]
-    lag_values = lags.coords["lag"]
+    t_out = min(10, steps - 1)
+    requests: dict[str, dict[str, Any]] = {"lag-profile": {"fraction": 0.9}, "window-sum": {"start": 0, "stop": min(10, steps)}}
+    if plot:
+        requests["saliency"] = {}
+    results = reduce_many(result, requests)  # one pass over the store
+    lags = results["lag-profile"]
+    profile = lags["mean_abs"].values[:, 0, 0]
+    lag_values = lags["lag"].values
     top = [int(lag_values[i]) for i in np.argsort(profile)[::-1][:5]]
     quantile = int(lags["quantile_lag"][0, 0])
     echo(f"lag profile (mean |dy_t/dx_(t-lag)|): top lags {top}; 90% of the influence lies within lag {quantile}")
-    t_out = min(10, steps - 1)
-    window = reduce(result, "window-sum", start=0, stop=min(10, steps))["sum"][:, t_out, 0, 0]
+    window = results["window-sum"]["sum"].values[:, t_out, 0, 0]
     echo(f"output step {t_out}, sum of dy/dx over input steps 0-9, per sample: {[round(float(v), 4) for v in window]}")
     if plot:
-        from jacengine.analysis.plots import plot_summary
+        from jacengine.analysis.plots import save_summary
 
-        echo(f"figure: {plot_summary(result, plot)}")
+        echo(f"figure: {save_summary(result, results, plot)}")
     return DemoResult(result, top, quantile, seconds)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -22,6 +22,7 @@ _counts: dict[str, int] = {}
 _overlapped: set[str] = set()
 _started = time.perf_counter()
 _stack = threading.local()
+_listeners: list[Callable[[str], None]] = []  # told the full name of each phase the main thread enters
 
 
 def reset() -> None:
@@ -47,6 +48,9 @@ def phase(name: str) -> Iterator[None]:
     frame = _Frame(" / ".join([*(outer.name for outer in frames), name]))
     full_name = frame.name
     frames.append(frame)
+    if threading.current_thread() is threading.main_thread():
+        for listener in list(_listeners):
+            listener(full_name)
     started = time.perf_counter()
     try:
         yield
@@ -60,6 +64,17 @@ def phase(name: str) -> Iterator[None]:
             _counts[full_name] = _counts.get(full_name, 0) + 1
             if threading.current_thread() is not threading.main_thread():
                 _overlapped.add(full_name)
+
+
+@contextmanager
+def on_phase(listener: Callable[[str], None]) -> Iterator[None]:
+    """Call ``listener(name)`` whenever the main thread enters a phase, while inside the block
+    (progress displays name the phase in progress)."""
+    _listeners.append(listener)
+    try:
+        yield
+    finally:
+        _listeners.remove(listener)
 
 
 def snapshot() -> list[dict[str, object]]:

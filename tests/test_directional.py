@@ -36,7 +36,7 @@ def test_input_sum_is_the_seed_window_sum(case, name) -> None:
     x, models = case
     model, jacobian = models[name]
     result = jacengine.directional(model, x, over="inputs", t_in=slice(0, 10), f_in=[1], batch_size=2)
-    assert result.name == "input-sum" and result.attrs["t_in"] == list(range(10)) and result.attrs["f_in"] == [1]
+    assert result.attrs["jacengine_reduction"] == "input-sum" and result.attrs["t_in"] == list(range(10)) and result.attrs["f_in"] == [1]
     assert_close(result["sum"], jacobian[:, :, :, :10, 1].sum(axis=3))
 
 
@@ -45,7 +45,7 @@ def test_output_sum_over_output_steps_and_features(case, name) -> None:
     x, models = case
     model, jacobian = models[name]
     result = jacengine.directional(model, x, over="outputs", t_out=[3, 7, 13], f_out=slice(0, 2), batch_size=3)
-    assert result.arrays["sum"][1] == ("batch", "t_in", "f_in")
+    assert result["sum"].dims == ("batch", "t_in", "f_in")
     assert_close(result["sum"], jacobian[:, [3, 7, 13]][:, :, 0:2].sum(axis=(1, 2)))
 
 

@@ -10,7 +10,7 @@ keras = pytest.importorskip("keras")
 
 from helpers import compute_with_blocks  # noqa: E402
 
-from jacengine.analysis.reductions import custom, reduce, write_reduction  # noqa: E402
+from jacengine.analysis.reductions import custom, reduce, reduce_many, write_reductions  # noqa: E402
 from jacengine.errors import StoreError  # noqa: E402
 
 B, T = 5, 14
@@ -46,14 +46,14 @@ def test_lag_profile(store) -> None:
     mean_abs = np.abs(J).mean(axis=0)
     t_out, t_in = store.coordinate("t_out"), store.coordinate("t_in")
     result = reduce(store, "lag-profile", fraction=0.9)
-    lags = result.coords["lag"]
+    lags = result["lag"].values
     for j, lag in enumerate(lags):
         entries = [mean_abs[i, :, step - lag, :] for i, step in enumerate(t_out) if 0 <= step - lag < t_in.size]
         expected = np.mean(entries, axis=0) if entries else np.zeros(mean_abs[0, :, 0, :].shape)
         close(result["mean_abs"][j], expected)
-    past = result["total_abs"][lags >= 0]
+    past = result["total_abs"].values[lags >= 0]
     share = np.cumsum(past, axis=0) / past.sum(axis=0)
-    quantile = result["quantile_lag"]
+    quantile = result["quantile_lag"].values
     for fo in range(quantile.shape[0]):
         for fi in range(quantile.shape[1]):
             q = quantile[fo, fi]
@@ -80,16 +80,56 @@ def test_top_k_std_quantiles(store) -> None:
 
 
 def test_custom_reduction_and_xarray(store) -> None:
-    xr = pytest.importorskip("xarray")
+    import warnings
+
+    import xarray as xr
+
     J = store.to_numpy()
     result = custom(store, "max-abs-per-sample", lambda j: abs(j).max(axis=(1, 2, 3, 4)), ("batch",))
-    write_reduction(store, result)
+    write_reductions(store, [result])
     close(result["values"], np.abs(J).max(axis=(1, 2, 3, 4)))
     reduce(store, "saliency")
-    dataset = xr.open_zarr(store.path, group="reductions/saliency", consolidated=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # consolidated metadata: xarray opens the store without a fallback warning
+        dataset = xr.open_zarr(store.path, group="reductions/saliency")
+        whole = xr.open_zarr(store.path)
     assert dataset["mean_abs"].dims == ("t_out", "f_out", "t_in", "f_in")
     np.testing.assert_array_equal(dataset["t_out"].values, store.coordinate("t_out"))
     np.testing.assert_array_equal(dataset["f_in"].values, store.coordinate("f_in"))
+    assert "jacobian" in whole and {"t_out", "f_out", "f_in"} <= set(whole.coords)
+    labelled = store.to_xarray()  # lazy, dask-backed, with coordinates and no bookkeeping arrays
+    assert labelled.chunks is not None and labelled.name == "jacobian"
+    np.testing.assert_array_equal(labelled.sel(t_out=store.coordinate("t_out")[-1]).values, J[:, -1])
+    np.testing.assert_array_equal(xr.open_zarr(store.path, group="reductions/max-abs-per-sample")["values"], result["values"])
+
+
+def test_several_reductions_read_the_store_once_and_keep_the_rest_of_it(store, monkeypatch) -> None:
+    import zarr
+
+    J = store.to_numpy().astype("float64")
+    before = {name: np.asarray(zarr.open_group(str(store.path), mode="r")[name]) for name in ("jacobian", "block_manifest")}
+    reads: list[object] = []
+    original = zarr.Array.__getitem__
+
+    def counting(array, selection):
+        parts = selection if isinstance(selection, tuple) else (selection,)
+        empty_probe = any(isinstance(part, slice) and part.start == part.stop for part in parts)  # dask's meta
+        if array.path == "jacobian" and not empty_probe:
+            reads.append(selection)
+        return original(array, selection)
+
+    monkeypatch.setattr(zarr.Array, "__getitem__", counting)
+    results = reduce_many(store, {"saliency": {}, "lag-profile": {}, "top-k": {"k": 2}, "feature-importance": {},
+                                  "std": {}, "window-sum": {"start": 0, "stop": 3}})
+    chunks = int(np.prod([len(c) for c in store.to_dask().chunks]))
+    assert len(reads) == chunks  # every chunk once for six reductions (each alone would read it again)
+    monkeypatch.undo()
+    close(results["saliency"]["mean_abs"], np.abs(J).mean(axis=0))
+    close(results["std"]["std"], J.std(axis=0))
+    close(results["window-sum"]["sum"], J[:, :, :, :3].sum(axis=3))
+    close(results["top-k"]["mean_abs"][..., 0], np.abs(J).mean(axis=0).max(axis=(2, 3)))
+    for name, values in before.items():  # the reductions' groups were added; nothing else changed
+        np.testing.assert_array_equal(np.asarray(zarr.open_group(str(store.path), mode="r")[name]), values)
 
 
 def test_incomplete_store_is_refused_unless_partial(store, tmp_path) -> None:
@@ -119,18 +159,18 @@ def test_plots_place_uneven_selections_by_their_coordinates_and_draw_into_a_give
     from matplotlib.figure import Figure
 
     from jacengine.analysis.plots import plot_saliency, summary_figure
-    from jacengine.analysis.reductions import saliency
     from jacengine.tf.zoo import seed_model
 
     x = np.random.default_rng(5).normal(size=(2, 12, 1)).astype("float32")
     store = compute_with_blocks(seed_model(units=3), x, tmp_path / "u.zarr", t_out=[1, 5, 11], chunks_per_block=1,
                                 t_chunk=4, batch_chunk=2)
-    figure = summary_figure(store)
+    results = reduce_many(store, ["saliency", "lag-profile"], write=False)
+    figure = summary_figure(results["saliency"], results["lag-profile"])
     heat = figure.axes[0].collections[0]  # the saliency mesh: one row per selected output step
     rows = heat.get_coordinates()[:, 0, 1]  # the y edges
     assert len(rows) == 4 and rows[0] < 1 < rows[1] < 5 < rows[2] < 11 < rows[3]
     ax = Figure().subplots()
-    assert plot_saliency(store, saliency(store)["mean_abs"], ax=ax) is ax and ax.get_ylabel() == "output step t_out"
+    assert plot_saliency(results["saliency"], ax=ax) is ax and ax.get_ylabel() == "output step t_out"
     figure.savefig(tmp_path / "summary.svg")
     assert (tmp_path / "summary.svg").read_text().lstrip().startswith("<?xml")
 

@@ -12,17 +12,21 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import xarray as xr
 
-from jacengine.analysis.reductions import Reduction
+from jacengine.analysis.reductions import NAME_ATTRIBUTE
 from jacengine.backends import backend_for
 from jacengine.errors import InputError
+from jacengine.logs import accepts_verbose
 from jacengine.options import RunOptions
 from jacengine.planning.selection import Selection, normalise_selection
+from jacengine.progress import iterate
 from jacengine.storage.inputs import Inputs, InputsLike
 
 DEFAULT_BATCH = 64  # samples per product: memory is about one backward pass of this batch
 
 
+@accepts_verbose
 def directional(
     model: Any,
     inputs: InputsLike,
@@ -34,7 +38,8 @@ def directional(
     f_out: Selection = None,
     batch_size: int = DEFAULT_BATCH,
     trust_model: bool = False,
-) -> Reduction:
+    progress: bool | None = None,
+) -> xr.Dataset:
     """Sum J over a set of inputs (for every output) or of outputs (for every input).
 
     ``over="inputs"``: S[b, t_out, f_out] = sum of J[b, t_out, f_out, t, f] over t in ``t_in``,
@@ -44,8 +49,10 @@ def directional(
     ``over="outputs"``: S[b, t_in, f_in] = sum of J[b, t, f, t_in, f_in] over t in ``t_out``,
     f in ``f_out``: one vector-Jacobian product.
 
-    Returns a :class:`~jacengine.analysis.reductions.Reduction` named ``input-sum`` or ``output-sum``
-    with one array ``sum`` and its coordinates; the summed-over selection is in ``attrs``.
+    Returns an ``xarray.Dataset`` with one array ``sum`` and its coordinates; its ``attrs`` name it
+    (``jacengine_reduction``: ``input-sum`` or ``output-sum``) and hold the summed-over selection.
+    ``progress`` shows a bar over the batches of ``batch_size`` samples (None: when stderr is a
+    terminal); ``verbose`` as for :func:`jacengine.compute`.
     """
     if over not in ("inputs", "outputs"):
         raise InputError(f"over must be 'inputs' or 'outputs', got {over!r}.")
@@ -61,11 +68,12 @@ def directional(
     products = backend.directional_products(loaded)
     dtype = np.dtype(spec.compute_dtype)
     n_out_steps = spec.output_steps  # 1 for sequence-to-one models
+    batches = iterate(_ranges(batch, batch_size), f"{over} sum", progress, unit="batch")
     if over == "inputs":
         chosen_t, chosen_f = normalise_selection(t_in, steps, "t_in"), normalise_selection(f_in, features, "f_in")
         weights = np.zeros((steps, features), dtype)
         weights[np.ix_(chosen_t, chosen_f)] = 1
-        parts = [products.jvp(source.read(a, b).astype(dtype), weights) for a, b in _ranges(batch, batch_size)]
+        parts = [products.jvp(source.read(a, b).astype(dtype), weights) for a, b in batches]
         dims = ("batch", "t_out", "f_out")
         coords = {"t_out": np.asarray(spec.t_out_coordinate), "f_out": np.arange(spec.output_features)}
         name, selected = "input-sum", {"t_in": list(chosen_t), "f_in": list(chosen_f)}
@@ -74,12 +82,12 @@ def directional(
         chosen_f = normalise_selection(f_out, spec.output_features, "f_out")
         weights = np.zeros((n_out_steps, spec.output_features), dtype)
         weights[np.ix_(chosen_t, chosen_f)] = 1
-        parts = [products.vjp(source.read(a, b).astype(dtype), weights) for a, b in _ranges(batch, batch_size)]
+        parts = [products.vjp(source.read(a, b).astype(dtype), weights) for a, b in batches]
         dims = ("batch", "t_in", "f_in")
         coords = {"t_in": np.arange(steps), "f_in": np.arange(features)}
         name, selected = "output-sum", {"t_out": list(chosen_t), "f_out": list(chosen_f)}
     attrs: dict[str, Any] = {**selected, "forward_mode": products.forward_mode_works}
-    return Reduction(name, {"sum": (np.concatenate(parts), dims)}, coords, attrs)
+    return xr.Dataset({"sum": (dims, np.concatenate(parts))}, coords=coords, attrs={NAME_ATTRIBUTE: name, **attrs})
 
 
 def _ranges(total: int, size: int) -> list[tuple[int, int]]:

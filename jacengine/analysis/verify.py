@@ -14,8 +14,10 @@ import numpy as np
 
 from jacengine.backends import backend_for
 from jacengine.errors import StoreMismatchError
+from jacengine.logs import accepts_verbose
 from jacengine.options import MODEL_IDENTITY, RunOptions
 from jacengine.planning.spec import JacobianSpec
+from jacengine.progress import iterate
 from jacengine.storage.inputs import Inputs
 from jacengine.storage.store import JacobianStore, block_checksum
 
@@ -41,11 +43,11 @@ class VerifyReport:
         return dict(dataclasses.asdict(self), ok=self.ok)
 
 
-def check_checksums(store: JacobianStore) -> list[int]:
+def check_checksums(store: JacobianStore, progress: bool | None = None) -> list[int]:
     """Indices of done blocks whose bytes no longer match the checksum recorded with them."""
     manifest = store.manifest()
     corrupt = []
-    for block in store.plan.blocks:
+    for block in iterate(store.plan.blocks, "checksums", progress, unit="block"):
         done, recorded = manifest[block.index]
         if done == 1:
             try:
@@ -57,6 +59,7 @@ def check_checksums(store: JacobianStore) -> list[int]:
     return corrupt
 
 
+@accepts_verbose
 def verify(
     path: str | Path,
     model: Any = None,
@@ -66,6 +69,7 @@ def verify(
     seed: int = 0,
     repair: bool = True,
     trust_model: bool = False,
+    progress: bool | None = None,
 ) -> VerifyReport:
     """Verify the store at ``path``.
 
@@ -74,12 +78,13 @@ def verify(
     rows are recomputed with a plain eager gradient and compared over every input step (the
     skipped upper triangle included), and a few entries are checked by central finite differences
     on a float64 copy of the model. With ``repair``, corrupt blocks are marked pending.
+    ``progress`` and ``verbose`` as for :func:`jacengine.compute`.
     """
     store = JacobianStore(path, mode="r+" if repair else "r")
     report = VerifyReport(
         blocks_total=len(store.plan.blocks),
         missing=[b.index for b in store.pending_blocks()],
-        corrupt=check_checksums(store),
+        corrupt=check_checksums(store, progress),
     )
     if report.corrupt and repair:
         store.forget_blocks(report.corrupt)
@@ -91,12 +96,14 @@ def verify(
         report.notes.append("model or inputs unknown: pass them to recompute sampled entries")
         return report
     identity = {name: sources[name] for name in MODEL_IDENTITY if name in sources}
-    _check_samples(store, report, model, Inputs(inputs), samples, seed, RunOptions(trust_model=trust_model, **identity))
+    _check_samples(store, report, model, Inputs(inputs), samples, seed, RunOptions(trust_model=trust_model, **identity),
+                   progress)
     return report
 
 
 def _check_samples(
-    store: JacobianStore, report: VerifyReport, model: Any, inputs: Inputs, samples: int, seed: int, options: RunOptions
+    store: JacobianStore, report: VerifyReport, model: Any, inputs: Inputs, samples: int, seed: int, options: RunOptions,
+    progress: bool | None,
 ) -> None:
     backend = backend_for(model)
     loaded = backend.load(model, options)
@@ -117,7 +124,7 @@ def _check_samples(
         model64 = None
         report.notes.append(f"finite differences skipped: no float64 copy of the model ({exc})")
     gradient_errors, difference_errors = [], []
-    for i in range(samples):
+    for i in iterate(range(samples), "recomputed rows", progress, unit="row"):
         block = candidates[rng.integers(len(candidates))]
         b = int(rng.integers(block.batch_start, block.batch_stop))
         row = int(rng.integers(block.row_start, block.row_stop))

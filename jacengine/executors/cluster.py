@@ -22,6 +22,7 @@ from typing import Any
 
 from jacengine.executors.base import ShouldStop, Task, execution_order
 from jacengine.planning.blocks import Block
+from jacengine.progress import BlockProgress
 
 log = logging.getLogger("jacengine")
 
@@ -37,7 +38,7 @@ class DaskExecutor:
     in_process = False
 
     def __init__(self, *, scheduler: str | None = None, workers: int | None = None, cluster: Any = None,
-                 env: dict[str, str] | None = None, progress: bool = True) -> None:
+                 env: dict[str, str] | None = None, progress: bool | None = None) -> None:
         self.scheduler = scheduler
         self.workers = workers
         self.cluster = cluster
@@ -63,14 +64,14 @@ class DaskExecutor:
         """Compute ``blocks``; returns how many completed. Blocks are submitted in execution order
         (higher priority first), so each worker mostly reuses one compiled shape at a time."""
         from distributed import Client, as_completed
-        from tqdm.auto import tqdm
 
         ordered = execution_order(blocks)
         done = 0
         peaks: dict[int, int] = {}
         with self._address() as address, Client(address) as client, \
-                tqdm(total=len(ordered), unit="block", disable=not self.progress or not ordered, desc="jacobian") as bar:
+                BlockProgress(ordered, self.progress) as bar:
             prefix = f"jacengine-{uuid.uuid4().hex[:12]}-block"
+            by_key = {f"{prefix}-{block.index}": block for block in ordered}
             futures = [
                 client.submit(task, block.index, key=f"{prefix}-{block.index}", pure=False, priority=len(ordered) - position)
                 for position, block in enumerate(ordered)
@@ -81,7 +82,7 @@ class DaskExecutor:
                     metadata = future.result()  # re-raises a task's error (e.g. a non-finite block)
                     peaks[metadata["pid"]] = max(peaks.get(metadata["pid"], 0), metadata["peak_rss_bytes"])
                     done += 1
-                    bar.update()
+                    bar.advance(by_key[future.key])
                     if should_stop():
                         break
             finally:

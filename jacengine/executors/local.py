@@ -7,6 +7,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from jacengine.executors.base import ShouldStop, Task, execution_order
 from jacengine.planning.blocks import Block
+from jacengine.progress import BlockProgress
 
 
 class LocalExecutor:
@@ -21,29 +22,27 @@ class LocalExecutor:
     concurrent = False
     in_process = True
 
-    def __init__(self, progress: bool = True) -> None:
+    def __init__(self, progress: bool | None = None) -> None:
         self.progress = progress
 
     def run(self, task: Task, blocks: Sequence[Block], should_stop: ShouldStop = lambda: False) -> int:
-        from tqdm.auto import tqdm
-
         done = 0
-        pending: Future | None = None
+        pending: tuple[Future, Block] | None = None  # the write in flight, and its block
         with (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="jacengine-writer") as writer,
-            tqdm(total=len(blocks), unit="block", disable=not self.progress or not blocks, desc="jacobian") as bar,
+            BlockProgress(blocks, self.progress) as bar,
         ):
             for block in execution_order(blocks):
                 if should_stop():
                     break
                 values = task.compute(block)
                 if pending is not None:
-                    pending.result()  # re-raises a failed write; bounds memory to one queued block
+                    pending[0].result()  # re-raises a failed write; bounds memory to one queued block
                     done += 1
-                    bar.update()
-                pending = writer.submit(task.write, block, values)
+                    bar.advance(pending[1])
+                pending = writer.submit(task.write, block, values), block
             if pending is not None:
-                pending.result()
+                pending[0].result()
                 done += 1
-                bar.update()
+                bar.advance(pending[1])
         return done

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import time
 import uuid
+import warnings
 import weakref
 from collections.abc import Iterable
 from functools import cached_property
@@ -69,7 +70,7 @@ def is_jacengine_store(path: str | Path) -> bool:
     if not (path / "zarr.json").is_file():
         return False
     try:
-        return ATTRIBUTE in zarr.open_group(str(path), mode="r").attrs
+        return ATTRIBUTE in zarr.open_group(str(path), mode="r", use_consolidated=False).attrs
     except Exception:  # an unreadable zarr.json is not a store of ours
         return False
 
@@ -99,7 +100,8 @@ class JacobianStore:
         self.durable = durable  # fsync each block before recording it done (see write_block)
         if not is_jacengine_store(self.path):
             raise StoreError(f"{self.path} is not a jacengine store (no zarr group with a '{ATTRIBUTE}' attribute).")
-        self._group = zarr.open_group(str(self.path), mode=mode)  # type: ignore[arg-type]
+        # jacengine reads the metadata itself, never the consolidated copy that readers use
+        self._group = zarr.open_group(str(self.path), mode=mode, use_consolidated=False)  # type: ignore[arg-type]
         self.last_run: Any = None  # the RunSummary of the run that returned this object (jacengine.api)
 
     # -- creation ---------------------------------------------------------------------------
@@ -173,6 +175,7 @@ class JacobianStore:
             "sources": sources or {},
             "generation": uuid.uuid4().hex,  # new on every creation: see jacengine.storage.locking
         }
+        consolidate_metadata(path)
         return cls(path, mode="r+", durable=durable)
 
     # -- metadata ---------------------------------------------------------------------------
@@ -388,6 +391,7 @@ class JacobianStore:
         if bound is not None and self.is_complete:
             attributes = dict(self.attrs, rounding_error_max_abs=bound)
             self._group.attrs[ATTRIBUTE] = attributes
+            consolidate_metadata(self.path)
 
     def read_block(self, block: Block) -> np.ndarray:
         return np.asarray(
@@ -409,18 +413,18 @@ class JacobianStore:
         """The Jacobian as a lazy dask array, one dask chunk per zarr chunk (float16 stores are
         read as float32, so that reductions do not accumulate in half precision)."""
         import dask.array as da
+        from dask.base import tokenize
 
-        jacobian = da.from_zarr(self.array)
+        # a name fixed by the store, so that reductions built apart share their reads when computed together
+        jacobian = da.from_zarr(self.array, name=f"jacobian-{tokenize(str(self.path.resolve()), self.generation)}")
         return jacobian.astype(np.float32) if jacobian.dtype == np.float16 else jacobian  # sum in float32
 
     def to_xarray(self) -> Any:
         """The Jacobian as a lazy ``xarray.DataArray`` (dask-backed) with its dimension names and
-        coordinates, without the store's bookkeeping arrays (needs xarray)."""
-        try:
-            import xarray as xr
-        except ImportError:
-            raise ImportError("to_xarray needs xarray: pip install xarray") from None
-        return xr.open_zarr(self.path, consolidated=False)["jacobian"]
+        coordinates, without the store's bookkeeping arrays."""
+        import xarray as xr
+
+        return xr.open_zarr(self.path, consolidated=has_consolidated_metadata(self.path))["jacobian"]
 
     def to_numpy(self) -> np.ndarray:
         """Materialise the whole Jacobian (only for Jacobians that fit in memory)."""
@@ -461,6 +465,23 @@ def check_writable_target(path: Path, *, overwrite: bool) -> None:
             pass
     except OSError as exc:
         raise StoreError(f"cannot write to {ancestor} ({exc.strerror}); choose a writable store path.") from exc
+
+
+def consolidate_metadata(path: str | Path) -> None:
+    """Gather the metadata of every array and group into the root ``zarr.json``, so that readers
+    such as ``xarray.open_zarr(path)`` open the store with one read. Called after every change
+    of metadata (creation, the rounding bound, reductions); jacengine itself never reads the copy."""
+    with warnings.catch_warnings():  # "not part of the Zarr format 3 specification": known, and readers fall back
+        warnings.filterwarnings("ignore", "Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(str(path))
+
+
+def has_consolidated_metadata(path: str | Path) -> bool:
+    """Whether the store's root holds consolidated metadata (stores from jacengine 0.1.0 do not)."""
+    try:
+        return json.loads((Path(path) / "zarr.json").read_text()).get("consolidated_metadata") is not None
+    except (OSError, ValueError):
+        return False
 
 
 def open_store(path: str | Path, mode: str = "r") -> JacobianStore:
