@@ -8,11 +8,13 @@ runs in a notebook, so that the logs of batch jobs hold no bar redraws; ``True``
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from jacengine import timing
+from jacengine.logs import LOGGER
 from jacengine.planning.blocks import Block
 
 
@@ -30,15 +32,16 @@ def block_work(block: Block) -> int:
 
 
 class BlockProgress:
-    """A bar over blocks whose length and ETA are weighted by :func:`block_work`; it shows
-    blocks done / total beside the percentage."""
+    """A bar over blocks whose length and ETA are weighted by :func:`block_work`; its label
+    counts blocks done / total."""
 
     def __init__(self, blocks: Sequence[Block], progress: bool | None, desc: str = "jacobian") -> None:
         from tqdm.auto import tqdm
 
-        self.total_blocks, self.done_blocks = len(blocks), 0
-        self.bar = tqdm(total=sum(block_work(b) for b in blocks), desc=desc, disable=not show_progress(progress) or not blocks,
-                        bar_format="{l_bar}{bar}| {postfix} [{elapsed}<{remaining}]")
+        self.desc, self.total_blocks, self.done_blocks = desc, len(blocks), 0
+        self.bar = tqdm(total=sum(block_work(b) for b in blocks), disable=not show_progress(progress) or not blocks,
+                        bar_format="{l_bar}{bar}| [{elapsed}<{remaining}]")
+        self._logs_above = _logs_above_bars() if not self.bar.disable else contextlib.nullcontext()
         self._show_count()
 
     def advance(self, block: Block) -> None:
@@ -47,13 +50,15 @@ class BlockProgress:
         self._show_count()
 
     def _show_count(self) -> None:
-        self.bar.set_postfix_str(f"{self.done_blocks}/{self.total_blocks} blocks", refresh=False)
+        self.bar.set_description_str(f"{self.desc} {self.done_blocks}/{self.total_blocks} blocks", refresh=False)
 
     def __enter__(self) -> BlockProgress:
+        self._logs_above.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.bar.close()
+        self._logs_above.__exit__(None, None, None)
 
 
 @contextlib.contextmanager
@@ -65,7 +70,7 @@ def phase_progress(desc: str, progress: bool | None) -> Iterator[None]:
         return
     from tqdm.auto import tqdm
 
-    with tqdm(total=None, desc=desc, bar_format="{desc} [{elapsed}]") as bar:
+    with tqdm(total=None, desc=desc, bar_format="{desc} [{elapsed}]", leave=False) as bar, _logs_above_bars():
 
         def show(name: str) -> None:
             bar.set_description_str(f"{desc}: {name}")
@@ -85,6 +90,13 @@ def dask_progress(desc: str, progress: bool | None) -> Iterator[None]:
 
     with TqdmCallback(desc=desc, unit="task", tqdm_class=tqdm):
         yield
+
+
+def _logs_above_bars() -> contextlib.AbstractContextManager[None]:
+    """jacengine's log lines printed above the bars instead of through them."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm(loggers=[logging.getLogger(LOGGER)])
 
 
 def iterate(items: Sequence[Any], desc: str, progress: bool | None, unit: str = "it") -> Any:

@@ -41,9 +41,11 @@ def test_compute_status_plan_on_files(tmp_path) -> None:
     assert result.exit_code == 2 and "Invalid value for '--max-lag'" in result.output
 
     out = tmp_path / "j.zarr"
-    result = runner.invoke(main, ["compute", *files, "--out", str(out), "--t-out", "2:10:3", "--no-progress"])
+    result = runner.invoke(main, ["compute", *files, "--out", str(out), "--t-out", "2:10:3", "-v", "--progress"])
     assert result.exit_code == 0, result.output
     assert "measured peak" in result.output and "budget" in result.output  # the one-line summary
+    assert "jacengine: " in result.output and "blocks pending" in result.output  # -v after the command: INFO lines
+    assert "preparing: calibrate" in result.output  # --progress forced the status line on
     import jacengine
 
     store = jacengine.open_store(out)

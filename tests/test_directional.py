@@ -36,7 +36,8 @@ def test_input_sum_is_the_seed_window_sum(case, name) -> None:
     x, models = case
     model, jacobian = models[name]
     result = jacengine.directional(model, x, over="inputs", t_in=slice(0, 10), f_in=[1], batch_size=2)
-    assert result.attrs["jacengine_reduction"] == "input-sum" and result.attrs["t_in"] == list(range(10)) and result.attrs["f_in"] == [1]
+    assert result.attrs["jacengine_reduction"] == "input-sum"
+    assert result.attrs["t_in"] == list(range(10)) and result.attrs["f_in"] == [1]
     assert_close(result["sum"], jacobian[:, :, :, :10, 1].sum(axis=3))
 
 
