@@ -52,6 +52,28 @@ def _load_config_defaults(ctx: click.Context, _param: click.Parameter, path: str
     return config
 
 
+def config_option(**names: str) -> Any:
+    """--config for a command outside :func:`model_options`: ``names`` maps each parameter to the
+    config entry that gives its default: ``store``, ``model``, ``inputs`` or ``reduce.<key>`` (the
+    ``[reduce]`` section). Flags and arguments override the file."""
+
+    def apply(ctx: click.Context, _param: click.Parameter, path: str | None) -> None:
+        if path is None:
+            return
+        config = run_guarded(lambda: load_config(path))
+        defaults = {}
+        for parameter, entry in names.items():
+            section, _, key = entry.rpartition(".")
+            value = config.reduce.get(key) if section == "reduce" else getattr(config, key)
+            if value is not None:
+                defaults[parameter] = value
+        ctx.default_map = {**(ctx.default_map or {}), **defaults}
+
+    described = ", ".join(sorted({entry.replace("reduce.", "[reduce] ") for entry in names.values()}))
+    return click.option("--config", type=click.Path(exists=True, dir_okay=False), is_eager=True, expose_value=False,
+                        callback=apply, help=f"TOML file giving {described} (flags and arguments override it)")
+
+
 def _as_flag_text(value: Any) -> Any:
     """A TOML value as the command line would spell it (booleans, index lists)."""
     if isinstance(value, bool):
@@ -227,7 +249,11 @@ def run_guarded(action: Any) -> Any:
 @click.option("--shard-from-env", is_flag=True, help="take the shard from SLURM/PBS job-array variables")
 def compute(overwrite: bool, shard: str | None, shard_from_env: bool, cluster: str | None,
             executor: str | None, **kwargs: Any) -> None:
-    """Compute the Jacobian of --model at --inputs into the store --out (rerun to resume)."""
+    """Compute the Jacobian of --model at --inputs into the store --out (rerun to resume).
+
+    \b
+    Example: jacengine compute --model model.keras --inputs x.npy --out j.zarr --budget 1GiB
+    """
     from jacengine.api import compute as compute_api
 
     # a scheduler or a cluster means dask even where --executor was left out
@@ -274,7 +300,11 @@ def _required(files: dict[str, Any], name: str, flag: str) -> str:
 @click.option("--out", "store", type=click.Path(), help="store directory to create")
 @click.option("--overwrite", is_flag=True, help="replace an existing jacengine store")
 def init(overwrite: bool, **kwargs: Any) -> None:
-    """Create the store and its calibrated plan without computing it (run before job-array shards)."""
+    """Create the store and its calibrated plan without computing it (run before job-array shards).
+
+    \b
+    Example: jacengine init --config job.toml
+    """
     from jacengine.api import init as init_api
 
     files, options, _ = resolve(kwargs, "store")
@@ -289,7 +319,11 @@ def init(overwrite: bool, **kwargs: Any) -> None:
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="print the plan as JSON")
 def plan(as_json: bool, **kwargs: Any) -> None:
-    """Show blocks, predicted peak memory, store size and run time; computes nothing but probes."""
+    """Show blocks, predicted peak memory, store size and run time; computes nothing but probes.
+
+    \b
+    Example: jacengine plan --model model.keras --inputs x.npy --budget 512MiB
+    """
     from jacengine.api import plan as plan_api
 
     files, options, _ = resolve(kwargs)
@@ -318,7 +352,11 @@ def plan(as_json: bool, **kwargs: Any) -> None:
 @click.option("--shards", type=int, default=None, help="also show the progress of each of N job-array shards")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 def status(store: str | None, config_path: str | None, shards: int | None, as_json: bool) -> None:
-    """Blocks done/total and bytes on disk (all shards together); exits 3 while incomplete."""
+    """Blocks done/total and bytes on disk (all shards together); exits 3 while incomplete.
+
+    \b
+    Example: jacengine status j.zarr --shards 8
+    """
     from jacengine.executors.shards import assign_blocks, check_shard
     from jacengine.storage.store import open_store
 
@@ -376,6 +414,9 @@ def script(scheduler: str, config_path: str, **overrides: Any) -> None:
 
     Save it and run it once with bash on the login node: it submits the three steps with
     dependencies between them. Shards that hit the time limit exit 75 and requeue themselves.
+
+    \b
+    Example: jacengine script slurm job.toml --shards 16 > submit.sh && bash submit.sh
     """
     from jacengine.jobs.scripts import render_script
 
@@ -386,6 +427,7 @@ def script(scheduler: str, config_path: str, **overrides: Any) -> None:
 @main.command()
 @common_options
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
+@config_option(store="store", model_path="model", inputs_path="inputs")
 @click.option("--model", "model_path", type=MODEL, help="default: the model recorded in the store")
 @click.option("--inputs", "inputs_path", type=click.Path(exists=True), help="default: the path recorded in the store")
 @click.option("--samples", default=16, show_default=True, help="random rows recomputed independently")
@@ -398,6 +440,9 @@ def verify(store: str, model_path: str | None, inputs_path: str | None, samples:
     """Check block checksums and recompute sampled entries; exits 4 on any problem.
 
     Corrupt blocks are marked pending (unless --no-repair): rerun compute to recompute them.
+
+    \b
+    Example: jacengine verify j.zarr --samples 32
     """
     from jacengine.analysis.verify import verify as verify_api
 
@@ -423,6 +468,7 @@ def verify(store: str, model_path: str | None, inputs_path: str | None, samples:
 @main.command()
 @common_options
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
+@config_option(store="store", ops="reduce.ops", window="reduce.window", k="reduce.k", fraction="reduce.fraction")
 @click.option("--op", "ops", multiple=True, required=True,
               type=click.Choice(["saliency", "lag-profile", "feature-importance", "window-sum", "top-k", "std", "quantiles"]),
               help="reduction to run (repeatable); results go to STORE/reductions/<op>")
@@ -435,6 +481,7 @@ def verify(store: str, model_path: str | None, inputs_path: str | None, samples:
 def reduce(store: str, ops: tuple[str, ...], window: str, k: int, fraction: float, partial: bool, plot: str | None) -> None:
     """Reduce a store out of core, all ops in one pass over it, and write the results into it.
 
+    \b
     Example: jacengine reduce j.zarr --op lag-profile --op window-sum --window 0:10 --plot summary.png
     """
     from jacengine.analysis.reductions import reduce_many
@@ -466,6 +513,7 @@ def reduce(store: str, ops: tuple[str, ...], window: str, k: int, fraction: floa
 
 @main.command()
 @common_options
+@config_option(model_path="model", inputs_path="inputs")
 @click.option("--model", "model_path", required=True, type=MODEL, help=MODEL_HELP)
 @click.option("--inputs", "inputs_path", required=True, type=click.Path(exists=True), help="(B, T, F) inputs: .npy or zarr")
 @click.option("--over", type=click.Choice(["inputs", "outputs"]), required=True,
@@ -480,7 +528,11 @@ def reduce(store: str, ops: tuple[str, ...], window: str, k: int, fraction: floa
 @click.option("--trust-model", is_flag=True, help="allow model files that carry Python code (Keras Lambda layers)")
 def directional(model_path: str, inputs_path: str, over: str, t_in: str | None, f_in: str | None, t_out: str | None,
                 f_out: str | None, batch_size: int, out_path: str, trust_model: bool) -> None:
-    """Sum J over a set of inputs (for every output) or outputs (for every input), without J."""
+    """Sum J over a set of inputs (for every output) or outputs (for every input), without J.
+
+    \b
+    Example: jacengine directional --model model.keras --inputs x.npy --over inputs --t-in 0:10 --out sums.npy
+    """
     import numpy as np
 
     from jacengine.analysis.directional import directional as directional_api
@@ -505,7 +557,11 @@ def directional(model_path: str, inputs_path: str, over: str, t_in: str | None, 
 @click.option("--epochs", default=40, show_default=True, help="training epochs before the Jacobian (0: untrained)")
 @click.option("--plot", type=click.Path(dir_okay=False), help="write a summary figure (PNG; needs matplotlib)")
 def demo(store: str, batch: int, steps: int, budget: str, epochs: int, plot: str | None) -> None:
-    """The seed problem on a built-in LSTM trained on data with known lags; no files needed."""
+    """The seed problem on a built-in LSTM trained on data with known lags; no files needed.
+
+    \b
+    Example: jacengine demo --plot demo.png
+    """
     from jacengine.demo import run_demo
 
     run_guarded(lambda: run_demo(store, batch=batch, steps=steps, budget=budget, epochs=epochs, plot=plot, echo=click.echo))

@@ -116,3 +116,12 @@ def test_every_option_of_every_command_has_help() -> None:
 
     missing = [f"{path} {'/'.join(option.opts)}" for path, option in options(main, "jacengine") if not option.help]
     assert not missing, missing
+
+
+def test_every_command_shows_an_example_and_takes_v_q_and_progress() -> None:
+    runner = CliRunner()
+    for name, command in main.commands.items():
+        shown = runner.invoke(main, [name, "-h"]).output
+        assert f"Example: jacengine {name}" in shown, name
+        flags = {flag for parameter in command.params for flag in getattr(parameter, "opts", [])}
+        assert {"-v", "-q", "--progress"} <= flags, name

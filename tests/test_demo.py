@@ -38,6 +38,17 @@ def test_reduce_cli_writes_results_and_refuses_incomplete(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     assert (store.path / "reductions" / "lag-profile" / "mean_abs").is_dir()
     assert "of the influence lies within lag" in result.output
+    config = tmp_path / "job.toml"
+    config.write_text(f'store = "{store.path.name}"\n[reduce]\nops = ["lag-profile", "window-sum"]\nfraction = 0.5\n'
+                      'window = "2:5"\n')
+    result = runner.invoke(main, ["reduce", "--config", str(config), "-q"])  # the store and the ops from the file
+    assert result.exit_code == 0, result.output
+    import xarray as xr
+
+    assert xr.open_zarr(store.path, group="reductions/lag-profile").attrs["fraction"] == 0.5
+    assert xr.open_zarr(store.path, group="reductions/window-sum").attrs["window_stop"] == 5
+    result = runner.invoke(main, ["reduce", "--config", str(config), "--op", "saliency"])  # a flag overrides the file
+    assert result.exit_code == 0 and "saliency: wrote" in result.output and "window-sum" not in result.output
     store = type(store)(store.path, mode="r+")
     store.forget_blocks([0])
     result = runner.invoke(main, ["reduce", str(store.path), "--op", "saliency"])
