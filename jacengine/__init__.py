@@ -7,6 +7,7 @@ or :func:`verify` first needs it.
 
 from jacengine._version import __version__
 from jacengine.analysis.directional import directional
+from jacengine.analysis.reductions import reduce, reduce_many
 from jacengine.analysis.verify import VerifyReport, verify
 from jacengine.api import compute, init, jacobian, plan
 from jacengine.errors import (
@@ -45,5 +46,7 @@ __all__ = [
     "jacobian",
     "open_store",
     "plan",
+    "reduce",
+    "reduce_many",
     "verify",
 ]

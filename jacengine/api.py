@@ -192,7 +192,7 @@ def _compute_in_memory(model: Any, inputs: InputsLike, run: RunOptions, *, progr
         except BudgetError as exc:
             raise BudgetError(f"{exc} In memory, the result itself counts against the budget; compute into a store on "
                               "disk (store='jacobian.zarr', --out) to leave the whole budget to the computation, or raise "
-                              "the budget.") from exc
+                              "budget (--budget).") from exc
         path = scratch_store_path(_result_bytes(prepared.spec))
         target = _create(prepared, path, overwrite=False, sources={}, durable=False)
         target.remove_with_this_object(path.parent)

@@ -6,6 +6,17 @@ traceback in a job log can act without reading our source.
 
 from __future__ import annotations
 
+from typing import Any
+
+_NO_VALUE = object()
+
+
+def setting(name: str, value: Any = _NO_VALUE) -> str:
+    """How a message names a setting: its API keyword (with the value when given) and its
+    command-line flag, e.g. ``t_out=[3, 1] (--t-out)``; messages that both users read say both."""
+    keyword = name if value is _NO_VALUE else f"{name}={value!r}"
+    return f"{keyword} (--{name.replace('_', '-')})"
+
 
 class JacengineError(Exception):
     """Base class of every error jacengine raises deliberately."""

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from jacengine.errors import InputError
+from jacengine.errors import InputError, setting
 from jacengine.planning.budget import parse_budget
 from jacengine.planning.methods import METHOD_CHOICES
 from jacengine.planning.selection import Selection, parse_selection_text
@@ -94,15 +94,15 @@ class RunOptions:
                               ("store_dtype", STORE_DTYPES), ("precision", PRECISIONS), ("executor", EXECUTORS)):
             value = getattr(self, name)
             if not any(value is choice or (isinstance(choice, str) and value == choice) for choice in allowed):
-                raise InputError(f"{name}={value!r} is not one of {', '.join(map(str, allowed))}.")
+                raise InputError(f"{setting(name, value)} is not one of {', '.join(map(str, allowed))}.")
         for name in MODEL_IDENTITY:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
-                raise InputError(f"{name} must be a non-empty string, got {value!r}.")
+                raise InputError(f"{setting(name)} must be a non-empty string, got {value!r}.")
         for name in ("max_lag", "workers"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise InputError(f"{name} must be a positive integer, got {value!r}.")
+                raise InputError(f"{setting(name)} must be a positive integer, got {value!r}.")
         if self.executor == "local" and (self.scheduler or self.workers):
             raise InputError("scheduler and workers apply to the dask executor; pass executor='dask' (--executor dask).")
 
@@ -133,7 +133,7 @@ class RunOptions:
         causal = values.get("causal")
         if isinstance(causal, str):
             if causal.lower() not in ("auto", "true", "false"):
-                raise InputError(f"causal must be auto, true or false, not {causal!r}.")
+                raise InputError(f"{setting('causal')} must be auto, true or false, not {causal!r}.")
             values["causal"] = {"auto": "auto", "true": True, "false": False}[causal.lower()]
         return cls(**values)
 

@@ -17,7 +17,7 @@ from dask.utils import format_bytes
 
 from jacengine.backends import backend_for
 from jacengine.backends.base import BlockComputer
-from jacengine.errors import BudgetError
+from jacengine.errors import BudgetError, setting
 from jacengine.options import RunOptions
 from jacengine.planning.blocks import Block, Plan
 from jacengine.planning.budget import BUDGET_DEFINITION
@@ -104,7 +104,7 @@ def prepare(model: Any, inputs: InputsLike, options: RunOptions, *, calibrate: b
     budget = options.budget_bytes - (reserve(description.spec) if reserve is not None else 0)
     if budget <= 0:
         raise BudgetError(f"the result alone ({format_bytes(options.budget_bytes - budget)}) does not fit the budget of "
-                          f"{format_bytes(options.budget_bytes)}.")
+                          f"{format_bytes(options.budget_bytes)}; raise {setting('budget')}.")
     if calibrate:
         chosen = backend.calibrate(description, source, budget, meters, options.method)
         spec, cost, plan, computer = chosen.spec, chosen.cost, chosen.plan, chosen.computer

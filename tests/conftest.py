@@ -23,3 +23,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _jacengine_logger_as_a_library_has_it():
+    """The command line configures jacengine's logger as a program does (its own stderr handler,
+    no propagation); CliRunner runs it in this process, so each test starts from and returns to
+    the library's state, in which pytest's caplog sees the messages."""
+    import logging
+
+    logger = logging.getLogger("jacengine")
+    saved = logger.level, list(logger.handlers), logger.propagate
+    logger.setLevel(logging.NOTSET)
+    logger.handlers, logger.propagate = [], True
+    yield
+    logger.setLevel(saved[0])
+    logger.handlers, logger.propagate = saved[1], saved[2]

@@ -43,9 +43,9 @@ def test_config_resolves_paths_and_selections_and_flags_override(tmp_path, monke
 
 
 def test_run_options_refuse_bad_values_early() -> None:
-    with pytest.raises(InputError, match="method='backward' is not one of"):
+    with pytest.raises(InputError, match=r"method='backward' \(--method\) is not one of"):
         RunOptions(method="backward")
-    with pytest.raises(InputError, match="max_lag must be a positive integer"):
+    with pytest.raises(InputError, match=r"max_lag \(--max-lag\) must be a positive integer"):
         RunOptions(max_lag=0)
     with pytest.raises(InputError, match="apply to the dask executor"):
         RunOptions(workers=2)

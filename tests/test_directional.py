@@ -66,7 +66,7 @@ def test_sequence_to_one_and_bad_arguments(tmp_path) -> None:
     result = jacengine.directional(model, x, over="inputs", t_in=slice(2, 5))
     assert result.attrs["forward_mode"] is True and result["sum"].shape == (3, 1, 2)
     assert_close(result["sum"], jacobian[:, :, :, 2:5].sum(axis=(3, 4)))
-    with pytest.raises(jacengine.InputError, match="over must be"):
+    with pytest.raises(jacengine.InputError, match=r"over \(--over\) must be"):
         jacengine.directional(model, x, over="everything")
     with pytest.raises(jacengine.InputError, match="t_in"):
         jacengine.directional(model, x, over="inputs", t_in=[5, 2])

@@ -166,7 +166,7 @@ def test_stateful_rnn_and_tiny_budget_are_refused(x, model, tmp_path) -> None:
     stateful = keras.Sequential([keras.Input((16, 2), batch_size=4), keras.layers.LSTM(3, stateful=True, return_sequences=True)])
     with pytest.raises(ModelError, match="stateful"):
         jacengine.compute(stateful, x, tmp_path / "s.zarr", progress=False)
-    with pytest.raises(BudgetError, match=r"below the minimum .* Raise the budget to at least [\d.]+ MiB"):
+    with pytest.raises(BudgetError, match=r"below the minimum .* Raise budget \(--budget\) to at least [\d.]+ MiB"):
         jacengine.compute(model, x, tmp_path / "b.zarr", budget="1MiB", progress=False)
     assert not (tmp_path / "s.zarr").exists() and not (tmp_path / "b.zarr").exists()
 

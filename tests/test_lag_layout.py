@@ -91,7 +91,7 @@ def test_lag_layout_is_refused_where_lags_mean_nothing(tmp_path) -> None:
     with pytest.raises(InputError, match="one output step per input step"):
         jacengine.plan(builder(), x, layout="lag", max_lag=3)
     builder, f_in, _ = ZOO["gru_fin3_fout2"]
-    with pytest.raises(InputError, match="max_lag between 1 and the sequence length 12"):
+    with pytest.raises(InputError, match=r"max_lag \(--max-lag\) between 1 and the sequence length 12"):
         jacengine.plan(builder(), np.zeros((B, T, f_in), "float32"), layout="lag", max_lag=13)
-    with pytest.raises(InputError, match="max_lag applies to layout='lag' only"):
+    with pytest.raises(InputError, match=r"max_lag \(--max-lag\) applies to layout='lag' only"):
         jacengine.plan(builder(), np.zeros((B, T, f_in), "float32"), max_lag=3)

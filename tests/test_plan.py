@@ -112,7 +112,7 @@ def test_budget_shrinks_blocks_and_names_the_minimum() -> None:
     for plan, budget in ((big, 4 * 2**30), (small, 256 * 2**20)):
         for block in plan.blocks:
             assert cost.block_peak_bytes(spec, block) <= budget
-    with pytest.raises(BudgetError, match="Raise the budget to at least"):
+    with pytest.raises(BudgetError, match=r"Raise budget \(--budget\) to at least"):
         choose_plan(spec, cost, int(100e6))
 
 

@@ -16,7 +16,7 @@ import xarray as xr
 
 from jacengine.analysis.reductions import NAME_ATTRIBUTE
 from jacengine.backends import backend_for
-from jacengine.errors import InputError
+from jacengine.errors import InputError, setting
 from jacengine.logs import accepts_verbose
 from jacengine.options import RunOptions
 from jacengine.planning.selection import Selection, normalise_selection
@@ -55,9 +55,9 @@ def directional(
     terminal); ``verbose`` as for :func:`jacengine.compute`.
     """
     if over not in ("inputs", "outputs"):
-        raise InputError(f"over must be 'inputs' or 'outputs', got {over!r}.")
+        raise InputError(f"{setting('over')} must be 'inputs' or 'outputs', got {over!r}.")
     if batch_size < 1:
-        raise InputError(f"batch_size must be at least 1, got {batch_size}.")
+        raise InputError(f"{setting('batch_size')} must be at least 1, got {batch_size}.")
     backend = backend_for(model)
     options = RunOptions(causal=False, trust_model=trust_model)
     loaded = backend.load(model, options)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dask.utils import parse_bytes
 
-from jacengine.errors import BudgetError
+from jacengine.errors import BudgetError, setting
 
 BUDGET_DEFINITION = (
     "budget = peak memory of the computation: on CPU the process's resident memory above its "
@@ -39,16 +39,16 @@ BUDGET_DEFINITION = (
 def parse_budget(budget: int | str) -> int:
     """Bytes from an int or a string such as "512MiB", "2GiB", "1.5GB"."""
     if isinstance(budget, bool):
-        raise BudgetError(f"budget must be a byte count or a string like '2GiB', got {budget!r}.")
+        raise BudgetError(f"{setting('budget')} must be a byte count or a string like '2GiB', got {budget!r}.")
     if isinstance(budget, int):
         value = budget
     elif isinstance(budget, str):
         try:
             value = parse_bytes(budget)
         except (ValueError, TypeError) as exc:
-            raise BudgetError(f"cannot read budget {budget!r}; write it like '512MiB' or '2GiB'.") from exc
+            raise BudgetError(f"cannot read {setting('budget', budget)}; write it like '512MiB' or '2GiB'.") from exc
     else:
-        raise BudgetError(f"budget must be a byte count or a string like '2GiB', got {type(budget).__name__}.")
+        raise BudgetError(f"{setting('budget')} must be a byte count or a string like '2GiB', got {type(budget).__name__}.")
     if value <= 0:
-        raise BudgetError(f"budget must be positive, got {budget!r}.")
+        raise BudgetError(f"{setting('budget')} must be positive, got {budget!r}.")
     return int(value)

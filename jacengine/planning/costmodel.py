@@ -28,7 +28,7 @@ from typing import Any
 
 from dask.utils import format_bytes
 
-from jacengine.errors import BudgetError
+from jacengine.errors import BudgetError, setting
 from jacengine.planning.blocks import (
     Block,
     Plan,
@@ -165,7 +165,7 @@ def plan_for_buckets(spec: JacobianSpec, cost: CostModel, budget_bytes: int, n_b
         raise BudgetError(
             f"the budget of {format_bytes(int(budget_bytes))} is below the minimum for this model and "
             f"shape: one sample and one output step over {longest_watch} input steps is predicted "
-            f"to need {format_bytes(int(smallest))}. Raise the budget to at least "
+            f"to need {format_bytes(int(smallest))}. Raise {setting('budget')} to at least "
             f"{format_bytes(int(minimum_budget(spec, cost, n_buckets)))}."
         )
     room = usable
@@ -177,7 +177,7 @@ def plan_for_buckets(spec: JacobianSpec, cost: CostModel, budget_bytes: int, n_b
         room = math.floor(room - excess)
     raise BudgetError(
         f"with {n_buckets} prefix buckets the traced shapes alone would retain more than the budget of "
-        f"{format_bytes(int(budget_bytes))}; raise the budget."
+        f"{format_bytes(int(budget_bytes))}; raise {setting('budget')}."
     )
 
 

@@ -7,7 +7,7 @@ from itertools import pairwise
 
 import numpy as np
 
-from jacengine.errors import InputError
+from jacengine.errors import InputError, setting
 
 Selection = int | slice | Sequence[int] | None
 
@@ -28,28 +28,28 @@ def normalise_selection(selection: Selection, size: int, name: str) -> tuple[int
     if isinstance(selection, slice):
         indices = tuple(range(size)[selection])
         if not indices:
-            raise InputError(f"{name}={selection!r} selects nothing from an axis of length {size}.")
+            raise InputError(f"{setting(name, selection)} selects nothing from an axis of length {size}.")
         if not is_strictly_increasing(indices):
-            raise InputError(f"{name}={selection!r} must select increasing indices (use a positive step).")
+            raise InputError(f"{setting(name, selection)} must select increasing indices (use a positive step).")
         return indices
     if isinstance(selection, str):
-        raise InputError(f"{name} must be an int, a slice or a sequence of ints, got {selection!r}.")
+        raise InputError(f"{setting(name)} must be an int, a slice or a sequence of ints, got {selection!r}.")
     if isinstance(selection, (int, np.integer)):
         selection = [int(selection)]
     try:
         raw = [int(i) for i in selection]  # type: ignore[union-attr]
     except (TypeError, ValueError) as exc:
-        raise InputError(f"{name} must be an int, a slice or a sequence of ints, got {selection!r}.") from exc
+        raise InputError(f"{setting(name)} must be an int, a slice or a sequence of ints, got {selection!r}.") from exc
     if not raw:
-        raise InputError(f"{name} is an empty selection; pass None to select all {size} indices.")
+        raise InputError(f"{setting(name)} is an empty selection; pass None (leave the flag out) to select all {size} indices.")
     for i in raw:
         if not -size <= i < size:
-            raise InputError(f"{name} index {i} is out of range for an axis of length {size}.")
+            raise InputError(f"{setting(name)} index {i} is out of range for an axis of length {size}.")
     indices = tuple(i % size for i in raw)
     if not is_strictly_increasing(indices):
         raise InputError(
-            f"{name}={list(raw)} must be strictly increasing without repeats "
-            f"(write it as sorted(set(...)))."
+            f"{setting(name, list(raw))} must be strictly increasing without repeats "
+            f"(write it as sorted(set(...)), or 1,5,9 on the command line)."
         )
     return indices
 

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from jacengine.errors import InputError
+from jacengine.errors import InputError, setting
 from jacengine.planning.methods import METHODS
 from jacengine.planning.selection import is_strictly_increasing
 
@@ -72,36 +72,36 @@ class JacobianSpec:
         )
         for name, indices, size in checks:
             if not indices or any(not 0 <= i < size for i in indices):
-                raise InputError(f"{name}={indices} must be non-empty indices into an axis of length {size}.")
+                raise InputError(f"{setting(name, list(indices))} must be non-empty indices into an axis of length {size}.")
             if not is_strictly_increasing(indices):
-                raise InputError(f"{name}={indices} must be strictly increasing.")
+                raise InputError(f"{setting(name, list(indices))} must be strictly increasing.")
         if self.causal and (self.sequence_to_one or self.output_steps != self.input_steps):
             raise InputError(
-                "causal=True needs one output step per input step; this model maps "
+                f"{setting('causal', True)} needs one output step per input step; this model maps "
                 f"{self.input_steps} input steps to {self.output_steps} output steps."
             )
         if self.layout not in LAYOUTS:
-            raise InputError(f"layout={self.layout!r} is not one of {LAYOUTS}.")
+            raise InputError(f"{setting('layout', self.layout)} is not one of {LAYOUTS}.")
         self._check_lag_window()
         if self.method not in METHODS:
-            raise InputError(f"method={self.method!r} is not one of {', '.join(METHODS)}.")
+            raise InputError(f"{setting('method', self.method)} is not one of {', '.join(METHODS)}.")
         if self.store_dtype not in STORE_DTYPES:
-            raise InputError(f"store_dtype={self.store_dtype!r} is not one of {STORE_DTYPES}.")
+            raise InputError(f"{setting('store_dtype', self.store_dtype)} is not one of {STORE_DTYPES}.")
 
     def _check_lag_window(self) -> None:
         if self.layout == "full":
             if self.max_lag is not None:
-                raise InputError("max_lag applies to layout='lag' only; pass layout='lag' with it.")
+                raise InputError(f"{setting('max_lag')} applies to layout='lag' only; pass {setting('layout', 'lag')} with it.")
             return
         if self.max_lag is None or not 1 <= self.max_lag <= self.input_steps:
             raise InputError(
-                f"layout='lag' needs max_lag between 1 and the sequence length {self.input_steps}, got {self.max_lag}."
+                f"layout='lag' needs {setting('max_lag')} between 1 and the sequence length {self.input_steps}, got {self.max_lag}."
             )
         if self.sequence_to_one or self.output_steps != self.input_steps:
             raise InputError(
                 "layout='lag' needs one output step per input step (lag = t_out - t_in); this model maps "
                 f"{self.input_steps} input steps to {'one output' if self.sequence_to_one else self.output_steps}. "
-                "Use layout='full'."
+                f"Use {setting('layout', 'full')}."
             )
 
     @property

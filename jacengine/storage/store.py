@@ -368,7 +368,7 @@ class JacobianStore:
             largest = float(np.abs(computed).max())
             raise BlockError(
                 f"block {block.index} has derivatives up to {largest:.3g}, beyond float16's range (65504); "
-                "the block was not stored. Use store_dtype='float32'."
+                "the block was not stored. Use store_dtype='float32' (--store-dtype float32)."
             )
         error = float(np.abs(stored.astype(np.float64) - computed).max()) if stored.size else 0.0
         self._rounding[block.index : block.index + 1] = np.array([error])
@@ -450,7 +450,8 @@ def check_writable_target(path: Path, *, overwrite: bool) -> None:
             raise StoreError(f"{path} exists and is a file, not a store directory; choose another path.")
         if is_jacengine_store(path):
             if not overwrite:
-                raise StoreError(f"{path} is already a jacengine store; pass overwrite=True to replace it.")
+                raise StoreError(f"{path} is already a jacengine store; pass overwrite=True (--overwrite) to replace it, "
+                             "or compute into it without overwrite to resume it.")
         elif (path / "zarr.json").exists():
             raise StoreError(f"{path} is a zarr store that jacengine did not write; refusing to touch it.")
         elif any(path.iterdir()):

@@ -250,7 +250,7 @@ class FunctionModel(TFModel):
         if self.dtype == tf.float64:
             return self
         raise ModelError(f"a {self.kind} computes in its own dtype ({self.dtype.name}) and cannot be rebuilt in "
-                         "float64; precision='float64' needs a Keras model.")
+                         "float64; precision='float64' (--precision float64) needs a Keras model.")
 
 
 def _directory_hash(folder: Path) -> str:

@@ -108,19 +108,20 @@ def _decide_causal(
     model: TFModel, probe: np.ndarray, causal: bool | str, sequence_to_one: bool, aligned: bool
 ) -> tuple[bool, str]:
     if causal not in ("auto", True, False):
-        raise InputError(f"causal must be 'auto', True or False, got {causal!r}.")
+        raise InputError(f"causal (--causal) must be 'auto', True or False, got {causal!r}.")
     if causal is False:
         return False, "non-causal (as requested): every input step is differentiated"
     if sequence_to_one or not aligned:
         if causal is True:
-            raise ModelError("causal=True needs one output step per input step; this model has no such alignment.")
+            raise ModelError("causal=True (--causal true) needs one output step per input step; this model has no such "
+                             "alignment. Leave causal at 'auto' (the default).")
         return False, "non-causal: the output time axis does not align with the input's"
     probe_ok = probe_is_causal(model, probe)
     if causal is True:
         if not probe_ok:
             raise ModelError(
-                "causal=True, but perturbing later inputs changed earlier outputs: the model is "
-                "not causal. Use causal='auto' or causal=False."
+                "causal=True (--causal true), but perturbing later inputs changed earlier outputs: the model is "
+                "not causal. Use causal='auto' or causal=False (--causal auto or false)."
             )
         return True, "causal (as requested; a probe found no dependence on future inputs)"
     structural = model.why_not_causal()
