@@ -41,18 +41,22 @@ def main() -> None:
 @click.option("--time-limit", type=float, default=600.0, show_default=True, help="Seconds per case before it is killed.")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Cases run at once (above 1 the timings interfere).")
 @click.option("--gpu-memory-limit", default=None, help="Cap TensorFlow's GPU memory in every case (e.g. 8GiB).")
+@click.option("--only", "only", multiple=True,
+              help="Run only the cases whose label contains this text (repeatable: any of them), e.g. '8x1000x8'; "
+                   "use with --out, since the results replace the suite's files there.")
 def run(suites: tuple[str, ...], quick: bool, out: Path | None, memory_cap: str, time_limit: float, jobs: int,
-        gpu_memory_limit: str | None) -> None:
+        gpu_memory_limit: str | None, only: tuple[str, ...]) -> None:
     """Run suites; write <suite>.json, <suite>.md (and plots) to the results folder."""
     out = out or (RESULTS / "quick" if quick else RESULTS)
     names = SUITES if "all" in suites else tuple(dict.fromkeys(suites))
     description = machine()
     for name in names:
-        command = shlex.join(["python", "-m", "benchmarks", "run", "--suite", name, *(["--quick"] if quick else [])])
+        command = shlex.join(["python", "-m", "benchmarks", "run", "--suite", name, *(["--quick"] if quick else []),
+                              *(f"--only={text}" for text in only)])
         result = {"suite": name, "quick": quick, "command": command, "machine": description, "memory_cap": memory_cap,
                   "time_limit": time_limit}
-        records = _run_suite(result, suite_cases(name, quick), out, parse_budget(memory_cap), time_limit, jobs,
-                             gpu_memory_limit)
+        cases = [case for case in suite_cases(name, quick) if not only or any(text in case.label for text in only)]
+        records = _run_suite(result, cases, out, parse_budget(memory_cap), time_limit, jobs, gpu_memory_limit)
         click.echo(report.markdown_table(records))
 
 
