@@ -348,10 +348,10 @@ def plan(as_json: bool, **kwargs: Any) -> None:
 @main.command()
 @common_options
 @click.argument("store", required=False, type=click.Path(exists=True, file_okay=False))
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="take STORE from this config file")
+@config_option(store="store")
 @click.option("--shards", type=int, default=None, help="also show the progress of each of N job-array shards")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
-def status(store: str | None, config_path: str | None, shards: int | None, as_json: bool) -> None:
+def status(store: str | None, shards: int | None, as_json: bool) -> None:
     """Blocks done/total and bytes on disk (all shards together); exits 3 while incomplete.
 
     \b
@@ -361,9 +361,7 @@ def status(store: str | None, config_path: str | None, shards: int | None, as_js
     from jacengine.storage.store import open_store
 
     if store is None:
-        store = run_guarded(lambda: load_config(config_path)).store if config_path else None
-        if store is None:
-            raise click.UsageError("no store: pass STORE or a --config file that sets store.")
+        raise click.UsageError("no store: pass STORE or a --config file that sets store.")
     opened = run_guarded(lambda: open_store(store))
     done_set, damaged = opened.completion()
     if damaged:

@@ -24,11 +24,8 @@ def log_to_stderr(level: int) -> None:
     """Send jacengine's messages at ``level`` and above to stderr, prefixed "jacengine:"; the root
     logger (TensorFlow's and dask's messages) is left as it is. What the command line does."""
     logger = logging.getLogger(LOGGER)
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(FORMAT))
-    logger.handlers = [handler]
+    _only_to_stderr(logger)
     logger.setLevel(level)
-    logger.propagate = False
 
 
 @contextlib.contextmanager
@@ -40,16 +37,21 @@ def verbosity(verbose: bool | None) -> Iterator[None]:
     logger = logging.getLogger(LOGGER)
     saved = logger.level, list(logger.handlers), logger.propagate
     if not logger.handlers:  # the command line's handler (or an application's) stays; else one for this call
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter(FORMAT))
-        logger.handlers = [handler]
-        logger.propagate = False
+        _only_to_stderr(logger)
     logger.setLevel(logging.INFO if verbose else logging.ERROR)
     try:
         yield
     finally:
         logger.setLevel(saved[0])
         logger.handlers, logger.propagate = saved[1], saved[2]
+
+
+def _only_to_stderr(logger: logging.Logger) -> None:
+    """``logger``'s one handler: stderr, each line prefixed "jacengine:"; nothing passed up to the root."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(FORMAT))
+    logger.handlers = [handler]
+    logger.propagate = False
 
 
 def accepts_verbose(function: Function) -> Function:

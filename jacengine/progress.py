@@ -16,6 +16,8 @@ from typing import Any
 from jacengine import timing
 from jacengine.logs import LOGGER
 from jacengine.planning.blocks import Block
+from jacengine.planning.costmodel import CostModel
+from jacengine.planning.spec import JacobianSpec
 
 
 def show_progress(progress: bool | None) -> bool:
@@ -25,28 +27,23 @@ def show_progress(progress: bool | None) -> bool:
     return sys.stderr.isatty() or "ipykernel" in sys.modules
 
 
-def block_work(block: Block) -> int:
-    """A block's predicted cost, in (sample, output row, forward step) triples: a causal block
-    late in the sequence runs the model over more steps, and its reverse pass back over them."""
-    return block.compute_batch * block.compute_rows * block.forward_steps
-
-
 class BlockProgress:
-    """A bar over blocks whose length and ETA are weighted by :func:`block_work`; its label
-    counts blocks done / total."""
+    """A bar over blocks whose length and ETA are weighted by each block's work, by the spec's
+    method's formula (:meth:`CostModel.work`: a causal block late in the sequence has a longer
+    prefix to differentiate); its label counts blocks done / total."""
 
-    def __init__(self, blocks: Sequence[Block], progress: bool | None, desc: str = "jacobian") -> None:
+    def __init__(self, spec: JacobianSpec, blocks: Sequence[Block], progress: bool | None, desc: str = "jacobian") -> None:
         from tqdm.auto import tqdm
 
-        self.desc, self.total_blocks, self.done_blocks = desc, len(blocks), 0
-        self.bar = tqdm(total=sum(block_work(b) for b in blocks), disable=not show_progress(progress) or not blocks,
+        self.spec, self.desc, self.total_blocks, self.done_blocks = spec, desc, len(blocks), 0
+        self.bar = tqdm(total=sum(CostModel.work(spec, b) for b in blocks), disable=not show_progress(progress) or not blocks,
                         bar_format="{l_bar}{bar}| [{elapsed}<{remaining}]")
         self._logs_above = _logs_above_bars() if not self.bar.disable else contextlib.nullcontext()
         self._show_count()
 
     def advance(self, block: Block) -> None:
         self.done_blocks += 1
-        self.bar.update(block_work(block))
+        self.bar.update(CostModel.work(self.spec, block))
         self._show_count()
 
     def _show_count(self) -> None:

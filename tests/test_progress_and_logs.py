@@ -10,6 +10,7 @@ import pytest
 
 from jacengine.logs import verbosity
 from jacengine.planning.blocks import Block
+from jacengine.planning.spec import JacobianSpec
 from jacengine.progress import BlockProgress, show_progress
 
 
@@ -18,10 +19,12 @@ def block(index: int, forward_steps: int, batch: int = 4, rows: int = 10) -> Blo
 
 
 def test_the_block_bar_counts_predicted_work_not_blocks() -> None:
-    """Causal blocks late in a sequence run the model over more steps: a bar over blocks 0..9
-    with forward steps 10, 20, ..., 100 is 1/55 done after the first, not 1/10."""
+    """Causal blocks late in a sequence differentiate longer prefixes: a bar over blocks 0..9
+    with prefixes 10, 20, ..., 100 (reverse mode) is 1/55 done after the first, not 1/10."""
+    spec = JacobianSpec(batch=4, input_steps=100, input_features=1, output_steps=100, output_features=1,
+                        t_out=tuple(range(100)), f_out=(0,), f_in=(0,), causal=True, truncatable=True)
     blocks = [block(i, 10 * (i + 1)) for i in range(10)]
-    with BlockProgress(blocks, progress=True) as bar:
+    with BlockProgress(spec, blocks, progress=True) as bar:
         assert bar.bar.total == 4 * 10 * sum(10 * (i + 1) for i in range(10))
         bar.advance(blocks[0])
         assert bar.bar.n / bar.bar.total == pytest.approx(1 / 55)

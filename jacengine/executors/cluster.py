@@ -69,12 +69,12 @@ class DaskExecutor:
         done = 0
         peaks: dict[int, int] = {}
         with self._address() as address, Client(address) as client, \
-                BlockProgress(ordered, self.progress) as bar:
+                BlockProgress(task.spec, ordered, self.progress) as bar:
             prefix = f"jacengine-{uuid.uuid4().hex[:12]}-block"
             by_key = {f"{prefix}-{block.index}": block for block in ordered}
             futures = [
-                client.submit(task, block.index, key=f"{prefix}-{block.index}", pure=False, priority=len(ordered) - position)
-                for position, block in enumerate(ordered)
+                client.submit(task, block.index, key=key, pure=False, priority=len(ordered) - position)
+                for position, (key, block) in enumerate(by_key.items())
             ]
             completed = as_completed(futures)
             try:

@@ -30,7 +30,7 @@ class LocalExecutor:
         pending: tuple[Future, Block] | None = None  # the write in flight, and its block
         with (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="jacengine-writer") as writer,
-            BlockProgress(blocks, self.progress) as bar,
+            BlockProgress(task.spec, blocks, self.progress) as bar,
         ):
             for block in execution_order(blocks):
                 if should_stop():
