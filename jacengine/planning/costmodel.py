@@ -3,9 +3,10 @@
 A block's memory and time grow with its "work", by its method's work formula
 (:mod:`jacengine.planning.methods`; e.g. reverse mode: samples x rows x prefix, since pfor
 keeps one backward pass per sample and row). The model is linear in the work plus a fixed cost
-(the backend's tracing and runtime), the work part times the allocator's pool factor:
+(the backend's tracing and runtime); an allocator that pools what blocks free lets the pooled
+part of the work memory (its tensors) grow by the pool factor over a run:
 
-    peak_bytes = fixed_bytes + pool_factor * bytes_per_work * memory work
+    peak_bytes = fixed_bytes + (bytes_per_work + (pool_factor - 1) * pooled_bytes_per_work) * memory work
                  + retained_bytes_per_trace * (n_traces - 1)
     seconds    = trace_seconds * n_traces + sum(seconds_per_block + seconds_per_work * work)
 
@@ -52,10 +53,14 @@ class CostModel:
     retained_bytes_per_trace: float = 0.0
     one_trace: bool = False  # one compiled function serves every block shape
     seconds_per_block: float = 0.0  # what a call costs besides its work (dispatch, loop set-up, copies)
-    # An allocator that keeps what blocks free (oneDNN's on CPU) lets resident memory grow to about
-    # this many times a block's own work memory over a run; plans budget for it. The fixed term is
-    # measured under that allocator already.
+    # An allocator that keeps what blocks free (oneDNN's on CPU) lets the memory it manages (the
+    # tensors) grow to about this many times a block's own over a run; plans budget for it. The
+    # fixed term is measured under that allocator already.
     pool_factor: float = 1.0
+    # The tensors' share of bytes_per_work, where the backend measures it (None: all of it). A
+    # reverse-loop block's tensors are a few percent of its resident memory: its executor's
+    # frames, not tensors, hold the rest, and those are not pooled.
+    pooled_bytes_per_work: float | None = None
 
     def traces(self, plan: Plan) -> int:
         """How many times a plan's blocks are traced."""
@@ -77,7 +82,9 @@ class CostModel:
         return self._peak(self.work(spec, block, memory=True))
 
     def _peak(self, memory_work: int) -> float:
-        return self.fixed_bytes + self.pool_factor * self.bytes_per_work * memory_work
+        pooled = self.bytes_per_work if self.pooled_bytes_per_work is None else min(self.pooled_bytes_per_work,
+                                                                                     self.bytes_per_work)
+        return self.fixed_bytes + (self.bytes_per_work + (self.pool_factor - 1) * pooled) * memory_work
 
     def block_seconds(self, spec: JacobianSpec, block: Block) -> float:
         return self.seconds_per_block + self.seconds_per_work * self.work(spec, block)
@@ -204,7 +211,10 @@ def _largest_blocks(spec: JacobianSpec, cost: CostModel, budget_bytes: float, n_
                     max_work: float = math.inf) -> Plan:
     """The fastest predicted plan whose blocks fit ``budget_bytes`` by the per-block terms alone,
     and ``max_work``, over chunk grids (batch chunk x t_out chunk); on each grid blocks take as
-    many t_out chunks as fit (down to one sample and one output step)."""
+    many t_out chunks as fit (down to one sample and one output step). Where no grid of the
+    default t_out chunk and its halvings fits, chunks of one output step are tried with every
+    batch chunk: a reverse-loop block costs the same time for any batch up to
+    :data:`~jacengine.planning.methods.LOOP_FREE_BATCH`, so more samples per block are faster."""
     n_rows = len(spec.t_out)
     t_in_chunk = default_time_chunk(spec.in_axis_length)
     default_t_out_chunk = 1 if spec.sequence_to_one else default_time_chunk(n_rows)
@@ -222,8 +232,8 @@ def _largest_blocks(spec: JacobianSpec, cost: CostModel, budget_bytes: float, n_
     batch_chunks = _halvings(spec.batch, 1)
     t_out_chunks = _halvings(default_t_out_chunk, max(1, default_t_out_chunk // 8))
     fitting = [(b, t) for b in batch_chunks for t in t_out_chunks if not too_big(b, t, longest_watch)]
-    if not fitting:
-        return plan_on_grid(1, 1)
+    if not fitting:  # a small budget: one output step per chunk, with as many samples as fit
+        fitting = [(b, 1) for b in batch_chunks if not too_big(b, 1, longest_watch)] or [(1, 1)]
     plans = [plan_on_grid(b, t) for b, t in fitting]
     return min(plans, key=lambda plan: (cost.plan_seconds(spec, plan), len(plan.blocks)))
 

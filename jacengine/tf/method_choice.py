@@ -144,8 +144,8 @@ def _slivers(spec: JacobianSpec, prior: Plan) -> tuple[Block, Block | None]:
 
 
 def refine(start: CalibratedMethod, meters: Meters) -> CalibratedMethod:
-    """Measure the plan's representative block (:func:`_representative_block`) while it is not
-    a block measured already; each measurement refits the memory line (see
+    """Measure the plan's largest block (:func:`_largest_block`) while it is not a block
+    measured already; each measurement refits the memory line (see
     :func:`~jacengine.tf.probes.measure_probe`) through it and the largest block measured before
     it since the trace: the first of these blocks is preceded by one of a quarter of its work.
 
@@ -168,7 +168,7 @@ def _refine(start: CalibratedMethod, meters: Meters) -> CalibratedMethod:
     measured_work = CostModel.work(spec, probe, memory=True)
     plan = choose_plan(spec, cost, meters.budget_bytes, max_work=TRUST_FACTOR * measured_work)
     for _ in range(MAX_REPROBES):
-        target = _representative_block(spec, plan)
+        target = _largest_block(spec, plan)
         if replace(target, index=0) in results:
             break
         if not computer.polymorphic and target.shape_key != probe.shape_key:
@@ -195,18 +195,11 @@ def _refine(start: CalibratedMethod, meters: Meters) -> CalibratedMethod:
 
 
 def _largest_block(spec: JacobianSpec, plan: Plan) -> Block:
-    """The block of ``plan`` with the most memory work (the first of those)."""
-    return max(plan.blocks, key=lambda block: (CostModel.work(spec, block, memory=True), -block.index))
-
-
-def _representative_block(spec: JacobianSpec, plan: Plan) -> Block:
-    """The block to measure next: the plan's first (plans pack their blocks to about the same
-    predicted peak, so it is representative, and the one a replanned grid is most likely to
-    keep), unless its memory work is under half the largest block's (a reverse-loop plan gives
-    early blocks many rows, which cost it time but little memory): then the largest, which
-    moves the memory line's slope the most."""
-    first, largest = plan.blocks[0], _largest_block(spec, plan)
-    return largest if 2 * CostModel.work(spec, first, memory=True) < CostModel.work(spec, largest, memory=True) else first
+    """The block of ``plan`` with the most memory work, the one with the longest prefix among
+    equals: the block to measure next. Memory per work is not the same at every prefix (a
+    reverse-loop block of one output step over 1000 input steps holds more per work than one
+    of many steps over 63), and the longest prefix is where the minimum budget binds."""
+    return max(plan.blocks, key=lambda block: (CostModel.work(spec, block, memory=True), block.watch_steps, -block.index))
 
 
 def _quarter(block: Block) -> Block:

@@ -7,8 +7,8 @@ block shape.
 
 - ``reverse``: one VJP per output row, vectorised over rows and samples by pfor. The fastest
   where pfor converts every op; pfor holds every row's backward intermediates at once.
-- ``reverse-loop``: the same VJPs in a ``tf.while_loop``, :data:`LOOP_PARALLEL_ROWS` rows at a
-  time. Slower, but works wherever gradients do.
+- ``reverse-loop``: the same VJPs in a ``tf.while_loop``, :data:`LOOP_PARALLEL_ROWS` in
+  parallel. Slower, but works wherever gradients do.
 - ``forward``: one JVP per watched input (step, feature) with ``tf.autodiff.ForwardAccumulator``,
   vectorised over the directions by pfor. Cheaper than reverse mode when the block has fewer
   input directions than output rows (few input features, many output features). Keras' RNN

@@ -8,6 +8,8 @@ is stored rather than thrown away. Two readers measure it:
   peak divided by the probe's work (the fixed tensors are charged to the work too: conservative).
 - On CPU, the process's peak RSS above its baseline (:class:`ProcessMemory`) during the first call
   also contains tracing, graph construction and allocator slack: the difference is the fixed term.
+  Where tensor statistics exist they also give the share of the work memory that a pooling
+  allocator keeps (``pooled_bytes_per_work``): only that share is planned at the pool factor.
   On a GPU the budget is the device peak itself, so there is no RSS term.
 
 A first probe (a cheap sliver) runs twice: the second call gives its steady time, and the first
@@ -176,6 +178,8 @@ def measure_probe(
         one_trace=computer.polymorphic,
         seconds_per_block=seconds_per_block,
         pool_factor=allocator_pool_factor(),
+        # what the allocator pools is tensors: their peak per work, through the origin (conservative)
+        pooled_bytes_per_work=tensor_peak / memory_work * _HEADROOM if tensor_peak > 0 else None,
     )
     return cost, result, Measurement(memory_work, observed_peak)
 
