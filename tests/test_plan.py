@@ -131,6 +131,43 @@ def test_forward_work_counts_input_directions_and_its_plans_fit_the_budget() -> 
             assert sum(b.n_rows * b.n_batch for b in plan.blocks) == 8 * 200
 
 
+def test_a_loop_block_s_memory_counts_every_row_and_its_time_is_flat_up_to_the_free_batch() -> None:
+    """The loop's memory grows with every row of a block (not only the rows in flight), like
+    reverse mode's; its time costs alike for any batch up to LOOP_FREE_BATCH."""
+    from jacengine.planning.methods import LOOP_FREE_BATCH
+
+    loop = dataclasses.replace(make_spec(8, 1000, tuple(range(1000)), causal=True), method="reverse-loop")
+    reverse = dataclasses.replace(loop, method="reverse")
+    for rows in (1, 16, 64, 500):
+        assert block_work(loop, 2, rows, 1000, memory=True) == block_work(reverse, 2, rows, 1000, memory=True) == 2 * rows * 1000
+    assert block_work(loop, 1, 10, 100) == block_work(loop, LOOP_FREE_BATCH, 10, 100) == LOOP_FREE_BATCH * 10 * 100
+
+
+def test_a_small_budget_gives_loop_blocks_of_one_step_as_many_samples_as_fit() -> None:
+    """Where no block of the default t_out chunks fits, one-step chunks are tried with every
+    batch chunk: the loop's time is the same for 1 or 4 samples, so 4 samples is 4 times faster
+    (before, the plan fell back to one sample per block)."""
+    loop = dataclasses.replace(make_spec(8, 1000, tuple(range(1000)), causal=True), method="reverse-loop")
+    cost = CostModel(fixed_bytes=50e6, bytes_per_work=10_000.0, trace_seconds=1.0, seconds_per_work=1e-6,
+                     seconds_per_block=0.01, one_trace=True)
+    budget = 128 * 2**20
+    plan = choose_plan(loop, cost, budget)
+    assert plan.grid[:2] == (4, 1)  # 8 samples of one step would not fit; 4 do
+    assert all(cost.block_peak_bytes(loop, b) <= budget for b in plan.blocks)
+    assert sum(b.n_rows * b.n_batch for b in plan.blocks) == 8 * 1000
+
+
+def test_only_the_pooled_share_of_the_work_memory_is_planned_at_the_pool_factor() -> None:
+    spec = make_spec(4, 100, tuple(range(100)), causal=False)
+    base = CostModel(fixed_bytes=1e6, bytes_per_work=1000.0, trace_seconds=1.0, seconds_per_work=1e-6, pool_factor=2.0)
+    work = block_work(spec, 4, 10, 100, memory=True)
+    assert base.peak_bytes(spec, 4, 10, 100) == 1e6 + 2 * 1000.0 * work  # unmeasured: all of it is pooled
+    measured = dataclasses.replace(base, pooled_bytes_per_work=50.0)
+    assert measured.peak_bytes(spec, 4, 10, 100) == 1e6 + (1000.0 + 50.0) * work
+    no_pool = dataclasses.replace(measured, pool_factor=1.0)
+    assert no_pool.peak_bytes(spec, 4, 10, 100) == 1e6 + 1000.0 * work
+
+
 @pytest.mark.parametrize(
     ("selection", "expected"),
     [(None, (0, 1, 2, 3, 4)), (2, (2,)), (-1, (4,)), (slice(1, None, 2), (1, 3)), ([0, 3], (0, 3))],
