@@ -105,3 +105,30 @@ def test_peaks_within_the_noise_bound_the_slope_instead_of_keeping_the_prior() -
         device = FakeDeviceMemory(peak=40 * 2**20 + rise)
         cost, _, _ = measure_probe(computer, Inputs(x), large, device, process=None, timed=prior, earlier=earlier)
         assert cost.bytes_per_work == pytest.approx(expected * _HEADROOM)
+
+
+@pytest.mark.slow
+def test_loop_calibration_at_a_small_budget_never_probes_beyond_it(monkeypatch) -> None:
+    """An LSTM with eight output features, reverse-loop, 128 MiB: every probe block's measured
+    peak stays within the budget, and so does the plan. When the loop's memory counted only the
+    rows in flight, calibration probed one sample with hundreds of rows (thousands of VJPs) and
+    measured peaks of GiBs before refusing the budget."""
+    pytest.importorskip("keras")
+    import jacengine
+    from jacengine.tf import method_choice, probes
+    from jacengine.tf.zoo import zoo_model
+
+    peaks: list[int] = []
+    measure = probes.measure_probe
+
+    def recording(*args, **kwargs):
+        cost, result, measurement = measure(*args, **kwargs)
+        peaks.append(measurement.peak_bytes)
+        return cost, result, measurement
+
+    monkeypatch.setattr(method_choice, "measure_probe", recording)
+    x = np.random.default_rng(0).normal(size=(4, 400, 8)).astype("float32")
+    budget = 128 * 2**20
+    summary = jacengine.plan(zoo_model("lstm", 32, 8, 8), x, budget=budget, method="reverse-loop", progress=False)
+    assert peaks and max(peaks) <= budget, [f"{p / 2**20:.0f} MiB" for p in peaks]
+    assert summary["predicted_peak_bytes"] <= budget
