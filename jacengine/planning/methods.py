@@ -12,7 +12,6 @@ per method on the actual model.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 

@@ -44,7 +44,7 @@ RETAINING_POOL_FACTOR = 2.0  # resident memory grows to well above a block's own
 
 
 def allocator_pool_factor() -> float:
-    """How far resident memory outgrows a block's peak because the allocator keeps freed memory:
+    """How far the allocator's memory (a block's tensors) outgrows their peak because it keeps freed memory:
     :data:`RETAINING_POOL_FACTOR` when TensorFlow computes on the CPU with oneDNN, whose
     allocator does (on by default on x86 unless ``TF_ENABLE_ONEDNN_OPTS=0`` was set before
     TensorFlow was imported; jacengine sets it when it imports TensorFlow itself), else 1. Warns
@@ -56,7 +56,7 @@ def allocator_pool_factor() -> float:
         _warned = True
         log.warning(
             "TensorFlow runs with oneDNN, whose CPU allocator keeps the memory blocks free: jacengine plans twice "
-            "the measured memory of each block's work (smaller blocks, slower). Set TF_ENABLE_ONEDNN_OPTS=0 before "
+            "the measured tensor memory of each block (smaller blocks, slower). Set TF_ENABLE_ONEDNN_OPTS=0 before "
             "TensorFlow is imported to avoid this."
         )
     return RETAINING_POOL_FACTOR

@@ -166,11 +166,9 @@ def _refine(start: CalibratedMethod, meters: Meters) -> CalibratedMethod:
     results = dict(start.results)
     largest: Measurement | None = None  # the first probe's peak holds its trace: not a point of the line
     measured_work = CostModel.work(spec, probe, memory=True)
-    plan = choose_plan(spec, cost, meters.budget_bytes, max_work=TRUST_FACTOR * measured_work)
-    for _ in range(MAX_REPROBES):
-        target = next((block for block in _blocks_to_measure(spec, plan) if replace(block, index=0) not in results), None)
-        if target is None:
-            break
+
+    def measure(target: Block) -> None:
+        nonlocal cost, probe, largest, measured_work
         if not computer.polymorphic and target.shape_key != probe.shape_key:
             computer.release()  # the probe's compiled graph will not be used again: free it
         probe = target
@@ -178,17 +176,32 @@ def _refine(start: CalibratedMethod, meters: Meters) -> CalibratedMethod:
         if largest is None and quarter != probe:  # a second point for the line, a quarter of the work
             # the trace's transient peak is behind us: the fixed term is measured afresh from here
             cost, _, largest = measure_probe(computer, meters.inputs, quarter, meters.tensors, meters.process,
-                                         timed=replace(cost, fixed_bytes=0.0))
+                                             timed=replace(cost, fixed_bytes=0.0))
         measured, result, measurement = measure_probe(computer, meters.inputs, probe, meters.tensors, meters.process,
-                                                  timed=cost, earlier=largest)
+                                                      timed=cost, earlier=largest)
         results[replace(probe, index=0)] = result
         cost = measured  # a line through this probe and the largest before it (see measure_probe)
         if largest is None or measurement.work >= largest.work:
             largest = measurement
         measured_work = max(measured_work, CostModel.work(spec, probe, memory=True))
+
+    def unmeasured(plan: Plan) -> Block | None:
+        return next((block for block in _blocks_to_measure(spec, plan) if replace(block, index=0) not in results), None)
+
+    plan = choose_plan(spec, cost, meters.budget_bytes, max_work=TRUST_FACTOR * measured_work)
+    for _ in range(MAX_REPROBES):
+        target = unmeasured(plan)
+        if target is None:
+            break
+        measure(target)
         plan = choose_plan(spec, cost, meters.budget_bytes, max_work=TRUST_FACTOR * measured_work)
-    if CostModel.work(spec, _largest_block(spec, plan), memory=True) > FINAL_TRUST_FACTOR * measured_work:
-        # out of probes before the plan's blocks were measured: stay close to what was
+    final_trust = FINAL_TRUST_FACTOR * measured_work
+    if CostModel.work(spec, _largest_block(spec, plan), memory=True) > final_trust or unmeasured(plan) is not None:
+        # out of probes before the plan's blocks were measured: measure what is left of them
+        # once more, and stay close to what was measured
+        target = unmeasured(choose_plan(spec, cost, meters.budget_bytes, max_work=final_trust))
+        if target is not None:
+            measure(target)
         plan = choose_plan(spec, cost, meters.budget_bytes, max_work=FINAL_TRUST_FACTOR * measured_work)
     computer.strict = False  # from here on a fallback on some other block shape only warns
     return CalibratedMethod(spec, computer, cost, plan, probe, results, largest or start.largest)
