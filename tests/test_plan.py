@@ -131,15 +131,25 @@ def test_forward_work_counts_input_directions_and_its_plans_fit_the_budget() -> 
             assert sum(b.n_rows * b.n_batch for b in plan.blocks) == 8 * 200
 
 
-def test_a_loop_block_s_memory_counts_every_row_and_its_time_is_flat_up_to_the_free_batch() -> None:
-    """The loop's memory grows with every row of a block (not only the rows in flight), like
-    reverse mode's; its time costs alike for any batch up to LOOP_FREE_BATCH."""
-    from jacengine.planning.methods import LOOP_FREE_BATCH
+def test_a_loop_block_holds_its_rows_in_flight_and_every_row_of_its_result() -> None:
+    """The loop's memory work counts the VJPs in flight (LOOP_PARALLEL_ROWS); the copies of its
+    result grow with every row, and plans add them (result_copies x the result's bytes). When
+    they were left out, a probe of 500 rows x 8 features over 1000 steps peaked at 840 MiB under
+    a 128 MiB budget."""
+    from jacengine.planning.costmodel import result_bytes
+    from jacengine.planning.methods import LOOP_FREE_BATCH, LOOP_PARALLEL_ROWS, METHODS
 
     loop = dataclasses.replace(make_spec(8, 1000, tuple(range(1000)), causal=True), method="reverse-loop")
     reverse = dataclasses.replace(loop, method="reverse")
-    for rows in (1, 16, 64, 500):
-        assert block_work(loop, 2, rows, 1000, memory=True) == block_work(reverse, 2, rows, 1000, memory=True) == 2 * rows * 1000
+    assert block_work(loop, 2, 500, 1000, memory=True) == block_work(loop, 2, LOOP_PARALLEL_ROWS, 1000, memory=True)
+    copies = METHODS["reverse-loop"].result_copies
+    assert copies >= 4  # TensorArray, stack, transpose, gather
+    for rows in (1, 16, 500):
+        assert result_bytes(loop, 2, rows, 1000) == copies * 4 * 2 * rows * 1 * 1000 * 2  # (B, R, Fo, W, Fi) float32
+        assert result_bytes(reverse, 2, rows, 1000) == 0.0  # reverse mode's work grows with its result
+    cost = CostModel(fixed_bytes=50e6, bytes_per_work=1000.0, trace_seconds=1.0, seconds_per_work=1e-6)
+    assert cost.peak_bytes(loop, 2, 500, 1000) - cost.peak_bytes(loop, 2, 16, 1000) == pytest.approx(
+        result_bytes(loop, 2, 500 - 16, 1000))
     assert block_work(loop, 1, 10, 100) == block_work(loop, LOOP_FREE_BATCH, 10, 100) == LOOP_FREE_BATCH * 10 * 100
 
 

@@ -7,11 +7,14 @@ keeps one backward pass per sample and row). The model is linear in the work plu
 part of the work memory (its tensors) grow by the pool factor over a run:
 
     peak_bytes = fixed_bytes + (bytes_per_work + (pool_factor - 1) * pooled_bytes_per_work) * memory work
-                 + retained_bytes_per_trace * (n_traces - 1)
+                 + result_copies * the block's result bytes + retained_bytes_per_trace * (n_traces - 1)
     seconds    = trace_seconds * n_traces + sum(seconds_per_block + seconds_per_work * work)
 
-The last memory term is what TensorFlow keeps after each traced shape even once its function is
-dropped, so a plan with many traced shapes needs room for all of them by its last block.
+``result_copies`` is the method's (:mod:`jacengine.planning.methods`): the copies of its result
+a method holds beyond its work formula (the reverse loop's grow with every row, its work with
+the rows in flight only). The last memory term is what TensorFlow keeps after each traced shape
+even once its function is dropped, so a plan with many traced shapes needs room for all of them
+by its last block.
 ``n_traces`` is the number of block shapes, or 1 when the backend's one compiled function
 serves every shape (``one_trace``); such plans give each causal block its exact prefix.
 
@@ -76,10 +79,10 @@ class CostModel:
     def peak_bytes(self, spec: JacobianSpec, batch: int, rows: int, prefix: int) -> float:
         """Predicted peak of a block of ``batch`` samples and ``rows`` output steps that needs
         the first ``prefix`` input steps."""
-        return self._peak(block_work(spec, batch, rows, prefix, memory=True))
+        return self._peak(block_work(spec, batch, rows, prefix, memory=True)) + result_bytes(spec, batch, rows, prefix)
 
     def block_peak_bytes(self, spec: JacobianSpec, block: Block) -> float:
-        return self._peak(self.work(spec, block, memory=True))
+        return self._peak(self.work(spec, block, memory=True)) + block_result_bytes(spec, block)
 
     def _peak(self, memory_work: int) -> float:
         pooled = self.bytes_per_work if self.pooled_bytes_per_work is None else min(self.pooled_bytes_per_work,
@@ -109,6 +112,24 @@ def block_work(spec: JacobianSpec, batch: int, rows: int, prefix: int, watched: 
     size = BlockSize(batch=max(batch, 2), rows=rows, prefix=prefix, watched=watched,
                      forward_steps=forward_length(spec, prefix), f_out=len(spec.f_out), f_in=len(spec.f_in))
     return METHODS[spec.method].work(size, memory)
+
+
+def result_bytes(spec: JacobianSpec, batch: int, rows: int, prefix: int, watched: int | None = None) -> float:
+    """The copies of a block's result its method holds besides its memory work (its
+    ``result_copies``), in bytes; sizes as for :func:`block_work`."""
+    copies = METHODS[spec.method].result_copies
+    if not copies:
+        return 0.0
+    if watched is None:
+        watched = lag_window(spec, rows, prefix) if spec.layout == "lag" else prefix
+    itemsize = 8 if spec.compute_dtype == "float64" else 4
+    return float(copies * itemsize * max(batch, 2) * rows * len(spec.f_out) * watched * len(spec.f_in))
+
+
+def block_result_bytes(spec: JacobianSpec, block: Block) -> float:
+    """:func:`result_bytes` of a block at its compute shape."""
+    prefix = block.forward_steps if spec.layout == "lag" else block.watch_steps
+    return result_bytes(spec, block.compute_batch, block.compute_rows, prefix, block.watch_steps)
 
 
 BUCKET_CHOICES = (1, 2, 4, 8)

@@ -12,6 +12,7 @@ per method on the actual model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -44,17 +45,12 @@ def _reverse(size: BlockSize, memory: bool) -> int:
 
 
 def _reverse_loop(size: BlockSize, memory: bool) -> int:
-    """The same backward passes, in a while loop (memory), and batches of
-    :data:`LOOP_FREE_BATCH` samples cost alike (time).
-
-    Memory grows with every row of the block, not only with the :data:`LOOP_PARALLEL_ROWS` in
-    flight: at (2, 1000, 8) on the seed LSTM a block of one output step (8 VJPs) peaked 22 MiB
-    above its start, two steps 40 MiB, and eight steps 150 MiB to 1 GiB from run to run (the
-    nested backward loops of many iterations run at once). Counting only the rows in flight let
-    plans give loop blocks hundreds of rows at long prefixes, which overran small budgets by GiBs.
-    """
+    """The same backward passes, :data:`LOOP_PARALLEL_ROWS` VJPs at a time (memory), and batches
+    of :data:`LOOP_FREE_BATCH` samples cost alike (time). The block's result, which grows with
+    every row, is the method's ``result_copies``."""
     if memory:
-        return _reverse(size, memory)
+        rows = min(size.rows, math.ceil(LOOP_PARALLEL_ROWS / size.f_out))
+        return size.batch * rows * size.f_out * size.prefix
     return max(size.batch, LOOP_FREE_BATCH) * size.rows * size.f_out * size.prefix
 
 
@@ -69,14 +65,20 @@ class Method:
     description: str
     work: Callable[[BlockSize, bool], int]  # (sizes, memory) -> memory work or time work
     vectorised: bool  # pfor: fast where it converts every op, holds every row at once
+    # Copies of the block's result (B x R x |f_out| x watched x |f_in| entries) held at its peak
+    # besides the memory work: 0 where the work formula grows with the result already.
+    result_copies: int = 0
 
 
 METHODS: dict[str, Method] = {
     method.name: method
     for method in (
         Method("reverse", "pfor-vectorised VJPs, one per output row", _reverse, vectorised=True),
+        # the loop's TensorArray of VJPs, its stack, the transpose to J's layout, the feature
+        # gather, and the copy the store's writer holds while the next block runs: a probe of
+        # 2 x 500 rows x 8 features over 1000 steps (a 244 MiB result) peaked at 840 MiB
         Method("reverse-loop", "VJPs in a while loop; slower, works wherever gradients do", _reverse_loop,
-               vectorised=False),
+               vectorised=False, result_copies=5),
         Method("forward", "pfor-vectorised JVPs, one per watched input; for few inputs and many outputs", _forward,
                vectorised=True),
     )

@@ -154,8 +154,9 @@ def refine(start: CalibratedMethod, meters: Meters) -> CalibratedMethod:
     the largest block measured: a large budget is reached by measuring blocks that grow by that
     factor, never by one long extrapolation (which overran large budgets), and a final plan
     whose blocks were not measured stays within :data:`FINAL_TRUST_FACTOR` of the largest that
-    was. Each measured block is a block of the plan at the time, and
-    its result is kept for the final plan.
+    was; when the probes run out before the blocks of :func:`_blocks_to_measure` were measured,
+    one more probe measures what is left of them. Each measured block is a block of the plan at
+    the time, and its result is kept for the final plan.
     """
     with _calibrating(start.spec):
         return _refine(start, meters)

@@ -32,7 +32,7 @@ import numpy as np
 
 from jacengine.memory import ProcessMemory, release_free_heap
 from jacengine.planning.blocks import Block
-from jacengine.planning.costmodel import CostModel
+from jacengine.planning.costmodel import CostModel, block_result_bytes
 from jacengine.planning.spec import JacobianSpec
 from jacengine.storage.inputs import Inputs
 from jacengine.tf.adapters import TFModel
@@ -88,7 +88,9 @@ def measure_probe(
     rate_probe: Block | None = None,
     assumed_bytes_per_work: float | None = None,
 ) -> tuple[CostModel, np.ndarray, Measurement]:
-    """Measure ``probe``; return the fitted cost model, the probe's result and its measurement.
+    """Measure ``probe``; return the fitted cost model, the probe's result and its measurement
+    (its peak less the copies of its result the method holds beside its work: plans add those
+    on their own, see :func:`~jacengine.planning.costmodel.result_bytes`).
 
     The fixed term is anchored to the observed peak: fixed = peak above baseline - per-work
     bytes x work, so it contains what the run already holds, the trace and allocator slack.
@@ -124,6 +126,9 @@ def measure_probe(
     traced = computer.trace_count > traces_before
     tensor_peak = tensors.peak()
     observed_peak = process.peak_above_baseline() if process is not None else tensor_peak
+    # the copies of the result a method holds beside its work are planned on their own (see
+    # jacengine.planning.costmodel): the line is fit to the rest
+    observed_peak = max(0, observed_peak - int(block_result_bytes(spec, probe)))
 
     seconds_per_block = timed.seconds_per_block if timed is not None else 0.0
     if timed is None:  # a first probe is a sliver: more calls cost little and give the steady times
