@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from dask.utils import format_bytes
 
 from jacengine.errors import BudgetError, setting
@@ -73,8 +74,7 @@ class CostModel:
     def work(spec: JacobianSpec, block: Block, memory: bool = False) -> int:
         """The work a block is computed at (its padded compute shape); with ``memory``, the work
         its memory grows with (see :func:`block_work`)."""
-        prefix = block.forward_steps if spec.layout == "lag" else block.watch_steps
-        return block_work(spec, block.compute_batch, block.compute_rows, prefix, block.watch_steps, memory)
+        return block_work(spec, *_compute_shape(spec, block), memory=memory)
 
     def peak_bytes(self, spec: JacobianSpec, batch: int, rows: int, prefix: int) -> float:
         """Predicted peak of a block of ``batch`` samples and ``rows`` output steps that needs
@@ -107,29 +107,36 @@ def block_work(spec: JacobianSpec, batch: int, rows: int, prefix: int, watched: 
     the full layout, the lag window of ``rows`` consecutive steps in the lag layout), by
     ``spec.method``'s work formula (:mod:`jacengine.planning.methods`); with ``memory``, the
     work its peak memory grows with, else its time."""
-    if watched is None:
-        watched = lag_window(spec, rows, prefix) if spec.layout == "lag" else prefix
-    size = BlockSize(batch=max(batch, 2), rows=rows, prefix=prefix, watched=watched,
-                     forward_steps=forward_length(spec, prefix), f_out=len(spec.f_out), f_in=len(spec.f_in))
-    return METHODS[spec.method].work(size, memory)
+    return METHODS[spec.method].work(_block_size(spec, batch, rows, prefix, watched), memory)
 
 
 def result_bytes(spec: JacobianSpec, batch: int, rows: int, prefix: int, watched: int | None = None) -> float:
     """The copies of a block's result its method holds besides its memory work (its
     ``result_copies``), in bytes; sizes as for :func:`block_work`."""
     copies = METHODS[spec.method].result_copies
-    if not copies:
+    if not copies:  # most methods: nothing to size (the planner asks often)
         return 0.0
-    if watched is None:
-        watched = lag_window(spec, rows, prefix) if spec.layout == "lag" else prefix
-    itemsize = 8 if spec.compute_dtype == "float64" else 4
-    return float(copies * itemsize * max(batch, 2) * rows * len(spec.f_out) * watched * len(spec.f_in))
+    size = _block_size(spec, batch, rows, prefix, watched)
+    return float(copies * np.dtype(spec.compute_dtype).itemsize * size.result_entries)
 
 
 def block_result_bytes(spec: JacobianSpec, block: Block) -> float:
     """:func:`result_bytes` of a block at its compute shape."""
+    return result_bytes(spec, *_compute_shape(spec, block))
+
+
+def _block_size(spec: JacobianSpec, batch: int, rows: int, prefix: int, watched: int | None) -> BlockSize:
+    """The sizes the methods' formulas take (see :func:`block_work` for the arguments)."""
+    if watched is None:
+        watched = lag_window(spec, rows, prefix) if spec.layout == "lag" else prefix
+    return BlockSize(batch=max(batch, 2), rows=rows, prefix=prefix, watched=watched,
+                     forward_steps=forward_length(spec, prefix), f_out=len(spec.f_out), f_in=len(spec.f_in))
+
+
+def _compute_shape(spec: JacobianSpec, block: Block) -> tuple[int, int, int, int]:
+    """(batch, rows, prefix, watched) of ``block`` at its padded compute shape, for :func:`block_work`."""
     prefix = block.forward_steps if spec.layout == "lag" else block.watch_steps
-    return result_bytes(spec, block.compute_batch, block.compute_rows, prefix, block.watch_steps)
+    return block.compute_batch, block.compute_rows, prefix, block.watch_steps
 
 
 BUCKET_CHOICES = (1, 2, 4, 8)

@@ -38,6 +38,11 @@ class BlockSize:
     f_out: int
     f_in: int
 
+    @property
+    def result_entries(self) -> int:
+        """Entries of the block's Jacobian: (batch, rows, f_out, watched, f_in)."""
+        return self.batch * self.rows * self.f_out * self.watched * self.f_in
+
 
 def _reverse(size: BlockSize, memory: bool) -> int:
     """One backward pass over the prefix per output row, all rows at once."""
