@@ -1,9 +1,11 @@
 """The differentiation methods, by name: what each does and how its work grows with a block.
 
-A method is three things: a row here (name, description, work formula, whether it vectorises
-with pfor), the backend's function that differentiates a block that way (for TensorFlow,
-:data:`jacengine.tf.methods.DIFFERENTIATE`), and nothing else: the spec, the CLI, the Python
-API, the cost model, ``method="auto"`` and the benchmarks all read this registry.
+A generic method treats the model as a black box and is two things: a row here (name,
+description, work formula, whether it vectorises with pfor) and the backend's function that
+differentiates a block that way (for TensorFlow, :data:`jacengine.tf.methods.DIFFERENTIATE`).
+A structured method reads the model's layers and has a block computer of its own (for
+TensorFlow, ``recurrent``: :mod:`jacengine.tf.recurrent`). The spec, the CLI, the Python API,
+the cost model, ``method="auto"`` and the benchmarks all read this registry.
 
 The work formula is what a block's memory and time grow with (see
 :mod:`jacengine.planning.costmodel`): the cost model is ``fixed + per-work x work``, calibrated
@@ -21,6 +23,9 @@ LOOP_PARALLEL_ROWS = 16
 # A reverse-loop iteration costs about the same time for up to this many samples (the loop
 # vectorises over samples only), so its time work counts batches of that many.
 LOOP_FREE_BATCH = 32
+# A recurrent sweep's local Jacobians cost about as much per (sample, step) as this many rows of
+# its chain (each pushes D + F_in tangents through the gates; a row is one D x (D + F_in) matmul).
+LOCAL_JACOBIAN_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,16 @@ def _forward(size: BlockSize, memory: bool) -> int:
     return size.batch * size.watched * size.f_in * (size.forward_steps + size.rows * size.f_out)
 
 
+def _recurrent(size: BlockSize, memory: bool) -> int:
+    """Memory: per sample, the recorded state at every step fed to the chain and the adjoint of
+    every output row (both D-vectors; the window of local Jacobians is a fixed size, and the
+    result is the method's ``result_copies``). Time: per sample and step, one matmul per row in
+    the sweep plus the step's local Jacobians."""
+    if memory:
+        return size.batch * (size.forward_steps + size.rows * size.f_out)
+    return size.batch * size.prefix * (size.rows * size.f_out + LOCAL_JACOBIAN_ROWS)
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
@@ -73,6 +88,8 @@ class Method:
     # Copies of the block's result (B x R x |f_out| x watched x |f_in| entries) held at its peak
     # besides the memory work: 0 where the work formula grows with the result already.
     result_copies: int = 0
+    # Reads the model's layers (only some models qualify) instead of treating it as a black box.
+    structured: bool = False
 
 
 METHODS: dict[str, Method] = {
@@ -86,8 +103,12 @@ METHODS: dict[str, Method] = {
                vectorised=False, result_copies=5),
         Method("forward", "pfor-vectorised JVPs, one per watched input; for few inputs and many outputs", _forward,
                vectorised=True),
+        # the block's J, and the copy the store's writer holds while the next block runs
+        Method("recurrent", "products of per-step Jacobians, for chains of RNN and per-step layers; the fastest where "
+               "a model qualifies", _recurrent, vectorised=False, result_copies=2, structured=True),
     )
 }
+GENERIC_METHODS = tuple(name for name, method in METHODS.items() if not method.structured)
 METHOD_CHOICES = ("auto", *METHODS)  # "auto": measure each on probe blocks, take the fastest that works
 
 

@@ -19,7 +19,7 @@ from jacengine.planning.costmodel import CostModel
 from jacengine.storage.inputs import Inputs
 from jacengine.tf import reference
 from jacengine.tf.adapters import TFModel
-from jacengine.tf.block_computer import BlockComputer
+from jacengine.tf.computers import Computer, block_computer
 from jacengine.tf.introspect import PROBE_SAMPLES, PROBE_STEPS, build_spec
 from jacengine.tf.loading import load_tf_model, recognises
 from jacengine.tf.memory import TensorMemory, compute_device, configure_gpus
@@ -100,8 +100,8 @@ class TensorFlowBackend:
     def prior_cost(self, description: Description) -> CostModel:
         return prior_cost(description.block_model, description.spec)
 
-    def block_computer(self, description: Description) -> BlockComputer:
-        return BlockComputer(description.block_model, description.spec)
+    def block_computer(self, description: Description) -> Computer:
+        return block_computer(description.block_model, description.spec)
 
     def float64_copy(self, model: TFModel) -> TFModel:
         return model.float64()

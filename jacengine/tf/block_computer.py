@@ -231,11 +231,11 @@ class BlockComputer:
                     "TimeDistributed(Dense(n)) by Dense(n), which is the same map on (B, T, F) inputs)."
                 )
             self._checked_keys.add(key)
-        self._check_finite(block, values)
+        check_finite(self.spec, block, values)
         if self.spec.layout == "lag":
-            values = _lags(values, steps, start, self.spec.in_axis_length)
+            values = lags_from_window(values, steps, start, self.spec.in_axis_length)
         else:
-            values = _fit_t_in(values, block.in_stop)
+            values = fit_t_in(values, block.in_stop)
         return values.astype(self.spec.block_dtype, copy=False)
 
     def _agrees_with_eager(self, x: tf.Tensor, rows: tf.Tensor, compiled: tf.Tensor) -> bool:
@@ -251,17 +251,6 @@ class BlockComputer:
         tolerance = (1e-10 if self.dtype == tf.float64 else 1e-5) * scale
         return compiled.shape == eager.shape and np.allclose(compiled, eager, rtol=0, atol=tolerance, equal_nan=True)
 
-    def _check_finite(self, block: Block, values: np.ndarray) -> None:
-        bad = ~np.isfinite(values)
-        if bad.any():
-            b, row = np.argwhere(bad)[0][:2]
-            step = self.spec.t_out[block.row_start + row]
-            raise BlockError(
-                f"block {block.index} produced a non-finite derivative for sample "
-                f"{block.batch_start + b}, output step {step}; the block was not stored. "
-                "The model overflows at these inputs: check their scale, or compute in float64."
-            )
-
 
 def _pad_axis0(values: np.ndarray, size: int) -> np.ndarray:
     """``values`` extended to ``size`` entries along axis 0 by repeating its last entry."""
@@ -269,7 +258,7 @@ def _pad_axis0(values: np.ndarray, size: int) -> np.ndarray:
     return values if missing <= 0 else np.concatenate([values, np.repeat(values[-1:], missing, axis=0)])
 
 
-def _lags(values: np.ndarray, steps: np.ndarray, start: int, max_lag: int) -> np.ndarray:
+def lags_from_window(values: np.ndarray, steps: np.ndarray, start: int, max_lag: int) -> np.ndarray:
     """Window Jacobians (n, R, Fo, W, Fi) with the window starting at input step ``start`` as lags
     (n, R, Fo, max_lag, Fi): lag l of the row at output step s is input step s - l, zero before step 0."""
     inputs = steps[:, None] - np.arange(max_lag)[None, :]  # (R, L) input step of each lag
@@ -278,7 +267,7 @@ def _lags(values: np.ndarray, steps: np.ndarray, start: int, max_lag: int) -> np
     return np.where((inputs >= 0)[None, :, None, :, None], lagged, 0).astype(values.dtype, copy=False)
 
 
-def _fit_t_in(values: np.ndarray, in_stop: int) -> np.ndarray:
+def fit_t_in(values: np.ndarray, in_stop: int) -> np.ndarray:
     """Cut or zero-pad the t_in axis to the block's write extent (zeros are exact: causality)."""
     watched = values.shape[3]
     if watched >= in_stop:
@@ -286,3 +275,16 @@ def _fit_t_in(values: np.ndarray, in_stop: int) -> np.ndarray:
     padding = [(0, 0)] * values.ndim
     padding[3] = (0, in_stop - watched)
     return np.pad(values, padding)
+
+
+def check_finite(spec: JacobianSpec, block: Block, values: np.ndarray) -> None:
+    """Refuse a block whose J has a NaN or infinity (before anything is stored)."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        b, row = np.argwhere(bad)[0][:2]
+        step = spec.t_out[block.row_start + row]
+        raise BlockError(
+            f"block {block.index} produced a non-finite derivative for sample "
+            f"{block.batch_start + b}, output step {step}; the block was not stored. "
+            "The model overflows at these inputs: check their scale, or compute in float64."
+        )

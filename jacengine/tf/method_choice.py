@@ -2,6 +2,11 @@
 
 ``auto`` decides in this order, tracing as little as it can (a pfor trace costs seconds):
 
+0. ``recurrent`` is taken, with nothing traced, when the model reads as a recurrent chain
+   (:func:`~jacengine.tf.recurrent.structure.read_chain`) and its reading agrees with the model
+   and fits the budget: it does the causal floor's work in dense matmuls, so no generic method
+   can beat it. Otherwise the reason (the first layer that keeps the model from being a chain)
+   joins the method line and the generic methods are tried:
 1. ``forward`` is left out without a trace where it cannot work: Keras' recurrent layers raise
    under ``tf.autodiff.ForwardAccumulator`` inside ``tf.function``.
 2. ``reverse-loop`` (VJPs in a while loop) is measured first where it may win (a small problem
@@ -37,13 +42,15 @@ from jacengine.planning.methods import METHODS
 from jacengine.planning.spec import JacobianSpec
 from jacengine.storage.inputs import Inputs
 from jacengine.tf.adapters import TFModel
-from jacengine.tf.block_computer import BlockComputer
+from jacengine.tf.computers import Computer, block_computer
 from jacengine.tf.probes import Measurement, MemoryReader, measure_probe, prior_cost
+from jacengine.tf.recurrent.structure import METHOD as RECURRENT
+from jacengine.tf.recurrent.structure import describe
 from jacengine.timing import phase
 
 log = logging.getLogger("jacengine")
 
-LOOP_FIRST = next(name for name, method in METHODS.items() if not method.vectorised)
+LOOP_FIRST = next(name for name, method in METHODS.items() if not method.vectorised and not method.structured)
 PFOR_METHODS = tuple(name for name, method in METHODS.items() if method.vectorised)  # measured after the loop
 # A pfor trace builds the loop's gradient graph and then vectorises it, so it costs several times
 # the loop's trace (the speed benchmark's profile shows both); a loop run shorter than this many
@@ -73,7 +80,7 @@ class CalibratedMethod:
     """A method with its block computer, measured cost model and plan, and its probes' results."""
 
     spec: JacobianSpec
-    computer: BlockComputer
+    computer: Computer
     cost: CostModel
     plan: Plan
     probe: Block
@@ -118,7 +125,7 @@ def first_probe(model: TFModel, spec: JacobianSpec, meters: Meters, strict: bool
 
 
 def _first_probe(model: TFModel, spec: JacobianSpec, meters: Meters, strict: bool) -> CalibratedMethod:
-    computer = BlockComputer(model, spec, strict=strict)
+    computer = block_computer(model, spec, strict=strict)
     prior = prior_cost(model, spec)
     probe, rate_probe = _slivers(spec, choose_plan(spec, prior, meters.budget_bytes, fallback_to_smallest=True))
     cost, result, measurement = measure_probe(
@@ -253,8 +260,21 @@ def forward_mode_cannot_work(model: TFModel) -> str | None:
 
 def choose_method(model: TFModel, spec: JacobianSpec, meters: Meters) -> tuple[CalibratedMethod, str]:
     """The fastest method that works for ``model``, calibrated; and a one-line reason."""
+    try:
+        recurrent = calibrate_method(model, replace(spec, method=RECURRENT), meters, strict=True)
+    except (MethodUnsupported, BudgetError) as why:
+        reason = why.reason if isinstance(why, MethodUnsupported) else "does not fit the budget"
+        log.info("method auto: %s does not apply (%s); trying the generic methods", RECURRENT, reason)
+        return _choose_generic_method(model, spec, meters, dropped=[f"{RECURRENT}: {reason}"])
+    chain = describe(recurrent.computer.chain)  # type: ignore[union-attr]
+    return recurrent, f"method {RECURRENT} (auto: the model is a recurrent chain, {chain}; nothing traced)"
+
+
+def _choose_generic_method(model: TFModel, spec: JacobianSpec, meters: Meters,
+                           dropped: list[str]) -> tuple[CalibratedMethod, str]:
+    """The fastest generic method that works for ``model``, calibrated; and a one-line reason
+    that includes ``dropped`` (why methods already ruled out were)."""
     working: list[tuple[CalibratedMethod, int]] = []  # with the resident memory when it finished
-    dropped: list[str] = []
     budget_refusals: list[BudgetError] = []
 
     def measure(method: str) -> CalibratedMethod | None:

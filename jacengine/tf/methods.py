@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 
 import tensorflow as tf
 
-from jacengine.planning.methods import LOOP_PARALLEL_ROWS, METHODS
+from jacengine.planning.methods import GENERIC_METHODS, LOOP_PARALLEL_ROWS
 
 Outputs = Callable[[tf.Tensor], tf.Tensor]
 _FALLBACK = re.compile(r"Using a while_loop for converting (\S+)")
@@ -72,10 +72,12 @@ def reverse_loop(outputs: Outputs, x_watch: tf.Tensor, f_in: tf.Tensor) -> tuple
 
 
 Differentiate = Callable[[Outputs, tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
-# by the names of jacengine.planning.methods.METHODS, where each method's work formula lives
+# by the names of the generic methods of jacengine.planning.methods.METHODS, where each
+# method's work formula lives (the structured ones have block computers of their own)
 DIFFERENTIATE: dict[str, Differentiate] = {"reverse": reverse, "reverse-loop": reverse_loop, "forward": forward}
-if set(DIFFERENTIATE) != set(METHODS):
-    raise ImportError(f"jacengine.tf.methods differentiates {sorted(DIFFERENTIATE)}, the registry has {sorted(METHODS)}")
+if set(DIFFERENTIATE) != set(GENERIC_METHODS):
+    raise ImportError(f"jacengine.tf.methods differentiates {sorted(DIFFERENTIATE)}, the registry's generic methods are "
+                      f"{sorted(GENERIC_METHODS)}")
 
 
 @contextlib.contextmanager

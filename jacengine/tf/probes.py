@@ -36,7 +36,7 @@ from jacengine.planning.costmodel import CostModel, block_result_bytes
 from jacengine.planning.spec import JacobianSpec
 from jacengine.storage.inputs import Inputs
 from jacengine.tf.adapters import TFModel
-from jacengine.tf.block_computer import BlockComputer
+from jacengine.tf.computers import Computer
 from jacengine.tf.memory import allocator_pool_factor
 
 _MIN_FIXED_BYTES = 48 * 2**20  # TensorFlow's tracing and runtime never cost less than this on CPU
@@ -78,7 +78,7 @@ class Measurement:
 
 
 def measure_probe(
-    computer: BlockComputer,
+    computer: Computer,
     inputs: Inputs,
     probe: Block,
     tensors: MemoryReader,
@@ -189,7 +189,7 @@ def measure_probe(
     return cost, result, Measurement(memory_work, observed_peak)
 
 
-def _timed_call(computer: BlockComputer, block: Block, x: np.ndarray) -> float:
+def _timed_call(computer: Computer, block: Block, x: np.ndarray) -> float:
     started = time.perf_counter()
     computer.compute(block, x)
     return time.perf_counter() - started
