@@ -27,10 +27,11 @@ import numpy as np
 
 from jacengine.tf.recurrent.stages import Stage
 
-# (sample, step) pairs whose local Jacobians a sweep holds at once: the window's memory is the
-# same for any number of samples (16 steps of 32 samples, 256 of 2)
+# (sample, step) pairs whose local Jacobians a sweep holds at once, pushed through the step
+# together: the window's memory is the same for any number of samples (16 steps of 32 samples,
+# 256 of 2)
 WINDOW_PAIRS = 512
-LOCAL_PAIRS = 256  # (sample, step) pairs whose tangents are pushed through the step at once
+PUSH_BYTES = 512 * 2**10  # the size of one tangent array of a push (see Chain.pairs_per_push)
 
 
 @dataclass
@@ -71,45 +72,60 @@ class Chain:
             outputs[:, s] = u
         return states, outputs
 
-    def local_jacobians(self, previous: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For N pairs of z_{s-1} (N, D) and x_s (N, F_in): [A_s | B_s] (N, D, D + F_in) and
-        C_s (N, F_out, D)."""
+    def local_jacobians(self, previous: np.ndarray, x: np.ndarray, step: np.ndarray, output: np.ndarray) -> None:
+        """For N pairs of z_{s-1} (N, D) and x_s (N, F_in), write the transpose of [A_s | B_s],
+        d z_s / d (z_{s-1}, x_s), into ``step`` (N, D + F_in, D) and C_s into ``output``
+        (N, F_out, D)."""
         u, du = x, self._input_seed  # (P, F_in): the same for every pair
-        state_tangents = []
         for index, (offset, stage, seed) in enumerate(zip(self._offsets, self.stages, self._state_seeds, strict=True)):
             state = previous[:, offset: offset + stage.state_size] if stage.recurrent else None
             u, _, du, dstate = stage.push(u, state, du, seed if stage.recurrent else None)
             if dstate is not None:
-                state_tangents.append(np.broadcast_to(dstate, (len(x), *dstate.shape[-2:])))
+                step[:, :, offset: offset + stage.state_size] = dstate
             if index == self._last_recurrent:
-                y_tangent = self._output_jacobian(index, u)
-        step = np.concatenate(state_tangents, axis=-1)  # (N, P, D): the transpose of d z_s / d (z_{s-1}, x_s)
-        return np.ascontiguousarray(step.transpose(0, 2, 1)), y_tangent
+                self._output_jacobian(index, u, output)
 
-    def _output_jacobian(self, last: int, h: np.ndarray) -> np.ndarray:
-        """C_s = d y_s / d z_s (N, F_out, D) from the last recurrent layer's output ``h``: y
-        reads z_s only through it, by the per-step layers after it."""
+    def _output_jacobian(self, last: int, h: np.ndarray, output: np.ndarray) -> None:
+        """C_s = d y_s / d z_s (N, F_out, D), into ``output``, from the last recurrent layer's
+        output ``h``: y reads z_s only through it, by the per-step layers after it."""
         units = h.shape[1]
         u, du = h, np.eye(units, dtype=self.dtype)
         for stage in self.stages[last + 1:]:
             u, _, du, _ = stage.push(u, None, du, None)
-        du = np.broadcast_to(du, (len(h), units, self.output_size))
-        c = np.zeros((len(h), self.output_size, self.state_size), dtype=self.dtype)
-        c[:, :, self._last_offset: self._last_offset + units] = du.transpose(0, 2, 1)
-        return c
+        output[...] = 0
+        output[:, :, self._last_offset: self._last_offset + units] = np.swapaxes(du, -1, -2)
 
-    def window_jacobians(self, states: np.ndarray, x: np.ndarray, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """[A_s | B_s] (n, W, D, D + F_in) and C_s (n, W, F_out, D) for steps [start, stop),
-        pushed :data:`LOCAL_PAIRS` pairs at a time."""
-        n, steps = x.shape[0], stop - start
-        previous = states[:, start:stop].reshape(n * steps, self.state_size)
-        inputs = x[:, start:stop].reshape(n * steps, self.input_size)
-        step = np.empty((n * steps, self.state_size, self.state_size + self.input_size), dtype=self.dtype)
-        output = np.empty((n * steps, self.output_size, self.state_size), dtype=self.dtype)
-        for first in range(0, n * steps, LOCAL_PAIRS):
-            pairs = slice(first, first + LOCAL_PAIRS)
-            step[pairs], output[pairs] = self.local_jacobians(previous[pairs], inputs[pairs])
-        return (step.reshape(n, steps, *step.shape[1:]), output.reshape(n, steps, *output.shape[1:]))
+    def pairs_per_push(self) -> int:
+        """Pairs pushed through the step at once: few enough that its temporaries stay below
+        :data:`PUSH_BYTES` (larger ones are fresh mmaps, page-faulted at every push; see
+        :func:`jacengine.memory.return_large_frees_to_the_os`)."""
+        tangent_bytes = (self.state_size + self.input_size) * self.state_size * self.dtype.itemsize
+        return max(1, PUSH_BYTES // tangent_bytes)
+
+
+class Window:
+    """The local Jacobians of up to ``steps`` consecutive steps of ``samples`` samples, in
+    buffers allocated once per sweep and refilled as it moves back."""
+
+    def __init__(self, chain: Chain, samples: int, steps: int) -> None:
+        self.chain, self.samples, self.capacity = chain, samples, steps
+        pairs = samples * steps
+        self._step = np.empty((pairs, chain.state_size + chain.input_size, chain.state_size), dtype=chain.dtype)
+        self._output = np.empty((pairs, chain.output_size, chain.state_size), dtype=chain.dtype)
+
+    def fill(self, states: np.ndarray, x: np.ndarray, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """The local Jacobians of steps [start, stop): the transposed [A_s | B_s]
+        (n, W, D + F_in, D) and C_s (n, W, F_out, D)."""
+        chain, steps = self.chain, stop - start
+        pairs = self.samples * steps
+        previous = states[:, start:stop].reshape(pairs, chain.state_size)
+        inputs = x[:, start:stop].reshape(pairs, chain.input_size)
+        chunk = chain.pairs_per_push()
+        for first in range(0, pairs, chunk):
+            part = slice(first, min(pairs, first + chunk))
+            chain.local_jacobians(previous[part], inputs[part], self._step[part], self._output[part])
+        return (self._step[:pairs].reshape(self.samples, steps, *self._step.shape[1:]),
+                self._output[:pairs].reshape(self.samples, steps, *self._output.shape[1:]))
 
 
 def sweep(chain: Chain, x: np.ndarray, row_steps: np.ndarray, f_out: np.ndarray, f_in: np.ndarray,
@@ -120,29 +136,37 @@ def sweep(chain: Chain, x: np.ndarray, row_steps: np.ndarray, f_out: np.ndarray,
 
     ``row_steps`` is ascending. With ``max_lag`` a row leaves the sweep once its lag exceeds
     it (the lag layout needs nothing further back).
+
+    The adjoint lives in two buffers of (n, R x |f_out|, D + |f_in|) that take turns: one step's
+    matmul reads lambda from one and writes the next lambda and J's column into the other, so
+    the sweep allocates nothing per step.
     """
     n, rows = len(x), len(row_steps)
-    d, n_out = chain.state_size, len(f_out)
+    d, n_out, n_in = chain.state_size, len(f_out), len(f_in)
     top = int(row_steps[-1]) + 1
     states, _ = chain.forward(x[:, :top])
-    columns = np.concatenate([np.arange(d), d + np.asarray(f_in)])
-    adjoint = np.zeros((n, rows * n_out, d), dtype=chain.dtype)  # lambda: d y[row, f_out] / d z_s
+    every_input = np.array_equal(f_in, np.arange(chain.input_size))
+    directions = None if every_input else np.concatenate([np.arange(d), d + np.asarray(f_in)])
+    adjoints = [np.zeros((n, rows * n_out, d + n_in), dtype=chain.dtype) for _ in range(2)]
+    current = 0
     low = high = rows  # rows [low, high) are in the sweep
-    window = max(1, WINDOW_PAIRS // n)
-    for stop in range(top, start, -window):
-        first = max(start, stop - window)
-        step_jacobians, output_jacobians = chain.window_jacobians(states, x, first, stop)
-        step_jacobians = step_jacobians[..., columns]
+    window = Window(chain, n, max(1, WINDOW_PAIRS // n))
+    for stop in range(top, start, -window.capacity):
+        first = max(start, stop - window.capacity)
+        step_jacobians, output_jacobians = window.fill(states, x, first, stop)
+        if directions is not None:
+            step_jacobians = step_jacobians[:, :, directions]
         output_jacobians = output_jacobians[:, :, f_out]
         for s in range(stop - 1, first - 1, -1):
             while low > 0 and row_steps[low - 1] == s:  # rows join at their own step
                 low -= 1
-                adjoint[:, low * n_out: (low + 1) * n_out] = output_jacobians[:, s - first]
+                adjoints[current][:, low * n_out: (low + 1) * n_out, :d] = output_jacobians[:, s - first]
             while max_lag is not None and high > low and row_steps[high - 1] - s >= max_lag:
                 high -= 1
             if low == high:
                 continue
             active = slice(low * n_out, high * n_out)
-            product = np.matmul(adjoint[:, active], step_jacobians[:, s - first])
-            out[:, low:high, :, s - start] = product[:, :, d:].reshape(n, high - low, n_out, len(f_in))
-            adjoint[:, active] = product[:, :, :d]
+            following = adjoints[1 - current][:, active]
+            np.matmul(adjoints[current][:, active, :d], step_jacobians[:, s - first].transpose(0, 2, 1), out=following)
+            out[:, low:high, :, s - start] = following[:, :, d:].reshape(n, high - low, n_out, n_in)
+            current = 1 - current

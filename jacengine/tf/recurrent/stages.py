@@ -7,8 +7,10 @@ the N (sample, step) pairs, the derivative of the d-vector along each of the P d
 chain of pushes gives a whole step's local Jacobian at once, by dense matmuls with the layer's
 weights and elementwise products, for every pair of a window together (no recurrence).
 
-A tangent with no pair axis (P, d) is the same for every pair: the selector of a layer's own
-previous state (see :mod:`jacengine.tf.recurrent.chain`); linear maps then cost one small matmul.
+A tangent with no pair axis (P, d) is the same for every pair: the x_s seed of the first layer,
+and ``dstate``, always the selector of a layer's own previous state among the directions (see
+:mod:`jacengine.tf.recurrent.chain`). Linear maps of those cost one small matmul, and a state
+scaled elementwise touches only its own directions (:func:`_plus_selected`).
 
 Closed forms cover Keras' LSTM, GRU (``reset_after`` true and false) and SimpleRNN cells, Dense,
 Activation, LayerNormalization over features and the inference no-ops; any other per-step layer
@@ -37,6 +39,14 @@ def _linear(tangent: np.ndarray, weights: np.ndarray) -> np.ndarray:
 def _scaled(derivative: np.ndarray, tangent: np.ndarray) -> np.ndarray:
     """An elementwise derivative (N, d) applied to a tangent (N, P, d) or (P, d)."""
     return derivative[:, None, :] * tangent
+
+
+def _plus_selected(tangent: np.ndarray, scale: np.ndarray, selector: np.ndarray) -> np.ndarray:
+    """``tangent`` (N, P, d) + ``scale`` (N, d) x ``selector`` (P, d), in place: the selector is
+    an identity on d of the P directions, so only those N x d entries change."""
+    directions, entries = np.nonzero(selector)
+    tangent[:, directions, entries] += scale[:, entries]
+    return tangent
 
 
 @dataclass
@@ -172,15 +182,25 @@ class LSTM(Stage):
         new_state = np.concatenate([h, c], axis=-1)
         if du is None:
             return h, new_state, None, None  # type: ignore[return-value]
-        dpre = _linear(du, self.kernel) + _linear(dstate[..., :units], self.recurrent_kernel)
-        dpre_i, dpre_f, dpre_c, dpre_o = np.split(dpre, 4, axis=-1)
-        di = _scaled(gate_derivative(pre_i, i), dpre_i)
-        df = _scaled(gate_derivative(pre_f, f), dpre_f)
-        dg = _scaled(act_derivative(pre_c, g), dpre_c)
-        do = _scaled(gate_derivative(pre_o, o), dpre_o)
-        dc = df * c_prev[:, None, :] + f[:, None, :] * dstate[..., units:] + di * g[:, None, :] + i[:, None, :] * dg
-        dh = do * tanh_c[:, None, :] + _scaled(o * act_derivative(c, tanh_c), dc)
-        return h, new_state, dh, np.concatenate([dh, dc], axis=-1)
+        dpre = _linear(du, self.kernel) + _linear(dstate[:, :units], self.recurrent_kernel)
+        # The gates see only the directions of u and h_prev; c_prev reaches c and h through the
+        # forget gate alone, one entry per direction. Where dpre is the same for every pair, the
+        # dense products skip the directions it is zero in (c_prev's: half of them for one layer).
+        dense = np.flatnonzero(np.any(dpre != 0, axis=1)) if dpre.ndim == 2 else slice(None)
+        dpre_i, dpre_f, dpre_c, dpre_o = np.split(dpre[dense], 4, axis=-1)
+        # dc = di g + i dg + df c_prev (+ f dc_prev below), each gate's tangent its derivative times dpre
+        dc = dpre_i * (gate_derivative(pre_i, i) * g)[:, None, :]
+        dc += dpre_c * (i * act_derivative(pre_c, g))[:, None, :]
+        dc += dpre_f * (gate_derivative(pre_f, f) * c_prev)[:, None, :]
+        # dh = do tanh(c) + o tanh'(c) dc
+        through_c = o * act_derivative(c, tanh_c)
+        dh = dc * through_c[:, None, :]
+        dh += dpre_o * (gate_derivative(pre_o, o) * tanh_c)[:, None, :]
+        dnew = np.zeros((len(u), dpre.shape[-2], 2 * units), dtype=h.dtype)
+        dnew[:, dense, :units], dnew[:, dense, units:] = dh, dc
+        _plus_selected(dnew[..., units:], f, dstate[:, units:])
+        _plus_selected(dnew[..., :units], through_c * f, dstate[:, units:])
+        return h, new_state, dnew[..., :units], dnew
 
 
 @dataclass
@@ -230,10 +250,11 @@ class GRU(Stage):
         if self.reset_after:
             dpre_h = _linear(du, kernel_h) + dr * inner_h[:, None, :] + _scaled(r, _linear(dstate, recurrent_h))
         else:
-            dreset = dr * state[:, None, :] + _scaled(r, dstate)
+            dreset = _plus_selected(dr * state[:, None, :], r, dstate)
             dpre_h = _linear(du, kernel_h) + _linear(dreset, recurrent_h)
         dcandidate = _scaled(act_derivative(pre_h, candidate), dpre_h)
-        dh = dz * (state - candidate)[:, None, :] + _scaled(z, dstate) + _scaled(1 - z, dcandidate)
+        dh = dz * (state - candidate)[:, None, :] + _scaled(1 - z, dcandidate)
+        _plus_selected(dh, z, dstate)
         return h, h, dh, dh
 
 
