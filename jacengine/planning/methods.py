@@ -70,12 +70,12 @@ def _forward(size: BlockSize, memory: bool) -> int:
 
 
 def _recurrent(size: BlockSize, memory: bool) -> int:
-    """Memory: per sample, the recorded state at every step fed to the chain and the adjoint of
-    every output row (both D-vectors; the window of local Jacobians is a fixed size, and the
-    result is the method's ``result_copies``). Time: per sample and step, one matmul per row in
-    the sweep plus the step's local Jacobians."""
+    """Memory: per sample, the recorded state at every step fed to the chain and the two
+    adjoint buffers of every output row (vectors of at most D + |f_in| entries; the window of
+    local Jacobians is a fixed size, and the result is the method's ``result_copies``). Time:
+    per sample and step, one matmul per row in the sweep plus the step's local Jacobians."""
     if memory:
-        return size.batch * (size.forward_steps + size.rows * size.f_out)
+        return size.batch * (size.forward_steps + 2 * size.rows * size.f_out)
     return size.batch * size.prefix * (size.rows * size.f_out + LOCAL_JACOBIAN_ROWS)
 
 

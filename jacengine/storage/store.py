@@ -286,7 +286,8 @@ class JacobianStore:
 
         The commit protocol: (1) each of the block's chunks is written to a temporary file of
         jacengine's own naming, fsynced, and renamed over the chunk's name; chunks of zeros are
-        written too, so that every chunk of a done block exists (:mod:`~jacengine.storage.chunkfiles`);
+        written too (all but those above a causal diagonal, see :meth:`_chunks`), so that every
+        chunk of a done block exists (:mod:`~jacengine.storage.chunkfiles`);
         (2) the chunk directories are fsynced; (3) the store's generation id is checked (see
         :mod:`jacengine.storage.locking`); (4) the manifest row [1, checksum, row check] is
         written the same way and fsynced. A crash before (4) leaves the block pending and a
@@ -338,16 +339,22 @@ class JacobianStore:
 
     def _chunks(self, block: Block) -> list[tuple[Path, tuple[slice, ...]]]:
         """Each chunk of ``block`` in the ``jacobian`` array: its file, and the part of the
-        block's data it holds (blocks cover whole chunks: :meth:`Plan.check_alignment`)."""
-        plan = self.plan
+        block's data it holds (blocks cover whole chunks: :meth:`Plan.check_alignment`).
+        Chunks wholly above a causal model's diagonal (every input step after every output
+        step of the chunk) are structurally zero and none of a block's: zarr reads them as the
+        fill value."""
+        plan, spec = self.plan, self.spec
         spans = [(block.batch_start, block.batch_stop, plan.batch_chunk), (block.row_start, block.row_stop, plan.t_out_chunk),
                  (0, block.in_stop, plan.t_in_chunk)]
         axes = [[(c, slice(c * size - start, min((c + 1) * size, stop) - start)) for c in range(start // size, -(-stop // size))]
                 for start, stop, size in spans]
         root = self.path / "jacobian"
         whole = slice(None)
+        causal_full = spec.causal and spec.layout == "full"
+        last_step = {r: spec.t_out[min(len(spec.t_out), (r + 1) * plan.t_out_chunk) - 1] for r, _ in axes[1]}
         return [(chunk_path(root, (b, r, 0, i, 0)), (batch, rows, whole, inputs, whole))
-                for b, batch in axes[0] for r, rows in axes[1] for i, inputs in axes[2]]
+                for b, batch in axes[0] for r, rows in axes[1] for i, inputs in axes[2]
+                if not (causal_full and i * plan.t_in_chunk > last_step[r])]
 
     def _chunk_files(self, block: Block) -> list[Path]:
         """The chunk files of ``block`` in the ``jacobian`` array."""

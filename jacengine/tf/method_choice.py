@@ -43,7 +43,8 @@ from jacengine.planning.spec import JacobianSpec
 from jacengine.storage.inputs import Inputs
 from jacengine.tf.adapters import TFModel
 from jacengine.tf.computers import Computer, block_computer
-from jacengine.tf.probes import Measurement, MemoryReader, measure_probe, prior_cost
+from jacengine.tf.probes import HEADROOM, Measurement, MemoryReader, measure_probe, prior_cost
+from jacengine.tf.recurrent.computer import RecurrentBlockComputer
 from jacengine.tf.recurrent.structure import METHOD as RECURRENT
 from jacengine.tf.recurrent.structure import describe
 from jacengine.timing import phase
@@ -109,8 +110,26 @@ class Meters:
 
 def calibrate_method(model: TFModel, spec: JacobianSpec, meters: Meters, strict: bool = False) -> CalibratedMethod:
     """Measure probe blocks of ``spec.method`` and plan with the result: :func:`first_probe`,
-    then :func:`refine`."""
-    return refine(first_probe(model, spec, meters, strict), meters)
+    then :func:`refine` (the recurrent method: :func:`plan_recurrent`)."""
+    first = first_probe(model, spec, meters, strict)
+    return plan_recurrent(first, meters) if spec.method == RECURRENT else refine(first, meters)
+
+
+def plan_recurrent(start: CalibratedMethod, meters: Meters) -> CalibratedMethod:
+    """Plan the recurrent method from its first probe, without larger probes: its memory is
+    numpy arrays whose sizes it knows (per unit of work: :meth:`RecurrentBlockComputer.bytes_per_work`,
+    with the headroom of measured terms), so only the fixed part (the runtime, the window of
+    local Jacobians, the model check) is measured, as the probe's peak less its work. Nothing
+    is pooled by TensorFlow's allocator. The probe's times give the time terms."""
+    computer, cost, measured = start.computer, start.cost, start.largest
+    assert isinstance(computer, RecurrentBlockComputer) and measured is not None
+    per_work = computer.bytes_per_work() * HEADROOM
+    fixed = max(0.0, measured.peak_bytes - computer.bytes_per_work() * measured.work) * HEADROOM
+    cost = replace(cost, fixed_bytes=fixed, bytes_per_work=per_work, pool_factor=1.0, pooled_bytes_per_work=None,
+                   retained_bytes_per_trace=0.0, trace_seconds=0.0)
+    plan = choose_plan(start.spec, cost, meters.budget_bytes)
+    computer.strict = False
+    return dataclasses.replace(start, cost=cost, plan=plan)
 
 
 def _calibrating(spec: JacobianSpec) -> Any:

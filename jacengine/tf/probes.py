@@ -42,7 +42,7 @@ from jacengine.tf.memory import allocator_pool_factor
 _MIN_FIXED_BYTES = 48 * 2**20  # TensorFlow's tracing and runtime never cost less than this on CPU
 _MEASURABLE_BYTES = 16 * 2**20  # peaks closer than this give no line (RSS moves by MiBs between calls)
 _NOISE_BYTES = 4 * 2**20  # how far one resident peak may be off: bounds a slope that gives no line
-_HEADROOM = 1.15  # margin on the measured terms: allocation patterns vary a little between shapes
+HEADROOM = 1.15  # margin on the measured terms: allocation patterns vary a little between shapes
 _RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}
 
 
@@ -154,14 +154,14 @@ def measure_probe(
     # without tensor statistics (or below their resolution) charge the whole observed peak to
     # the work, which is conservative; the result itself is a floor in any case
     measured = tensor_peak if tensor_peak > 0 else observed_peak
-    bytes_per_work = max(measured, 2 * result.nbytes) / memory_work * _HEADROOM
+    bytes_per_work = max(measured, 2 * result.nbytes) / memory_work * HEADROOM
     floor = _MIN_FIXED_BYTES if process is not None else 0
-    fixed_bytes = max(floor, observed_peak * _HEADROOM - bytes_per_work * memory_work)
+    fixed_bytes = max(floor, observed_peak * HEADROOM - bytes_per_work * memory_work)
     # the line through the origin bounds the slope from above (a fixed term is never negative)
-    through_origin = max(observed_peak * _HEADROOM, 2 * result.nbytes) / memory_work
+    through_origin = max(observed_peak * HEADROOM, 2 * result.nbytes) / memory_work
     if assumed_bytes_per_work is not None:
         bytes_per_work = min(assumed_bytes_per_work, through_origin)
-        fixed_bytes = max(floor, observed_peak * _HEADROOM)
+        fixed_bytes = max(floor, observed_peak * HEADROOM)
     elif earlier is not None and memory_work >= 2 * earlier.work:
         rise = observed_peak - earlier.peak_bytes
         if rise >= _MEASURABLE_BYTES:  # a line through both peaks
@@ -170,21 +170,21 @@ def measure_probe(
             bound = (max(0, rise) + _NOISE_BYTES) / (memory_work - earlier.work)
             slope = min(timed.bytes_per_work, bound) if timed is not None else bound
         slope = max(slope, 2 * result.nbytes / memory_work)
-        bytes_per_work, fixed_bytes = slope * _HEADROOM, max(floor, observed_peak - slope * memory_work)
+        bytes_per_work, fixed_bytes = slope * HEADROOM, max(floor, observed_peak - slope * memory_work)
     elif timed is not None:  # too close to the earlier probe for a line: keep its terms, raised to cover this peak
         bytes_per_work = min(timed.bytes_per_work, through_origin)
-        fixed_bytes = max(timed.fixed_bytes, observed_peak * _HEADROOM - bytes_per_work * memory_work)
+        fixed_bytes = max(timed.fixed_bytes, observed_peak * HEADROOM - bytes_per_work * memory_work)
     cost = CostModel(
         fixed_bytes=fixed_bytes,
         bytes_per_work=bytes_per_work,
         trace_seconds=trace_seconds,
         seconds_per_work=seconds_per_work,
-        retained_bytes_per_trace=retained * _HEADROOM,
+        retained_bytes_per_trace=retained * HEADROOM,
         one_trace=computer.polymorphic,
         seconds_per_block=seconds_per_block,
         pool_factor=allocator_pool_factor(),
         # what the allocator pools is tensors: their peak per work, through the origin (conservative)
-        pooled_bytes_per_work=tensor_peak / memory_work * _HEADROOM if tensor_peak > 0 else None,
+        pooled_bytes_per_work=tensor_peak / memory_work * HEADROOM if tensor_peak > 0 else None,
     )
     return cost, result, Measurement(memory_work, observed_peak)
 

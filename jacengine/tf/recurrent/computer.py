@@ -73,13 +73,28 @@ class RecurrentBlockComputer:
         values = lags_from_window(values, steps, start, self.spec.in_axis_length) if lag else fit_t_in(values, block.in_stop)
         return values.astype(self.spec.block_dtype, copy=False)
 
-    def _sweep(self, x: np.ndarray, steps: np.ndarray, values: np.ndarray, start: int, max_lag: int | None) -> None:
-        """The block's sweep, its samples split over :func:`sweep_threads` threads."""
-        parts = [part for part in np.array_split(np.arange(len(x)), min(len(x), sweep_threads())) if len(part)]
+    def bytes_per_work(self) -> int:
+        """Bytes per unit of the method's memory work (a recorded state, or one adjoint row of a
+        buffer: at most D + |f_in| entries each; see :mod:`jacengine.planning.methods`)."""
+        return (self.chain.state_size + len(self._f_in)) * self.dtype.itemsize
 
-        def run(part: np.ndarray) -> None:
-            samples = slice(int(part[0]), int(part[-1]) + 1)
-            sweep(self.chain, x[samples], steps, self._f_out, self._f_in, values[samples], start, max_lag)
+    def _sweep(self, x: np.ndarray, steps: np.ndarray, values: np.ndarray, start: int, max_lag: int | None) -> None:
+        """The block's sweep on :func:`sweep_threads` threads: each takes a share of the samples,
+        or where there are fewer samples than threads, a share of the rows of equal work (each
+        thread then computes the local Jacobians of its own rows' prefix)."""
+        threads = sweep_threads()
+        if len(x) >= threads:
+            bounds = np.linspace(0, len(x), threads + 1).round().astype(int)
+            parts = [(slice(a, b), slice(None)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+        else:
+            work = np.cumsum(steps + 1 - start)
+            cuts = np.searchsorted(work, work[-1] * np.arange(1, threads) / threads)
+            bounds = np.unique(np.concatenate([[0], cuts, [len(steps)]]))
+            parts = [(slice(None), slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+        def run(part: tuple[slice, slice]) -> None:
+            samples, rows = part
+            sweep(self.chain, x[samples], steps[rows], self._f_out, self._f_in, values[samples, rows], start, max_lag)
 
         with threadpool_limits(limits=1, user_api="blas"):
             if len(parts) == 1:
