@@ -7,6 +7,7 @@ Tolerance: float32 models within 1e-5 of max |J| (as in test_equivalence).
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -88,15 +89,28 @@ def probed_methods(monkeypatch) -> list[str]:
     return probed
 
 
-def test_auto_leaves_forward_mode_out_on_an_rnn_without_tracing_it(tmp_path, caplog, probed_methods) -> None:
+def test_auto_takes_the_recurrent_chain_on_an_rnn_without_tracing(tmp_path, caplog, probed_methods) -> None:
     builder, f_in, _ = ZOO["gru_fin3_fout2"]
+    model, x = builder(), inputs(f_in)
+    with caplog.at_level(logging.INFO, logger="jacengine"):
+        store = jacengine.compute(model, x, tmp_path / "j.zarr", method="auto", budget="1GiB", progress=False)
+    assert store.spec.method == "recurrent"
+    assert probed_methods == ["recurrent"]
+    assert any("the model is a recurrent chain, GRU(6) -> Dense(2); nothing traced" in r.getMessage() for r in caplog.records)
+    assert_matches_reference(store.to_numpy(), model, x)
+
+
+def test_auto_leaves_forward_mode_out_on_an_rnn_that_is_not_a_chain(tmp_path, caplog, probed_methods) -> None:
+    builder, f_in, _ = ZOO["bidirectional_lstm"]
     model, x = builder(), inputs(f_in)
     with caplog.at_level(logging.INFO, logger="jacengine"):
         store = jacengine.compute(model, x, tmp_path / "j.zarr", method="auto", budget="1GiB", progress=False)
     assert store.spec.method in ("reverse", "reverse-loop")  # whichever measured faster; never forward
     assert probed_methods == ["reverse-loop", "reverse"]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # expected for every RNN: no warning
-    assert any("forward: Keras' GRU raise under ForwardAccumulator" in r.getMessage() for r in caplog.records)
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "forward: Keras' Bidirectional, LSTM raise under ForwardAccumulator" in messages
+    assert re.search(r"recurrent: layer 'bidirectional\w*' \(Bidirectional\) reads the sequence in both directions", messages)
     assert_matches_reference(store.to_numpy(), model, x)
 
 
@@ -141,5 +155,5 @@ def test_explicit_reverse_with_a_pfor_fallback_warns_once_and_is_still_right(tmp
 
 def test_unknown_method_is_refused_with_the_choices(tmp_path) -> None:
     builder, f_in, _ = ZOO["conv1d_same"]
-    with pytest.raises(jacengine.InputError, match="not one of auto, reverse, reverse-loop, forward"):
+    with pytest.raises(jacengine.InputError, match="not one of auto, reverse, reverse-loop, forward, recurrent"):
         jacengine.plan(builder(), inputs(f_in), method="backward")

@@ -46,7 +46,7 @@ from jacengine.tf.computers import Computer, block_computer
 from jacengine.tf.probes import HEADROOM, Measurement, MemoryReader, measure_probe, prior_cost
 from jacengine.tf.recurrent.computer import RecurrentBlockComputer
 from jacengine.tf.recurrent.structure import METHOD as RECURRENT
-from jacengine.tf.recurrent.structure import describe
+from jacengine.tf.recurrent.structure import describe, why_not_chain
 from jacengine.timing import phase
 
 log = logging.getLogger("jacengine")
@@ -279,14 +279,17 @@ def forward_mode_cannot_work(model: TFModel) -> str | None:
 
 def choose_method(model: TFModel, spec: JacobianSpec, meters: Meters) -> tuple[CalibratedMethod, str]:
     """The fastest method that works for ``model``, calibrated; and a one-line reason."""
-    try:
-        recurrent = calibrate_method(model, replace(spec, method=RECURRENT), meters, strict=True)
-    except (MethodUnsupported, BudgetError) as why:
-        reason = why.reason if isinstance(why, MethodUnsupported) else "does not fit the budget"
-        log.info("method auto: %s does not apply (%s); trying the generic methods", RECURRENT, reason)
-        return _choose_generic_method(model, spec, meters, dropped=[f"{RECURRENT}: {reason}"])
-    chain = describe(recurrent.computer.chain)  # type: ignore[union-attr]
-    return recurrent, f"method {RECURRENT} (auto: the model is a recurrent chain, {chain}; nothing traced)"
+    why_not = why_not_chain(model)
+    if why_not is None:
+        try:
+            recurrent = calibrate_method(model, replace(spec, method=RECURRENT), meters, strict=True)
+        except (MethodUnsupported, BudgetError) as refusal:
+            why_not = refusal.reason if isinstance(refusal, MethodUnsupported) else "does not fit the budget"
+        else:
+            chain = describe(recurrent.computer.chain)  # type: ignore[union-attr]
+            return recurrent, f"method {RECURRENT} (auto: the model is a recurrent chain, {chain}; nothing traced)"
+    log.info("method auto: %s does not apply (%s); trying the generic methods", RECURRENT, why_not)
+    return _choose_generic_method(model, spec, meters, dropped=[f"{RECURRENT}: {why_not}"])
 
 
 def _choose_generic_method(model: TFModel, spec: JacobianSpec, meters: Meters,

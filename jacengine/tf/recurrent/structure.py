@@ -51,6 +51,15 @@ def read_chain(model: TFModel) -> Chain:
     return Chain(read, int(model.input_shape[2]), dtype)
 
 
+def why_not_chain(model: TFModel) -> str | None:
+    """None when ``model`` reads as a recurrent chain, else why not (naming the first layer)."""
+    try:
+        read_chain(model)
+    except MethodUnsupported as why:
+        return why.reason
+    return None
+
+
 def describe(chain: Chain) -> str:
     """The chain's layers in one phrase, e.g. ``LSTM(32) -> Dense(1)``."""
     return " -> ".join(f"{type(stage).__name__}({stage.output_size})" for stage in chain.stages)
