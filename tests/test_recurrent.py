@@ -12,9 +12,9 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from helpers import compute_with_blocks, reference_jacobian  # noqa: E402
-from test_lag_layout import as_lags  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from test_lag_layout import as_lags  # noqa: E402
 
 import jacengine  # noqa: E402
 from jacengine.errors import MethodUnsupported  # noqa: E402
@@ -205,7 +205,8 @@ def test_models_that_are_not_chains_are_refused_naming_the_layer(name: str) -> N
 
 def test_explicit_recurrent_on_a_non_chain_is_refused_before_any_store(tmp_path) -> None:
     builder, _ = NOT_CHAINS["bidirectional"]
-    with pytest.raises(MethodUnsupported, match=r"method 'recurrent' does not work for this model: layer 'bidirectional\w*' \(Bidirectional\)"):
+    refusal = r"method 'recurrent' does not work for this model: layer 'bidirectional\w*' \(Bidirectional\)"
+    with pytest.raises(MethodUnsupported, match=refusal):
         jacengine.compute(builder(), inputs(2), tmp_path / "j.zarr", method="recurrent", progress=False)
     assert not (tmp_path / "j.zarr").exists()
 

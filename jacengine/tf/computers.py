@@ -8,7 +8,6 @@ from jacengine.tf.block_computer import BlockComputer
 from jacengine.tf.recurrent.computer import RecurrentBlockComputer
 from jacengine.tf.recurrent.structure import METHOD as RECURRENT
 
-
 Computer = BlockComputer | RecurrentBlockComputer
 
 
