@@ -243,7 +243,7 @@ def _run(prepared: Prepared, target: JacobianStore, task: BlockTask, executor: E
         task.detach()
     target.record_rounding_error()
     # calibration's probe blocks were stored when the store was created: this run computed them too
-    target.last_run = RunSummary(computed + len(prepared.probe_results), len(target.plan.blocks),
+    target.last_run = RunSummary(computed + prepared.probe_blocks, len(target.plan.blocks),
                                  time.perf_counter() - started,
                                  prepared.measured_peak() if executor.in_process else None, prepared.budget_bytes,
                                  target.nbytes_on_disk())
@@ -323,6 +323,6 @@ def _create(prepared: Prepared, path: Path, *, overwrite: bool, sources: dict[st
     """A new store for ``prepared``, with the blocks calibration computed already in it."""
     target = JacobianStore.create(path, prepared.spec, prepared.plan, prepared.fingerprint, overwrite=overwrite,
                                   sources=sources, durable=durable)
-    for block, result in prepared.probe_results.items():
-        target.write_block(block, result)
+    while prepared.probe_results:  # written and let go, one at a time
+        target.write_block(*prepared.probe_results.popitem())
     return target

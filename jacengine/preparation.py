@@ -52,8 +52,14 @@ class Prepared:
     budget_bytes: int
     fingerprint: dict[str, Any]
     computation: Computation
-    probe_results: dict[Block, np.ndarray] = field(default_factory=dict)  # calibration's blocks of this plan
+    # calibration's blocks of this plan, until written (the store's creation takes them out, so
+    # that the run does not hold their memory); how many there were
+    probe_results: dict[Block, np.ndarray] = field(default_factory=dict)
     measured_peak: Callable[[], int | None] = lambda: None  # the budgeted peak in this process, read now
+    probe_blocks: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.probe_blocks = len(self.probe_results)
 
     def summary(self) -> dict[str, Any]:
         """What ``jacengine plan`` prints: blocks and predictions, nothing computed."""

@@ -103,10 +103,9 @@ METHODS: dict[str, Method] = {
                vectorised=False, result_copies=5),
         Method("forward", "pfor-vectorised JVPs, one per watched input; for few inputs and many outputs", _forward,
                vectorised=True),
-        # the block's J, and the previous block's with its encoded chunks, which the store's
-        # writer holds while this one runs
+        # the block's J, and the previous block's, which the store's writer holds while this one runs
         Method("recurrent", "products of per-step Jacobians, for chains of RNN and per-step layers; the fastest where "
-               "a model qualifies", _recurrent, vectorised=False, result_copies=3, structured=True),
+               "a model qualifies", _recurrent, vectorised=False, result_copies=2, structured=True),
     )
 }
 GENERIC_METHODS = tuple(name for name, method in METHODS.items() if not method.structured)

@@ -52,8 +52,9 @@ def spec_dims(spec: JacobianSpec) -> tuple[str, ...]:
 
 
 def block_checksum(data: np.ndarray) -> int:
-    """A 63-bit checksum of a block's bytes in C order (fits zarr's uint64 and JSON)."""
-    digest = hashlib.blake2b(np.ascontiguousarray(data).tobytes(), digest_size=8).digest()
+    """A 63-bit checksum of a block's bytes in C order (fits zarr's uint64 and JSON), hashed in
+    place (a copy would be one more block's worth of memory in the writer)."""
+    digest = hashlib.blake2b(np.ascontiguousarray(data).data, digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
 
 
@@ -319,7 +320,8 @@ class JacobianStore:
         if dtype == np.float16:
             self._record_rounding(block, data, stored)
         chunk_shape = self.plan.chunks(self.spec)
-        files = [(path, encode_chunk(stored[local], chunk_shape, dtype)) for path, local in self._chunks(block)]
+        # encoded one at a time as they are written: the writer holds the block, not a copy of it
+        files = ((path, encode_chunk(stored[local], chunk_shape, dtype)) for path, local in self._chunks(block))
         write_files(files, durable=self.durable, block_index=block.index)
         fault_point("after-data", block.index)
         self._check_generation()

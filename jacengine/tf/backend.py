@@ -99,7 +99,9 @@ class TensorFlowBackend:
         else:
             chosen = calibrate_method(description.block_model, description.spec, measured)
             reason = f"method {method} (as requested)"
-        return Calibration(chosen.spec, chosen.cost, chosen.plan, chosen.computer, reason, chosen.stored_results())
+        stored = chosen.stored_results()
+        chosen.results.clear()  # probes outside the plan are garbage: free them now, not at the next gc cycle
+        return Calibration(chosen.spec, chosen.cost, chosen.plan, chosen.computer, reason, stored)
 
     def prior_cost(self, description: Description) -> CostModel:
         return prior_cost(description.block_model, description.spec)

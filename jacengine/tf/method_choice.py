@@ -116,20 +116,37 @@ def calibrate_method(model: TFModel, spec: JacobianSpec, meters: Meters, strict:
 
 
 def plan_recurrent(start: CalibratedMethod, meters: Meters) -> CalibratedMethod:
-    """Plan the recurrent method from its first probe, without larger probes: its memory is
-    numpy arrays whose sizes it knows (per unit of work: :meth:`RecurrentBlockComputer.bytes_per_work`,
-    with the headroom of measured terms), so only the fixed part (the runtime, the window of
-    local Jacobians, the model check) is measured, as the probe's peak less its work. Nothing
-    is pooled by TensorFlow's allocator. The probe's times give the time terms."""
-    computer, cost, measured = start.computer, start.cost, start.largest
-    assert isinstance(computer, RecurrentBlockComputer) and measured is not None
-    per_work = computer.bytes_per_work() * HEADROOM
-    fixed = max(0.0, measured.peak_bytes - computer.bytes_per_work() * measured.work) * HEADROOM
-    cost = replace(cost, fixed_bytes=fixed, bytes_per_work=per_work, pool_factor=1.0, pooled_bytes_per_work=None,
-                   retained_bytes_per_trace=0.0, trace_seconds=0.0)
-    plan = choose_plan(start.spec, cost, meters.budget_bytes)
+    """Plan the recurrent method from two probes: its memory is numpy arrays whose sizes it
+    knows (per unit of work: :meth:`RecurrentBlockComputer.bytes_per_work`, with the headroom of
+    measured terms), so a probe measures only the fixed part (the runtime, the windows of local
+    Jacobians, the threads' heaps), as its peak less its work, and never less than the sweep's
+    own (:meth:`RecurrentBlockComputer.fixed_bytes`); nothing is pooled by TensorFlow's allocator. The first probe (a sliver) sizes a plan; that plan's first block is then measured
+    too (a sliver's threads and heaps are smaller than a block's, and its time is mostly
+    overhead) and the plan made again with the larger fixed part and its time per work. The
+    block's result is kept for the plan, which usually still begins with it."""
+    computer = start.computer
+    assert isinstance(computer, RecurrentBlockComputer)
+    spec, results = start.spec, dict(start.results)
+    per_work = computer.bytes_per_work()
+
+    def fitted(cost: CostModel, measured: Measurement) -> CostModel:
+        # at least what the sweep is known to hold: a probe may read less where resident memory
+        # fell below the baseline since it was taken (heap returned to the OS)
+        fixed = max(cost.fixed_bytes, (measured.peak_bytes - per_work * measured.work) * HEADROOM,
+                    computer.fixed_bytes() * HEADROOM)
+        return replace(cost, fixed_bytes=fixed, bytes_per_work=per_work * HEADROOM, pool_factor=1.0,
+                       pooled_bytes_per_work=None, retained_bytes_per_trace=0.0, trace_seconds=0.0)
+
+    assert start.largest is not None
+    cost = fitted(replace(start.cost, fixed_bytes=0.0), start.largest)
+    first = choose_plan(spec, cost, meters.budget_bytes).blocks[0]
+    with _calibrating(spec):
+        timed, result, measured = measure_probe(computer, meters.inputs, first, meters.tensors, meters.process, timed=cost)
+    results[replace(first, index=0)] = result
+    cost = fitted(replace(cost, seconds_per_work=timed.seconds_per_work), measured)
     computer.strict = False
-    return dataclasses.replace(start, cost=cost, plan=plan)
+    return dataclasses.replace(start, cost=cost, plan=choose_plan(spec, cost, meters.budget_bytes), probe=first,
+                               results=results, largest=measured)
 
 
 def _calibrating(spec: JacobianSpec) -> Any:

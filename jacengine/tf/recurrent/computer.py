@@ -20,15 +20,15 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from jacengine.errors import MethodUnsupported
+from jacengine.memory import release_free_heap
 from jacengine.planning.blocks import Block, window_start
 from jacengine.planning.spec import JacobianSpec
 from jacengine.tf.adapters import TFModel
 from jacengine.tf.block_computer import check_finite, fit_t_in, lags_from_window
-from jacengine.tf.recurrent.chain import sweep
+from jacengine.tf.introspect import PROBE_SAMPLES, PROBE_STEPS
+from jacengine.tf.recurrent.chain import PUSH_BYTES, WINDOW_PAIRS, sweep
 from jacengine.tf.recurrent.structure import METHOD, read_chain
 from jacengine.timing import phase
-
-CHECK_SAMPLES, CHECK_STEPS = 2, 24  # the reading is checked on this much of the first block's inputs
 
 
 def sweep_threads() -> int:
@@ -51,14 +51,16 @@ class RecurrentBlockComputer:
         self.dtype = np.dtype(spec.compute_dtype)
         self._checked = False
         self._f_out, self._f_in = np.asarray(spec.f_out), np.asarray(spec.f_in)
+        self._pool: ThreadPoolExecutor | None = None  # the sweep's threads, kept from block to block
 
     def release(self) -> None:
-        """Nothing compiled is held between blocks."""
+        """Nothing compiled is held between blocks; the sweep threads stay (their heaps are reused)."""
 
     def compute(self, block: Block, x: np.ndarray) -> np.ndarray:
         """J for ``block`` given x = inputs[batch_start:batch_stop, :forward_steps], shaped
         (n_batch, n_rows, |f_out|, in_stop, |f_in|) in the store dtype (in_stop: the lag axis
         in the lag layout)."""
+        release_free_heap()  # what the last block freed goes back to the OS before this one allocates
         x = np.asarray(x, dtype=self.dtype)
         if not self._checked:
             self._check_reading(x)
@@ -77,6 +79,13 @@ class RecurrentBlockComputer:
         """Bytes per unit of the method's memory work (a recorded state, or one adjoint row of a
         buffer: at most D + |f_in| entries each; see :mod:`jacengine.planning.methods`)."""
         return (self.chain.state_size + len(self._f_in)) * self.dtype.itemsize
+
+    def fixed_bytes(self) -> int:
+        """Bytes a block holds whatever its size: each thread's window of local Jacobians and
+        the temporaries of a push (about a dozen arrays of at most ``PUSH_BYTES``)."""
+        chain = self.chain
+        window = WINDOW_PAIRS * (chain.state_size + chain.input_size + chain.output_size) * chain.state_size
+        return sweep_threads() * (window * self.dtype.itemsize + 12 * PUSH_BYTES)
 
     def _sweep(self, x: np.ndarray, steps: np.ndarray, values: np.ndarray, start: int, max_lag: int | None) -> None:
         """The block's sweep on :func:`sweep_threads` threads: each takes a share of the samples,
@@ -99,13 +108,14 @@ class RecurrentBlockComputer:
         with threadpool_limits(limits=1, user_api="blas"):
             if len(parts) == 1:
                 run(parts[0])
-            else:
-                with ThreadPoolExecutor(len(parts)) as pool:
-                    list(pool.map(run, parts))
+                return
+            if self._pool is None or self._pool._max_workers < len(parts):
+                self._pool = ThreadPoolExecutor(len(parts), thread_name_prefix="jacengine-sweep")
+            list(self._pool.map(run, parts))
 
     def _check_reading(self, x: np.ndarray) -> None:
         """Refuse when the chain's forward pass differs from the model's on a sliver of ``x``."""
-        sliver = x[:CHECK_SAMPLES, :CHECK_STEPS] if self.spec.truncatable else x[:CHECK_SAMPLES]
+        sliver = x[:PROBE_SAMPLES, :PROBE_STEPS] if self.spec.truncatable else x[:PROBE_SAMPLES]
         with phase("eager check"):
             expected = np.asarray(self.model(sliver, training=False))
             _, read = self.chain.forward(sliver)
