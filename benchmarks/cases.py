@@ -127,7 +127,8 @@ def suite_cases(suite: str, quick: bool = False) -> list[Case]:
         shapes = [(32, 500, 1), (32, 1000, 1), (8, 1000, 8)]
         # (32, 1000, 1) also as a user's session runs it: TensorFlow imported first, oneDNN at its default
         session = [Case(suite, "jacengine", "lstm", 32, 1000, repeats=0, tf_first=True)]
-        return seed + [Case(suite, method, "lstm", b, t, f, f, repeats=0) for b, t, f in shapes for method in SPEED_METHODS] + session
+        sizes = [Case(suite, method, "lstm", b, t, f, f, repeats=0) for b, t, f in shapes for method in SPEED_METHODS]
+        return seed + sizes + session
     if suite == "methods":  # each method of jacengine, reverse first (the ratios' reference), and a lag window
         shapes = [(2, 20, 1)] if quick else [(32, 500, 1), (8, 1000, 8)]
         window = 5 if quick else LAG_WINDOW

@@ -25,9 +25,9 @@ from jacengine.tf.loading import load_tf_model, recognises
 from jacengine.tf.memory import TensorMemory, compute_device, configure_gpus
 from jacengine.tf.method_choice import Meters, calibrate_method, choose_method
 from jacengine.tf.probes import prior_cost
+from jacengine.tf.products import LinearFunctionals
 from jacengine.tf.recurrent.structure import METHOD as RECURRENT
 from jacengine.tf.recurrent.structure import why_not_chain
-from jacengine.tf.products import LinearFunctionals
 from jacengine.tf.zoo import seed_model
 
 # One thread per worker process: TensorFlow would otherwise start a pool as wide as the machine

@@ -120,7 +120,8 @@ def plan_recurrent(start: CalibratedMethod, meters: Meters) -> CalibratedMethod:
     knows (per unit of work: :meth:`RecurrentBlockComputer.bytes_per_work`, with the headroom of
     measured terms), so a probe measures only the fixed part (the runtime, the windows of local
     Jacobians, the threads' heaps), as its peak less its work, and never less than the sweep's
-    own (:meth:`RecurrentBlockComputer.fixed_bytes`); nothing is pooled by TensorFlow's allocator. The first probe (a sliver) sizes a plan; that plan's first block is then measured
+    own (:meth:`RecurrentBlockComputer.fixed_bytes`); nothing is pooled by TensorFlow's
+    allocator. The first probe (a sliver) sizes a plan; that plan's first block is then measured
     too (a sliver's threads and heaps are smaller than a block's, and its time is mostly
     overhead) and the plan made again with the larger fixed part and its time per work. The
     block's result is kept for the plan, which usually still begins with it."""

@@ -145,6 +145,7 @@ class SimpleRNN(Stage):
     activation: Activation = field(kw_only=True)
 
     def push(self, u: np.ndarray, state: np.ndarray | None, du: np.ndarray | None, dstate: np.ndarray | None) -> Pushed:
+        assert state is not None, "a recurrent stage needs its previous state"
         value, derivative = self.activation
         pre = u @ self.kernel + state @ self.recurrent_kernel
         if self.bias is not None:
@@ -152,6 +153,7 @@ class SimpleRNN(Stage):
         h = value(pre)
         if du is None:
             return h, h, None, None  # type: ignore[return-value]
+        assert dstate is not None, "tangents of a recurrent stage need its state's selector"
         dh = _scaled(derivative(pre, h), _linear(du, self.kernel) + _linear(dstate, self.recurrent_kernel))
         return h, h, dh, dh
 
@@ -167,6 +169,7 @@ class LSTM(Stage):
     recurrent_activation: Activation = field(kw_only=True)
 
     def push(self, u: np.ndarray, state: np.ndarray | None, du: np.ndarray | None, dstate: np.ndarray | None) -> Pushed:
+        assert state is not None, "a recurrent stage needs its previous state"
         units = self.output_size
         h_prev, c_prev = state[:, :units], state[:, units:]
         pre = u @ self.kernel + h_prev @ self.recurrent_kernel
@@ -182,6 +185,7 @@ class LSTM(Stage):
         new_state = np.concatenate([h, c], axis=-1)
         if du is None:
             return h, new_state, None, None  # type: ignore[return-value]
+        assert dstate is not None, "tangents of a recurrent stage need its state's selector"
         dpre = _linear(du, self.kernel) + _linear(dstate[:, :units], self.recurrent_kernel)
         # The gates see only the directions of u and h_prev; c_prev reaches c and h through the
         # forget gate alone, one entry per direction. Where dpre is the same for every pair, the
@@ -218,6 +222,7 @@ class GRU(Stage):
     recurrent_activation: Activation = field(kw_only=True)
 
     def push(self, u: np.ndarray, state: np.ndarray | None, du: np.ndarray | None, dstate: np.ndarray | None) -> Pushed:
+        assert state is not None, "a recurrent stage needs its previous state"
         units = self.output_size
         gate, gate_derivative = self.recurrent_activation
         act, act_derivative = self.activation
@@ -245,6 +250,7 @@ class GRU(Stage):
         h = z * state + (1 - z) * candidate
         if du is None:
             return h, h, None, None  # type: ignore[return-value]
+        assert dstate is not None, "tangents of a recurrent stage need its state's selector"
         dzr = _scaled(gate_derivative(pre_zr, zr), _linear(du, kernel_zr) + _linear(dstate, recurrent_zr))
         dz, dr = dzr[..., :units], dzr[..., units:]
         if self.reset_after:
@@ -300,5 +306,6 @@ class AutodiffStage(Stage):
         tangent = np.matmul(np.broadcast_to(du, (u.shape[0], *du.shape[-2:])), jacobian[:, :, :d_in].transpose(0, 2, 1))
         if not self.recurrent:
             return output, None, tangent, None  # type: ignore[return-value]
+        assert dstate is not None, "tangents of a recurrent stage need its state's selector"
         tangent = tangent + np.matmul(dstate, jacobian[:, :, d_in:].transpose(0, 2, 1))
         return output, new_state, tangent[..., : self.output_size], tangent

@@ -40,7 +40,10 @@ def read_chain(model: TFModel) -> Chain:
     dtype = np.dtype(model.dtype.as_numpy_dtype)
     layers = [layer for layer in keras_model.layers if type(layer).__name__ != "InputLayer"]
     _check_single_path(keras_model, layers)
-    width = int(model.input_shape[2])
+    features = model.input_shape[2]
+    if features is None:
+        raise MethodUnsupported(METHOD, "the model's input features are not fixed")
+    width = int(features)
     read: list[stages.Stage] = []
     for layer in layers:
         stage = _stage(layer, width, dtype)
@@ -48,7 +51,7 @@ def read_chain(model: TFModel) -> Chain:
         width = stage.output_size
     if not any(stage.recurrent for stage in read):
         raise MethodUnsupported(METHOD, "the model has no recurrent layer")
-    return Chain(read, int(model.input_shape[2]), dtype)
+    return Chain(read, int(features), dtype)
 
 
 def why_not_chain(model: TFModel) -> str | None:
@@ -147,7 +150,7 @@ def _recurrent_stage(layer: Any, width: int, dtype: np.dtype) -> stages.Stage:
     if not layer.return_sequences:
         raise _refuse(layer, "returns only its last step (return_sequences=False)")
     cell, kind = layer.cell, type(layer).__name__
-    units = getattr(cell, "units", None)
+    units = int(getattr(cell, "units", 0))
     activation = closed_form(getattr(cell, "activation", None))
     gate = closed_form(getattr(cell, "recurrent_activation", None))
     weights = dict(kernel=_numpy(cell.kernel, dtype), recurrent_kernel=_numpy(cell.recurrent_kernel, dtype)) \
