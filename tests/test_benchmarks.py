@@ -68,7 +68,7 @@ def test_quick_run_covers_every_runner_and_methods_agree(quick_results: Path) ->
     assert (quick_results / "scaling-T.png").stat().st_size > 0
     seed_table, _, profile = (quick_results / "seed.md").read_text().partition("\n\n")
     assert seed_table.count("\n") == len(suite_cases("seed", quick=True)) + 1
-    assert "first call spent its time" in profile and "trace |" in profile and "| idle |" in profile
+    assert "first call spent its time" in profile and "block compute |" in profile and "| idle |" in profile
 
 
 def test_readme_section_is_generated_between_markers(quick_results: Path, tmp_path: Path) -> None:
