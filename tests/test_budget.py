@@ -90,7 +90,7 @@ def test_peaks_within_the_noise_bound_the_slope_instead_of_keeping_the_prior() -
     from jacengine.options import RunOptions
     from jacengine.preparation import prepare
     from jacengine.storage.inputs import Inputs
-    from jacengine.tf.probes import _HEADROOM, _NOISE_BYTES, Measurement, measure_probe
+    from jacengine.tf.probes import _NOISE_BYTES, HEADROOM, Measurement, measure_probe
     from jacengine.tf.zoo import seed_model
 
     x = np.random.default_rng(0).normal(size=(8, 40, 1)).astype("float32")
@@ -104,7 +104,7 @@ def test_peaks_within_the_noise_bound_the_slope_instead_of_keeping_the_prior() -
                            (30 * 2**20, 30 * 2**20 / (work_large - work_small))):
         device = FakeDeviceMemory(peak=40 * 2**20 + rise)
         cost, _, _ = measure_probe(computer, Inputs(x), large, device, process=None, timed=prior, earlier=earlier)
-        assert cost.bytes_per_work == pytest.approx(expected * _HEADROOM)
+        assert cost.bytes_per_work == pytest.approx(expected * HEADROOM)
 
 
 @pytest.mark.slow

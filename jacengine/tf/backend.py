@@ -26,8 +26,6 @@ from jacengine.tf.memory import TensorMemory, compute_device, configure_gpus
 from jacengine.tf.method_choice import Meters, calibrate_method, choose_method
 from jacengine.tf.probes import prior_cost
 from jacengine.tf.products import LinearFunctionals
-from jacengine.tf.recurrent.structure import METHOD as RECURRENT
-from jacengine.tf.recurrent.structure import why_not_chain
 from jacengine.tf.zoo import seed_model
 
 # One thread per worker process: TensorFlow would otherwise start a pool as wide as the machine
@@ -86,8 +84,6 @@ class TensorFlowBackend:
         spec, reason = build_spec(
             model, inputs, t_out=options.t_out, f_out=options.f_out, f_in=options.f_in, causal=options.causal,
             method=options.method, layout=options.layout, max_lag=options.max_lag, store_dtype=options.store_dtype)
-        if options.method in ("auto", RECURRENT) and why_not_chain(model) is None:
-            return Description(spec, reason, model)  # read layer by layer: no rewrite for pfor to check
         probe_inputs = inputs.read(0, PROBE_SAMPLES, PROBE_STEPS if spec.truncatable else None).astype(spec.compute_dtype)
         return Description(spec, reason, model.for_blocks(probe_inputs))
 

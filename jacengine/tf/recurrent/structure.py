@@ -63,6 +63,17 @@ def why_not_chain(model: TFModel) -> str | None:
     return None
 
 
+def connected_by_construction(model: TFModel) -> bool:
+    """Whether every output of ``model`` depends on its inputs by construction: a chain whose
+    layers all have closed forms here (matmuls and smooth or piecewise activations, no
+    ``stop_gradient`` a custom layer might hold)."""
+    try:
+        chain = read_chain(model)
+    except MethodUnsupported:
+        return False
+    return not any(isinstance(stage, stages.AutodiffStage) for stage in chain.stages)
+
+
 def describe(chain: Chain) -> str:
     """The chain's layers in one phrase, e.g. ``LSTM(32) -> Dense(1)``."""
     return " -> ".join(f"{type(stage).__name__}({stage.output_size})" for stage in chain.stages)
