@@ -73,6 +73,10 @@ MAX_REPROBES = 4  # probes grow up to TRUST_FACTOR ** MAX_REPROBES times the fir
 # on some models): a final plan whose blocks were not measured stays within this factor of the
 # largest block that was.
 FINAL_TRUST_FACTOR = 2.0
+# A recurrent sweep's speed is per sample, not per block: larger blocks gain nothing, and a
+# single huge block loses the overlap of the store's writes with the next block's sweep (at
+# (8, 1000, 8) one 1.3 GB block took 19.2 s, four blocks under 1 GiB 14.5 s).
+RECURRENT_PLAN_BYTES = 2**30
 _RECURRENT = {"RNN", "Bidirectional"}  # base classes, Keras 3 and tf_keras alike (LSTM, GRU, SimpleRNN are RNNs)
 
 
@@ -124,7 +128,8 @@ def plan_recurrent(start: CalibratedMethod, meters: Meters) -> CalibratedMethod:
     allocator. The first probe (a sliver) sizes a plan; that plan's first block is then measured
     too (a sliver's threads and heaps are smaller than a block's, and its time is mostly
     overhead) and the plan made again with the larger fixed part and its time per work. The
-    block's result is kept for the plan, which usually still begins with it."""
+    block's result is kept for the plan, which usually still begins with it. Budgets above
+    :data:`RECURRENT_PLAN_BYTES` are planned as that much."""
     computer = start.computer
     assert isinstance(computer, RecurrentBlockComputer)
     spec, results = start.spec, dict(start.results)
@@ -139,14 +144,15 @@ def plan_recurrent(start: CalibratedMethod, meters: Meters) -> CalibratedMethod:
                        pooled_bytes_per_work=None, retained_bytes_per_trace=0.0, trace_seconds=0.0)
 
     assert start.largest is not None
+    budget = min(meters.budget_bytes, RECURRENT_PLAN_BYTES)
     cost = fitted(replace(start.cost, fixed_bytes=0.0), start.largest)
-    first = choose_plan(spec, cost, meters.budget_bytes).blocks[0]
+    first = choose_plan(spec, cost, budget).blocks[0]
     with _calibrating(spec):
         timed, result, measured = measure_probe(computer, meters.inputs, first, meters.tensors, meters.process, timed=cost)
     results[replace(first, index=0)] = result
     cost = fitted(replace(cost, seconds_per_work=timed.seconds_per_work), measured)
     computer.strict = False
-    return dataclasses.replace(start, cost=cost, plan=choose_plan(spec, cost, meters.budget_bytes), probe=first,
+    return dataclasses.replace(start, cost=cost, plan=choose_plan(spec, cost, budget), probe=first,
                                results=results, largest=measured)
 
 
