@@ -136,13 +136,20 @@ class LayerNorm(Stage):
 
 
 @dataclass
-class SimpleRNN(Stage):
-    """h = act(u W + b + h_prev U)."""
+class Cell(Stage):
+    """What Keras' recurrent cells share: ``u @ kernel`` and ``h_prev @ recurrent_kernel``
+    (gates side by side in the columns), and the activation of the candidate state."""
 
     kernel: np.ndarray = field(kw_only=True)
     recurrent_kernel: np.ndarray = field(kw_only=True)
-    bias: np.ndarray | None = field(kw_only=True)
     activation: Activation = field(kw_only=True)
+
+
+@dataclass
+class SimpleRNN(Cell):
+    """h = act(u W + b + h_prev U)."""
+
+    bias: np.ndarray | None = field(kw_only=True)
 
     def push(self, u: np.ndarray, state: np.ndarray | None, du: np.ndarray | None, dstate: np.ndarray | None) -> Pushed:
         assert state is not None, "a recurrent stage needs its previous state"
@@ -159,13 +166,10 @@ class SimpleRNN(Stage):
 
 
 @dataclass
-class LSTM(Stage):
+class LSTM(Cell):
     """Keras' LSTM cell, gates in the order i, f, c, o; its state is [h, c]."""
 
-    kernel: np.ndarray = field(kw_only=True)
-    recurrent_kernel: np.ndarray = field(kw_only=True)
     bias: np.ndarray | None = field(kw_only=True)
-    activation: Activation = field(kw_only=True)
     recurrent_activation: Activation = field(kw_only=True)
 
     def push(self, u: np.ndarray, state: np.ndarray | None, du: np.ndarray | None, dstate: np.ndarray | None) -> Pushed:
@@ -208,17 +212,14 @@ class LSTM(Stage):
 
 
 @dataclass
-class GRU(Stage):
+class GRU(Cell):
     """Keras' GRU cell, gates in the order z, r, h. With ``reset_after`` the reset gate scales
     the recurrent matmul's result (biases of shape (2, 3H): input and recurrent); without, it
     scales h_prev before the matmul (one bias of shape (3H,))."""
 
-    kernel: np.ndarray = field(kw_only=True)
-    recurrent_kernel: np.ndarray = field(kw_only=True)
     input_bias: np.ndarray | None = field(kw_only=True)
     recurrent_bias: np.ndarray | None = field(kw_only=True)
     reset_after: bool = field(kw_only=True)
-    activation: Activation = field(kw_only=True)
     recurrent_activation: Activation = field(kw_only=True)
 
     def push(self, u: np.ndarray, state: np.ndarray | None, du: np.ndarray | None, dstate: np.ndarray | None) -> Pushed:
