@@ -55,6 +55,8 @@ CELLS = {
     "gru_reset_before": lambda: sequential(
         L.GRU(5, return_sequences=True, reset_after=False, recurrent_activation="softplus"), L.Dense(1), features=3),
     "simple_rnn_relu": lambda: sequential(L.SimpleRNN(4, return_sequences=True, activation="relu"), L.Dense(2)),
+    "rnn_of_keras_cells": lambda: sequential(L.RNN(L.LSTMCell(3), return_sequences=True),
+                                             L.RNN(L.GRUCell(3, reset_after=False), return_sequences=True), L.Dense(1)),
     "two_layer_stack_dense_head": lambda: sequential(
         L.LSTM(5, return_sequences=True), L.GRU(3, return_sequences=True), L.Dense(2, activation="tanh")),
     "time_distributed_and_per_step_layers": lambda: sequential(
@@ -66,6 +68,7 @@ CELLS = {
 @pytest.mark.parametrize("name", CELLS)
 def test_chain_equals_batch_jacobian(name: str) -> None:
     model = CELLS[name]()
+    assert "AutodiffStage" not in describe(read_chain(KerasModel(model)))  # every layer in closed form
     x = inputs(model.inputs[0].shape[-1])
     assert_close(chain_jacobian(model, x), reference_jacobian(model, x))
 

@@ -27,6 +27,7 @@ METHOD = "recurrent"
 # layers that compute nothing at inference
 NO_OPS = {"Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization"}
 RECURRENT = {"LSTM", "GRU", "SimpleRNN", "RNN"}
+CELLS = {"LSTMCell": "LSTM", "GRUCell": "GRU", "SimpleRNNCell": "SimpleRNN"}  # the layer each Keras cell makes
 
 
 def read_chain(model: TFModel) -> Chain:
@@ -161,6 +162,8 @@ def _recurrent_stage(layer: Any, width: int, dtype: np.dtype) -> stages.Stage:
     if not layer.return_sequences:
         raise _refuse(layer, "returns only its last step (return_sequences=False)")
     cell, kind = layer.cell, type(layer).__name__
+    if kind == "RNN":  # RNN(LSTMCell(...)) computes what LSTM(...) does
+        kind = CELLS.get(type(cell).__name__, kind)
     units = int(getattr(cell, "units", 0))
     activation = closed_form(getattr(cell, "activation", None))
     gate = closed_form(getattr(cell, "recurrent_activation", None))
