@@ -74,8 +74,8 @@ MAX_REPROBES = 4  # probes grow up to TRUST_FACTOR ** MAX_REPROBES times the fir
 # largest block that was.
 FINAL_TRUST_FACTOR = 2.0
 # A recurrent sweep's speed is per sample, not per block: larger blocks gain nothing, and a
-# single huge block loses the overlap of the store's writes with the next block's sweep (at
-# (8, 1000, 8) one 1.3 GB block took 19.2 s, four blocks under 1 GiB 14.5 s).
+# single huge block loses the overlap of the store's writes with the next block's sweep, so
+# larger budgets are planned as this one.
 RECURRENT_PLAN_BYTES = 2**30
 _RECURRENT = {"RNN", "Bidirectional"}  # base classes, Keras 3 and tf_keras alike (LSTM, GRU, SimpleRNN are RNNs)
 
