@@ -16,11 +16,12 @@ import numpy as np
 from dask.utils import format_bytes
 
 from jacengine.backends import backend_for
-from jacengine.backends.base import BlockComputer
 from jacengine.errors import BudgetError, setting
 from jacengine.options import RunOptions
+from jacengine.planning import method_choice
 from jacengine.planning.blocks import Block, Plan
 from jacengine.planning.budget import BUDGET_DEFINITION
+from jacengine.planning.calibration import BlockComputer
 from jacengine.planning.costmodel import CostModel, choose_plan, minimum_budget, predicted_peak, predicted_store_bytes
 from jacengine.planning.spec import JacobianSpec
 from jacengine.storage.inputs import Inputs, InputsLike
@@ -104,21 +105,24 @@ def prepare(model: Any, inputs: InputsLike, options: RunOptions, *, calibrate: b
         inputs_hash = source.content_hash()  # also refuses NaN/Inf, before any work
     # the budget counts from here: the model is loaded and the inputs opened and scanned
     # (pages of a memory-mapped .npy that the scan touched belong to the baseline)
-    meters = backend.start_budget()
+    meter = backend.start_budget()
     with phase("spec and causality probe"):
         description = backend.describe(loaded, source, options)
     budget = options.budget_bytes - (reserve(description.spec) if reserve is not None else 0)
     if budget <= 0:
         raise BudgetError(f"the result alone ({format_bytes(options.budget_bytes - budget)}) does not fit the budget of "
                           f"{format_bytes(options.budget_bytes)}; raise {setting('budget')}.")
+    probing = backend.probing(description, source, meter)
     if calibrate:
-        chosen = backend.calibrate(description, source, budget, meters, options.method)
-        spec, cost, plan, computer = chosen.spec, chosen.cost, chosen.plan, chosen.computer
-        method_reason, probe_results = chosen.reason, chosen.probe_results
+        chosen, method_reason = method_choice.calibrate(probing, description.spec, budget, options.method)
+        spec, cost, plan, computer = chosen.spec, chosen.cost, chosen.plan, chosen.prober.computer
+        probe_results = chosen.stored_results()
+        chosen.results.clear()  # probes outside the plan are garbage: free them now, not at the next gc cycle
     else:
-        spec, cost = description.spec, backend.prior_cost(description)
+        spec = description.spec
+        cost, computer = probing.prior(spec), probing.prober(spec, strict=False).computer
         plan = choose_plan(spec, cost, budget, fallback_to_smallest=True)
-        computer, method_reason, probe_results = backend.block_computer(description), f"method {spec.method}", {}
+        method_reason, probe_results = f"method {spec.method}", {}
     fingerprint = {
         "format": FORMAT_VERSION,
         "model": backend.model_hash(loaded, source.shape[2]),
@@ -128,7 +132,7 @@ def prepare(model: Any, inputs: InputsLike, options: RunOptions, *, calibrate: b
         "dtypes": f"{spec.compute_dtype}->{spec.store_dtype}",
     }
     return Prepared(spec, description.causal_reason, method_reason, cost, plan, budget, fingerprint,
-                    Computation(source, computer), probe_results, lambda: backend.measured_peak(meters))
+                    Computation(source, computer), probe_results, meter.peak)
 
 
 def prepare_for_store(model: Any, inputs: InputsLike, store: JacobianStore, options: RunOptions) -> Prepared:

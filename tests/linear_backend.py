@@ -18,12 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from jacengine.backends.base import Calibration, Description
+from jacengine.backends.base import Description
 from jacengine.errors import ModelError
 from jacengine.memory import ProcessMemory
 from jacengine.options import RunOptions
 from jacengine.planning.blocks import Block
-from jacengine.planning.costmodel import CostModel, choose_plan
+from jacengine.planning.costmodel import CostModel, block_result_bytes
+from jacengine.planning.fitting import Reading
+from jacengine.planning.methods import GENERIC_METHODS
 from jacengine.planning.selection import normalise_selection
 from jacengine.planning.spec import JacobianSpec
 from jacengine.storage.inputs import Inputs
@@ -102,6 +104,68 @@ class LinearProducts:
         return np.broadcast_to(summed, (x.shape[0], *summed.shape)).astype(x.dtype)
 
 
+# What the linear backend's blocks are charged: deliberately pessimistic (2 KiB per unit of
+# work), so that budgets of a few MiB split a test's Jacobian into many blocks. Its probes read
+# these figures, not a clock or resident memory, so that its plans are the same on every run.
+CHARGED = CostModel(fixed_bytes=2**19, bytes_per_work=2048.0, trace_seconds=0.0, seconds_per_work=1e-7, one_trace=True)
+
+
+class LinearProber:
+    """Runs probe blocks of the closed form, reading the :data:`CHARGED` costs: calibration's
+    algorithm (probe choice, fits, trust region) runs on it as on any backend's readings."""
+
+    fixed_floor, pool_factor, one_trace, known_memory, summary = 0.0, 1.0, True, None, ""
+
+    def __init__(self, computer: LinearBlocks, inputs: Inputs) -> None:
+        self.computer, self.inputs = computer, inputs
+
+    def run(self, block: Block) -> tuple[Reading, np.ndarray]:
+        spec = self.computer.spec
+        result = self.computer.compute(block, self.inputs.read(block.batch_start, block.batch_stop, block.forward_steps))
+        work, memory_work = CostModel.work(spec, block), CostModel.work(spec, block, memory=True)
+        peak = int(CHARGED.block_peak_bytes(spec, block) - block_result_bytes(spec, block))
+        reading = Reading(work=work, memory_work=memory_work, seconds=self.time(block), trace_seconds=None,
+                          peak_bytes=peak, tensor_bytes=0, retained_bytes=0, result_bytes=result.nbytes)
+        return reading, result
+
+    def time(self, block: Block) -> float:
+        return CHARGED.block_seconds(self.computer.spec, block)
+
+    def release(self) -> None:
+        """Nothing is compiled."""
+
+    def settle(self) -> None:
+        """Nothing is strict."""
+
+
+@dataclass
+class ResidentMeter:
+    """The budgeted peak: this process's resident memory above the baseline."""
+
+    memory: ProcessMemory
+
+    def peak(self) -> int | None:
+        return self.memory.peak_above_baseline()
+
+
+@dataclass
+class LinearProbing:
+    model: LinearRecurrence
+    inputs: Inputs
+
+    def cannot_use(self, method: str) -> str | None:
+        return None if method in GENERIC_METHODS else "the linear backend has the generic methods only"
+
+    def prober(self, spec: JacobianSpec, strict: bool) -> LinearProber:
+        return LinearProber(LinearBlocks(self.model, spec), self.inputs)
+
+    def prior(self, spec: JacobianSpec) -> CostModel:
+        return CHARGED
+
+    def resident_bytes(self) -> int:
+        return 0
+
+
 class LinearBackend:
     name = "linear"
 
@@ -129,13 +193,10 @@ class LinearBackend:
         np.savez(path, a=model.a, b=model.b, c=model.c)
         return str(path)
 
-    def start_budget(self) -> ProcessMemory:
+    def start_budget(self) -> ResidentMeter:
         memory = ProcessMemory()
         memory.set_baseline()
-        return memory
-
-    def measured_peak(self, meters: ProcessMemory) -> int | None:
-        return meters.peak_above_baseline()
+        return ResidentMeter(memory)
 
     def describe(self, model: LinearRecurrence, inputs: Inputs, options: RunOptions) -> Description:
         batch, steps, features = inputs.shape
@@ -151,20 +212,8 @@ class LinearBackend:
             compute_dtype="float64", store_dtype=options.store_dtype)
         return Description(spec, "causal: a linear recurrence" if causal else "not causal (as requested)", model)
 
-    def calibrate(self, description: Description, inputs: Inputs, budget_bytes: int, meters: Any,
-                  method: str) -> Calibration:
-        cost = self.prior_cost(description)
-        plan = choose_plan(description.spec, cost, budget_bytes)
-        return Calibration(description.spec, cost, plan, self.block_computer(description), "closed form")
-
-    def prior_cost(self, description: Description) -> CostModel:
-        """Deliberately pessimistic (2 KiB per unit of work), so that budgets of a few MiB split
-        a test's Jacobian into many blocks."""
-        return CostModel(fixed_bytes=2**20, bytes_per_work=2048.0, trace_seconds=0.0, seconds_per_work=1e-7,
-                         one_trace=True)
-
-    def block_computer(self, description: Description) -> LinearBlocks:
-        return LinearBlocks(description.block_model, description.spec)
+    def probing(self, description: Description, inputs: Inputs, meter: ResidentMeter) -> LinearProbing:
+        return LinearProbing(description.block_model, inputs)
 
     def float64_copy(self, model: LinearRecurrence) -> LinearRecurrence:
         return model

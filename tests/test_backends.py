@@ -137,13 +137,13 @@ def test_a_stop_while_preparing_is_resumable_and_leaves_nothing_half_made(model,
     import os
     import signal
 
-    original = BACKEND.calibrate
+    original = BACKEND.probing
 
-    def calibrate_then_signal(*args, **kwargs):
+    def probing_then_signal(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(BACKEND, "calibrate", calibrate_then_signal)
+    monkeypatch.setattr(BACKEND, "probing", probing_then_signal)
     with pytest.raises(jacengine.RunInterrupted, match="SIGTERM before the first block") as stopped:
         jacengine.compute(model, x, tmp_path / "j.zarr", progress=False)
     assert stopped.value.exit_status == 75 and not (tmp_path / "j.zarr").exists()
@@ -165,3 +165,22 @@ def test_to_xarray_labels_the_jacobian_and_leaves_the_bookkeeping_out(model, x, 
     assert array.dims == ("batch", "t_out", "f_out", "t_in", "f_in")
     assert list(array["t_out"].values) == [3, 7] and array.sizes["t_in"] == T
     np.testing.assert_array_equal(array.values, store.to_numpy())
+
+
+def test_the_numpy_backend_calibrates_and_its_probes_are_blocks_it_keeps(tmp_path) -> None:
+    """The numpy backend's run goes through calibration (auto picks a generic method, with a
+    reason); its plan fits the budget by the cost it fitted; the store holds the same J as the
+    uncalibrated plan's."""
+    x = np.random.default_rng(0).normal(size=(6, 40, 2))
+    model = LinearRecurrence.random()
+    MiB = 2**20
+    summary = jacengine.plan(model, x, budget="3MiB")
+    assert summary["method"] in ("reverse", "reverse-loop", "forward")
+    assert summary["method_reason"].startswith(f"method {summary['method']} (auto: ")
+    assert summary["predicted_peak_bytes"] <= 3 * MiB and summary["blocks"] > 1
+    store = jacengine.compute(model, x, tmp_path / "j.zarr", budget="3MiB", progress=False)
+    lags = np.array([model.lag_matrix(lag) for lag in range(40)])  # (lag, F_out, F_in)
+    t = np.arange(40)
+    expected = np.where((t[:, None] >= t[None, :])[:, None, :, None], lags[np.clip(t[:, None] - t[None, :], 0, None)]
+                        .transpose(0, 2, 1, 3), 0)
+    np.testing.assert_allclose(store.to_numpy(), np.broadcast_to(expected, (6, *expected.shape)), atol=1e-12)

@@ -51,18 +51,21 @@ def test_gpu_path_calibrates_on_the_device_peak_and_plans_within_budget() -> Non
     pytest.importorskip("keras")
     from jacengine.options import RunOptions
     from jacengine.planning.costmodel import choose_plan, predicted_peak
+    from jacengine.planning.fitting import Timings, fit_first
     from jacengine.preparation import prepare
     from jacengine.storage.inputs import Inputs
-    from jacengine.tf.probes import measure_probe
+    from jacengine.tf.probes import TFProber
     from jacengine.tf.zoo import seed_model
 
     x = np.random.default_rng(0).normal(size=(8, 40, 1)).astype("float32")
     prepared = prepare(seed_model(units=4), x, RunOptions(), calibrate=False)
     probe = prepared.plan.blocks[0]
     device = FakeDeviceMemory(peak=50 * 2**20)
-    cost, result, measurement = measure_probe(prepared.computation.computer, Inputs(x), probe, device, process=None)
-    assert measurement.peak_bytes == 50 * 2**20
+    prober = TFProber(prepared.computation.computer, Inputs(x), device, process=None)
+    reading, result = prober.run(probe)
+    assert reading.peak_bytes == 50 * 2**20
     assert device.resets == 1
+    cost = fit_first(reading, Timings(prober.time(probe)), prober, assumed_bytes_per_work=None)
     assert cost.fixed_bytes == 0  # on a GPU the budgeted peak is the device's: no RSS term
     assert cost.bytes_per_work == pytest.approx(50 * 2**20 * 1.15 / cost.work(prepared.spec, probe))
     assert result.shape[0] == probe.n_batch
@@ -80,33 +83,6 @@ def test_configure_gpus_is_a_no_op_without_gpus() -> None:
     assert configure_gpus(256 * 2**20) == [] and compute_device() == "CPU:0"
 
 
-def test_peaks_within_the_noise_bound_the_slope_instead_of_keeping_the_prior() -> None:
-    """Two probes whose peaks differ by less than a line needs: the per-work bytes become the
-    noise over the difference in work (times the headroom), not the pessimistic prior; a
-    measurable rise gives the line through both peaks."""
-    pytest.importorskip("keras")
-    import dataclasses
-
-    from jacengine.options import RunOptions
-    from jacengine.preparation import prepare
-    from jacengine.storage.inputs import Inputs
-    from jacengine.tf.probes import _NOISE_BYTES, HEADROOM, Measurement, measure_probe
-    from jacengine.tf.zoo import seed_model
-
-    x = np.random.default_rng(0).normal(size=(8, 40, 1)).astype("float32")
-    prepared = prepare(seed_model(units=4), x, RunOptions(method="reverse"), calibrate=False)
-    computer, spec = prepared.computation.computer, prepared.spec
-    small, large = (dataclasses.replace(prepared.plan.blocks[0], batch_stop=n, compute_batch=n) for n in (2, 8))
-    work_small, work_large = (prepared.cost.work(spec, b, memory=True) for b in (small, large))
-    prior = dataclasses.replace(prepared.cost, bytes_per_work=10**6)  # far above anything real
-    earlier = Measurement(work_small, 40 * 2**20)
-    for rise, expected in ((2 * 2**20, (2 * 2**20 + _NOISE_BYTES) / (work_large - work_small)),
-                           (30 * 2**20, 30 * 2**20 / (work_large - work_small))):
-        device = FakeDeviceMemory(peak=40 * 2**20 + rise)
-        cost, _, _ = measure_probe(computer, Inputs(x), large, device, process=None, timed=prior, earlier=earlier)
-        assert cost.bytes_per_work == pytest.approx(expected * HEADROOM)
-
-
 @pytest.mark.slow
 def test_loop_calibration_at_a_small_budget_never_probes_beyond_it(monkeypatch) -> None:
     """An LSTM with eight output features, reverse-loop, 128 MiB: every probe block's measured
@@ -115,18 +91,18 @@ def test_loop_calibration_at_a_small_budget_never_probes_beyond_it(monkeypatch) 
     measured peaks of GiBs before refusing the budget."""
     pytest.importorskip("keras")
     import jacengine
-    from jacengine.tf import method_choice, probes
+    from jacengine.tf.probes import TFProber
     from jacengine.tf.zoo import zoo_model
 
     peaks: list[int] = []
-    measure = probes.measure_probe
+    run = TFProber.run
 
-    def recording(*args, **kwargs):
-        cost, result, measurement = measure(*args, **kwargs)
-        peaks.append(measurement.peak_bytes)
-        return cost, result, measurement
+    def recording(self, block):
+        reading, result = run(self, block)
+        peaks.append(reading.peak_bytes)
+        return reading, result
 
-    monkeypatch.setattr(method_choice, "measure_probe", recording)
+    monkeypatch.setattr(TFProber, "run", recording)
     x = np.random.default_rng(0).normal(size=(4, 400, 8)).astype("float32")
     budget = 128 * 2**20
     summary = jacengine.plan(zoo_model("lstm", 32, 8, 8), x, budget=budget, method="reverse-loop", progress=False)

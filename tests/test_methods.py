@@ -75,16 +75,16 @@ def test_forward_mode_on_an_rnn_is_refused_and_names_the_way_out(tmp_path) -> No
 def probed_methods(monkeypatch) -> list[str]:
     """The methods ``auto`` traces and measures, in order; pfor methods are always measured
     (a test model is small enough for the loop-only fast path otherwise)."""
-    from jacengine.tf import method_choice
+    from jacengine.planning import calibration, method_choice
 
     probed: list[str] = []
-    first_probe = method_choice.first_probe
+    first_probe = calibration.first_probe
 
-    def recording(model, spec, *args, **kwargs):
+    def recording(prober, spec, *args, **kwargs):
         probed.append(spec.method)
-        return first_probe(model, spec, *args, **kwargs)
+        return first_probe(prober, spec, *args, **kwargs)
 
-    monkeypatch.setattr(method_choice, "first_probe", recording)
+    monkeypatch.setattr(calibration, "first_probe", recording)
     monkeypatch.setattr(method_choice, "PFOR_TRACE_FACTOR", 0.0)
     return probed
 
@@ -116,7 +116,7 @@ def test_auto_leaves_forward_mode_out_on_an_rnn_that_is_not_a_chain(tmp_path, ca
 
 def test_auto_takes_the_loop_alone_on_a_small_problem(tmp_path, monkeypatch) -> None:
     """The fast path: the loop's whole run is predicted shorter than a pfor trace could take."""
-    from jacengine.tf import method_choice
+    from jacengine.planning import method_choice
 
     monkeypatch.setattr(method_choice, "PFOR_TRACE_FACTOR", 1e6)
     builder, f_in, _ = ZOO["conv1d_causal"]

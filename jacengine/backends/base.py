@@ -8,28 +8,19 @@ second framework is one new package implementing this protocol plus one registry
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from jacengine.planning.blocks import Block, Plan
-from jacengine.planning.costmodel import CostModel
+from jacengine.planning.calibration import BlockComputer  # noqa: F401 (part of the contract: backends import it here)
+from jacengine.planning.method_choice import Probing
 from jacengine.planning.spec import JacobianSpec
 
 if TYPE_CHECKING:
     from jacengine.options import RunOptions
     from jacengine.storage.inputs import Inputs
-
-
-class BlockComputer(Protocol):
-    """Computes J for one block from the inputs the block needs."""
-
-    def compute(self, block: Block, x: np.ndarray) -> np.ndarray:
-        """``x``: (block samples, forward steps, F_in) -> J of the block, in the store's layout and
-        ``spec.block_dtype``; raises :class:`~jacengine.errors.BlockOutOfMemory` when out of memory."""
-        ...
 
 
 @dataclass
@@ -42,17 +33,12 @@ class Description:
     block_model: Any
 
 
-@dataclass
-class Calibration:
-    """A method chosen and measured: the spec (with its method), cost model, plan within the
-    budget, the block computer, and the results of probe blocks that belong to the plan."""
+class Meter(Protocol):
+    """Reads the budgeted quantity (resident memory on CPU, the device's peak on a GPU)."""
 
-    spec: JacobianSpec
-    cost: CostModel
-    plan: Plan
-    computer: BlockComputer
-    reason: str
-    probe_results: dict[Block, np.ndarray] = field(default_factory=dict)
+    def peak(self) -> int | None:
+        """Its peak above the baseline since the last reset (the last calibration probe)."""
+        ...
 
 
 class DirectionalProducts(Protocol):
@@ -100,14 +86,8 @@ class Backend(Protocol):
         a reference they can load (e.g. an import path), or the model written into ``folder``."""
         ...
 
-    def start_budget(self) -> Any:
-        """Start measuring the budget (the baseline is now) and return the memory readers that
-        :meth:`calibrate` measures probes with."""
-        ...
-
-    def measured_peak(self, meters: Any) -> int | None:
-        """The budgeted quantity's peak, as the ``meters`` of :meth:`start_budget` read it now
-        (since their last reset: the last calibration probe)."""
+    def start_budget(self) -> Meter:
+        """Start measuring the budget (the baseline is now); the meter goes to :meth:`probing`."""
         ...
 
     def describe(self, model: Any, inputs: Inputs, options: RunOptions) -> Description:
@@ -115,17 +95,10 @@ class Backend(Protocol):
         ``options`` (method "auto" gives a provisional one), and the causality decision."""
         ...
 
-    def calibrate(self, description: Description, inputs: Inputs, budget_bytes: int, meters: Any,
-                  method: str) -> Calibration:
-        """Measure probe blocks on the actual model and plan within the budget; ``method="auto"``
-        chooses the method too."""
+    def probing(self, description: Description, inputs: Inputs, meter: Any) -> Probing:
+        """Calibration's view of the described model (probers that run its blocks under
+        ``meter``, the one :meth:`start_budget` returned; the methods it cannot use; a prior)."""
         ...
-
-    def prior_cost(self, description: Description) -> CostModel:
-        """A cost model from the model's size alone, for plans made without calibration."""
-        ...
-
-    def block_computer(self, description: Description) -> BlockComputer: ...
 
     def float64_copy(self, model: Any) -> Any:
         """The model in float64 (for finite differences in verification)."""

@@ -90,6 +90,8 @@ class Method:
     result_copies: int = 0
     # Reads the model's layers (only some models qualify) instead of treating it as a black box.
     structured: bool = False
+    # Budgets above this many bytes are planned as this much (None: the whole budget is used).
+    plan_bytes: int | None = None
 
 
 METHODS: dict[str, Method] = {
@@ -103,9 +105,11 @@ METHODS: dict[str, Method] = {
                vectorised=False, result_copies=5),
         Method("forward", "pfor-vectorised JVPs, one per watched input; for few inputs and many outputs", _forward,
                vectorised=True),
-        # the block's J, and the previous block's, which the store's writer holds while this one runs
+        # the block's J, and the previous block's, which the store's writer holds while this one runs;
+        # a sweep's speed is per sample, not per block: larger blocks gain nothing, and a single
+        # huge block loses the overlap of the store's writes with the next block's sweep
         Method("recurrent", "products of per-step Jacobians, for chains of RNN and per-step layers; the fastest where "
-               "a model qualifies", _recurrent, vectorised=False, result_copies=2, structured=True),
+               "a model qualifies", _recurrent, vectorised=False, result_copies=2, structured=True, plan_bytes=2**30),
     )
 }
 GENERIC_METHODS = tuple(name for name, method in METHODS.items() if not method.structured)

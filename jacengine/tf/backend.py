@@ -11,20 +11,17 @@ from typing import Any
 import keras
 import numpy as np
 
-from jacengine.backends.base import Calibration, Description
+from jacengine.backends.base import Description
 from jacengine.memory import ProcessMemory, return_large_frees_to_the_os
 from jacengine.options import RunOptions
 from jacengine.planning.budget import parse_budget
-from jacengine.planning.costmodel import CostModel
 from jacengine.storage.inputs import Inputs
 from jacengine.tf import reference
 from jacengine.tf.adapters import TFModel
-from jacengine.tf.computers import Computer, block_computer
 from jacengine.tf.introspect import PROBE_SAMPLES, PROBE_STEPS, build_spec
 from jacengine.tf.loading import load_tf_model, recognises
 from jacengine.tf.memory import TensorMemory, compute_device, configure_gpus
-from jacengine.tf.method_choice import Meters, calibrate_method, choose_method
-from jacengine.tf.probes import prior_cost
+from jacengine.tf.probes import MemoryReader, TFProbing
 from jacengine.tf.products import LinearFunctionals
 from jacengine.tf.zoo import seed_model
 
@@ -35,12 +32,15 @@ WORKER_ENV = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP
 
 
 @dataclass(frozen=True)
-class BudgetMeters:
+class BudgetMeter:
     """The readers a calibration measures with: TensorFlow's tensor statistics on the compute
     device, and on CPU this process's resident memory (the budgeted quantity there)."""
 
-    tensors: TensorMemory
+    tensors: MemoryReader
     process: ProcessMemory | None
+
+    def peak(self) -> int | None:
+        return self.process.peak_above_baseline() if self.process is not None else self.tensors.peak()
 
 
 class TensorFlowBackend:
@@ -69,16 +69,13 @@ class TensorFlowBackend:
     def save(self, model: Any, folder: Path) -> str:
         return load_tf_model(model).save(folder)
 
-    def start_budget(self) -> BudgetMeters:
+    def start_budget(self) -> BudgetMeter:
         device = compute_device()
         process = ProcessMemory() if device.startswith("CPU") else None
         if process is not None:
             return_large_frees_to_the_os()  # resident memory then tracks what blocks hold (see jacengine.memory)
             process.set_baseline()
-        return BudgetMeters(TensorMemory(device), process)
-
-    def measured_peak(self, meters: BudgetMeters) -> int | None:
-        return meters.process.peak_above_baseline() if meters.process is not None else meters.tensors.peak()
+        return BudgetMeter(TensorMemory(device), process)
 
     def describe(self, model: TFModel, inputs: Inputs, options: RunOptions) -> Description:
         spec, reason = build_spec(
@@ -87,23 +84,8 @@ class TensorFlowBackend:
         probe_inputs = inputs.read(0, PROBE_SAMPLES, PROBE_STEPS if spec.truncatable else None).astype(spec.compute_dtype)
         return Description(spec, reason, model.for_blocks(probe_inputs))
 
-    def calibrate(self, description: Description, inputs: Inputs, budget_bytes: int, meters: BudgetMeters,
-                  method: str) -> Calibration:
-        measured = Meters(inputs, budget_bytes, meters.tensors, meters.process)
-        if method == "auto":
-            chosen, reason = choose_method(description.block_model, description.spec, measured)
-        else:
-            chosen = calibrate_method(description.block_model, description.spec, measured)
-            reason = f"method {method} (as requested)"
-        stored = chosen.stored_results()
-        chosen.results.clear()  # probes outside the plan are garbage: free them now, not at the next gc cycle
-        return Calibration(chosen.spec, chosen.cost, chosen.plan, chosen.computer, reason, stored)
-
-    def prior_cost(self, description: Description) -> CostModel:
-        return prior_cost(description.block_model, description.spec)
-
-    def block_computer(self, description: Description) -> Computer:
-        return block_computer(description.block_model, description.spec)
+    def probing(self, description: Description, inputs: Inputs, meter: BudgetMeter) -> TFProbing:
+        return TFProbing(description.block_model, inputs, meter.tensors, meter.process)
 
     def float64_copy(self, model: TFModel) -> TFModel:
         return model.float64()
