@@ -151,6 +151,21 @@ def test_incomplete_store_is_refused_unless_partial(store, tmp_path) -> None:
     result = reduce(incomplete, "saliency", partial=True)
     close(np.nan_to_num(result["mean_abs"]), np.nan_to_num(np.nanmean(masked, axis=0)))
     assert result.attrs["coverage"] == pytest.approx(present.mean())
+    import warnings
+
+    same_rows = [b for b in incomplete.plan.blocks if b.row_start == missing.row_start]
+    incomplete.forget_blocks([b.index for b in same_rows])  # rows of no computed sample
+    for block in same_rows:
+        present[block.batch_start : block.batch_stop, block.row_start : block.row_stop] = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no division warnings where no sample was computed
+        std = reduce(incomplete, "std", partial=True, write=False)["std"].values
+    signed = np.where(present[:, :, None, None, None], J, np.nan)
+    unsampled = ~present.any(axis=0)
+    assert unsampled.any() and np.isnan(std[unsampled]).all() and not np.isnan(std[~unsampled]).any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        close(np.nan_to_num(std), np.nan_to_num(np.nanstd(signed, axis=0)))
 
 
 def test_plots_place_uneven_selections_by_their_coordinates_and_draw_into_a_given_ax(tmp_path) -> None:

@@ -200,41 +200,14 @@ def _largest(flat: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-np.nan_to_num(flat, nan=-np.inf), axis=2, kind="stable")[:, :, :k]
 
 
-def _moments_chunk(x: np.ndarray, axis: tuple[int, ...], keepdims: bool, computing_meta: bool = False) -> Any:
-    if computing_meta:  # dask probes the function with empty arrays to learn the output type
-        return x
-    valid = ~np.isnan(x)
-    return {
-        "n": valid.sum(axis=axis, keepdims=keepdims),
-        "sum": np.nansum(x, axis=axis, keepdims=keepdims, dtype="float64"),
-        "sumsq": np.nansum(np.square(x, dtype="float64"), axis=axis, keepdims=keepdims),
-    }
-
-
-def _moments_combine(parts: Any, axis: tuple[int, ...], keepdims: bool) -> dict[str, np.ndarray]:
-    """Add up the (count, sum, sum of squares) of several chunks."""
-    parts = parts if isinstance(parts, list) else [parts]
-    return {key: np.sum([p[key] for p in parts], axis=0) for key in ("n", "sum", "sumsq")}
-
-
-def _std_aggregate(parts: Any, axis: tuple[int, ...], keepdims: bool, computing_meta: bool = False) -> Any:
-    if computing_meta:
-        return parts
-    total = _moments_combine(parts, axis, keepdims)
-    n = np.maximum(total["n"], 1)
-    mean = total["sum"] / n
-    std = np.sqrt(np.maximum(total["sumsq"] / n - mean * mean, 0.0)).astype("float32")
-    return std if keepdims else np.squeeze(std, axis=axis)
-
-
 def batch_std(store: JacobianStore, partial: bool = False) -> xr.Dataset:
-    """Standard deviation of J over the batch, per entry: a dask.array.reduction with
-    chunk/combine/aggregate (count, sum, sum of squares in float64) for bounded memory."""
+    """Standard deviation of J over the batch, per entry: dask's ``nanstd``, which combines the
+    chunks' central moments (stable where the naive mean of squares less the squared mean
+    cancels), in float64. Entries of no computed sample (pending blocks) are NaN."""
     jacobian, coverage = jacobian_for_reduction(store, partial)
-    std = da.reduction(
-        jacobian, _moments_chunk, _std_aggregate, combine=_moments_combine, axis=0,
-        dtype="float32", concatenate=False,
-    )
+    sampled = ~da.isnan(jacobian).all(axis=0)  # entries with no sample would warn of a division by zero
+    std = da.nanstd(da.where(sampled, jacobian.astype("float64"), 0.0), axis=0)
+    std = da.where(sampled, std, np.nan).astype("float32")
     dims = _entry_dims(store)
     return _dataset("std", {"std": (dims, std)}, _coords(store, *dims), {"coverage": coverage})
 
