@@ -21,11 +21,6 @@ from benchmarks.runner import causal_flops, check_agreement, run_case
 ROOT = Path(__file__).resolve().parent.parent
 
 
-# Every runner and report path, by default: TF baselines and JAX (seed), the scaling plot
-# (scaling-T), TensorFlow imported first (budget), reductions, dask and shards (scale-out),
-# jacengine's methods and lag layout (methods), and the model kinds. The other suites repeat
-# these runners at other sizes; the slow test runs them all.
-SMOKE_SUITES = ("seed", "scaling-T", "budget", "reduce", "scale-out", "methods", "model-kinds")
 
 
 def run_quick(suites: tuple[str, ...], out: Path) -> Path:
@@ -37,7 +32,8 @@ def run_quick(suites: tuple[str, ...], out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory) -> Path:
-    return run_quick(SMOKE_SUITES, tmp_path_factory.mktemp("bench"))
+    """Every suite at tiny sizes, run once per session (minutes of subprocesses: slow tests only)."""
+    return run_quick(SUITES, tmp_path_factory.mktemp("bench"))
 
 
 def check_quick_results(directory: Path, suites: tuple[str, ...]) -> dict:
@@ -57,12 +53,8 @@ def check_quick_results(directory: Path, suites: tuple[str, ...]) -> dict:
 
 
 @pytest.mark.slow
-def test_quick_run_of_every_suite(tmp_path) -> None:
-    check_quick_results(run_quick(SUITES, tmp_path), SUITES)
-
-
 def test_quick_run_covers_every_runner_and_methods_agree(quick_results: Path) -> None:
-    results = check_quick_results(quick_results, SMOKE_SUITES)
+    results = check_quick_results(quick_results, SUITES)
     seed_methods = {r["method"]: r for r in results["seed"]["records"]}
     assert seed_methods["jacengine"]["reference"] == "tf-eager"
     assert (quick_results / "scaling-T.png").stat().st_size > 0
@@ -71,6 +63,7 @@ def test_quick_run_covers_every_runner_and_methods_agree(quick_results: Path) ->
     assert "first call spent its time" in profile and "block compute |" in profile and "| idle |" in profile
 
 
+@pytest.mark.slow
 def test_readme_section_is_generated_between_markers(quick_results: Path, tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n\n{report.README_START}\nold\n{report.README_END}\n\ntail\n")

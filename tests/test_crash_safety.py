@@ -82,6 +82,7 @@ def test_kill_9_at_random_points_then_resume_is_bit_identical(files, tmp_path, t
     assert store_hash(store) == reference
 
 
+@pytest.mark.slow
 def test_kill_between_data_write_and_manifest_then_resume(files, tmp_path) -> None:
     """The state a kill leaves just after a block's chunks are written but before it is recorded."""
     directory, model, reference, _ = files
@@ -95,6 +96,7 @@ def test_kill_between_data_write_and_manifest_then_resume(files, tmp_path) -> No
     assert store_hash(tmp_path / "torn.zarr") == reference
 
 
+@pytest.mark.slow
 def test_sigterm_exits_75_promptly_and_resumes(files, tmp_path) -> None:
     directory, model, reference, n_blocks = files
     store = tmp_path / "term.zarr"

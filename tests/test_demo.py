@@ -7,6 +7,7 @@ import pytest
 pytest.importorskip("keras")
 
 
+@pytest.mark.slow
 def test_demo_is_quiet_and_its_lag_profile_peaks_at_the_true_lags(tmp_path) -> None:
     """`jacengine demo` as a new user runs it: a fresh process with TensorFlow's logging at its
     defaults. No TensorFlow start-up line and no warning; the lag profile finds lags 5 and 20."""

@@ -23,7 +23,12 @@ def python_blocks(page: Path) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", page.read_text(), flags=re.S | re.M)
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p)], ids=lambda p: p.name)
+# the guide's examples run many computations: slow; the README's run by default
+EXAMPLE_PAGES = [pytest.param(p, marks=[pytest.mark.slow] if p.name == "guide.md" else [], id=p.name)
+                 for p in PAGES if python_blocks(p)]
+
+
+@pytest.mark.parametrize("page", EXAMPLE_PAGES)
 def test_python_examples_run(page: Path, tmp_path, monkeypatch) -> None:
     from jacengine.tf.zoo import seed_model
 

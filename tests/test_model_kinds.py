@@ -97,6 +97,7 @@ def test_tf_keras_seed_model(legacy_files, x, tmp_path, source) -> None:
     assert_matches(store, reference_jacobian(legacy_files["model"], x))
 
 
+@pytest.mark.slow
 def test_savedmodel_of_keras3_gru(x, tmp_path) -> None:
     keras.utils.set_random_seed(3)
     gru = keras.Sequential([keras.Input((None, F_IN)), keras.layers.GRU(4, return_sequences=True), keras.layers.Dense(2)])
@@ -106,6 +107,7 @@ def test_savedmodel_of_keras3_gru(x, tmp_path) -> None:
     assert_matches(store, reference_jacobian(gru, x))
 
 
+@pytest.mark.slow
 def test_tf_module_default_non_causal_and_vouched_causal(x, tmp_path) -> None:
     module = Recurrence()
     reference_j = reference(module, x)
@@ -177,6 +179,7 @@ def test_import_path(model_module, x, tmp_path) -> None:
     assert_matches(store, reference(Recurrence(), x))
 
 
+@pytest.mark.slow
 def test_cli_with_import_path_and_savedmodel_directory(model_module, x, tmp_path) -> None:
     from click.testing import CliRunner
 
@@ -223,6 +226,7 @@ def test_model_id_stands_for_the_model_and_misplaced_settings_are_refused(legacy
         jacengine.plan(legacy_files["model"], x, model_id="v1")
 
 
+@pytest.mark.slow
 def test_an_import_path_hashes_alike_in_another_process(model_module, x, tmp_path) -> None:
     """A shard process loads the model from its import path and must find the fingerprint that
     `init` recorded from the traced graph here (TensorFlow's generated names left out)."""

@@ -53,6 +53,7 @@ def fresh_copy(files: dict[str, Path], name: str) -> Path:
     return target
 
 
+@pytest.mark.slow
 def test_dask_local_cluster_store_is_bit_identical_to_local(files) -> None:
     store = fresh_copy(files, "dask.zarr")
     result = jacengine.compute(str(files["model"]), str(files["inputs"]), store, executor="dask", workers=2, progress=False)
@@ -70,6 +71,7 @@ def test_dask_stages_in_memory_model_and_inputs(files, tmp_path) -> None:
     assert not list(store.parent.glob(".staged.zarr.staging-*"))  # staging folder removed
 
 
+@pytest.mark.slow
 def test_killed_dask_worker_is_replaced_and_store_is_identical(files) -> None:
     store = fresh_copy(files, "killed.zarr")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",

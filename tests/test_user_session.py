@@ -60,6 +60,7 @@ def onednn_default_is_on() -> bool:
     return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env).stdout.strip() == "True"
 
 
+@pytest.mark.slow
 def test_tensorflow_imported_first_warns_once_and_is_right(tmp_path) -> None:
     result, stderr = run_in_user_session(tmp_path, 4, 40, 4, "512MiB")
     assert result["error"] <= 1e-5
