@@ -23,6 +23,7 @@ from jacengine.errors import (
     StoreMismatchError,
 )
 from jacengine.options import RunOptions
+from jacengine.status import StoreStatus, status
 from jacengine.storage.store import JacobianStore, open_store
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "RunOptions",
     "StoreError",
     "StoreMismatchError",
+    "StoreStatus",
     "VerifyReport",
     "__version__",
     "compute",
@@ -48,5 +50,6 @@ __all__ = [
     "plan",
     "reduce",
     "reduce_many",
+    "status",
     "verify",
 ]

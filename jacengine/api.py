@@ -13,6 +13,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,9 @@ from dask.utils import format_bytes
 from jacengine.backends import backend_for
 from jacengine.errors import BudgetError, InputError, RunInterrupted
 from jacengine.executors import DaskExecutor, Executor, LocalExecutor, ShardExecutor
+from jacengine.executors.shards import parse_shard, shard_from_env
 from jacengine.interrupt import StopFlag, stop_on_signals
+from jacengine.jobs.jobqueue import jobqueue_cluster
 from jacengine.logs import accepts_verbose
 from jacengine.options import MODEL_IDENTITY, RunOptions, options_from
 from jacengine.planning.spec import JacobianSpec
@@ -83,7 +86,8 @@ def compute(
     overwrite: bool = False,
     progress: bool | None = None,
     cluster: Any = None,
-    shard: tuple[int, int] | None = None,
+    jobqueue: Mapping[str, Any] | None = None,
+    shard: tuple[int, int] | str | None = None,
     **settings: Any,
 ) -> JacobianStore:
     """Compute J[b, t_out, f_out, t_in, f_in] = dy/dx of ``model`` at ``inputs`` into ``store``.
@@ -105,9 +109,12 @@ def compute(
             their predicted cost); None: when stderr is a terminal or in a notebook.
         verbose: True logs what is decided and why and a summary line to stderr; False only
             errors; None leaves jacengine's logger as configured (warnings by default).
-        cluster: with executor "dask", a cluster object to use (e.g. a dask-jobqueue cluster).
-        shard: ``(I, N)``: compute only shard I of N of the blocks (job arrays; the store must
-            exist, see :func:`init`).
+        cluster: with executor "dask", a cluster object to use (e.g. a dask-jobqueue cluster),
+            or ``"slurm"``/``"pbs"``: a dask-jobqueue cluster that the run starts from the
+            ``jobqueue`` settings (a config's ``[jobqueue]`` section) and closes when it ends.
+        shard: ``(I, N)`` or ``"I/N"``: compute only shard I of N of the blocks (job arrays; the
+            store must exist, see :func:`init`); ``"env"``: the shard of this job-array task,
+            from SLURM's or PBS's variables.
 
     Returns the opened :class:`JacobianStore`. Rerunning the same call on an interrupted store
     computes only the missing blocks; a store from a different model, inputs or settings is
@@ -115,6 +122,7 @@ def compute(
     """
     started = time.perf_counter()
     run = options_from(options, settings)
+    shard = _shard(shard)
     if store is None:
         return _compute_in_memory(model, inputs, run, progress=progress, started=started, refused={
             "overwrite": overwrite, "cluster": cluster is not None, "shard": shard is not None,
@@ -122,6 +130,9 @@ def compute(
     path = _local_path(store)
     # signals from the start: a stop while loading or calibrating is resumable too
     with stop_on_signals() as stop, contextlib.ExitStack() as staging:
+        if isinstance(cluster, str):  # started here, so that a stop while it starts is resumable too
+            cluster = staging.enter_context(contextlib.closing(jobqueue_cluster(cluster, jobqueue or {})))
+            _stop_if_asked(stop, path, None)
         backend = backend_for(model, run.backend)
         run = run.replace(backend=backend.name)  # workers need not recognise the model again
         if cluster is not None and run.executor != "dask":
@@ -272,6 +283,13 @@ class RunSummary:
                 f"({self.peak_bytes / self.budget_bytes:.2f})")
         return (f"computed {self.computed} of {self.blocks} blocks in {self.seconds:.1f} s; {peak}; "
                 f"store {format_bytes(self.store_bytes)} on disk")
+
+
+def _shard(shard: tuple[int, int] | str | None) -> tuple[int, int] | None:
+    """A shard as ``(I, N)``, from a pair, "I/N" or "env" (the job array's variables)."""
+    if shard == "env":
+        return shard_from_env()
+    return parse_shard(shard) if isinstance(shard, str) else shard
 
 
 def _stop_if_asked(stop: StopFlag, path: Path, target: JacobianStore | None) -> None:

@@ -12,13 +12,11 @@ from typing import Any
 import click
 from dask.utils import format_bytes
 
+from jacengine.analysis.reductions import REDUCTIONS
 from jacengine.backends import is_import_path
 from jacengine.errors import InputError, JacengineError, RunInterrupted
-from jacengine.executors.shards import parse_shard
-from jacengine.executors.shards import shard_from_env as shard_from_env_vars
-from jacengine.interrupt import StopFlag, stop_on_signals
 from jacengine.jobs.config import CLUSTER_KINDS, Config, load_config
-from jacengine.jobs.jobqueue import jobqueue_cluster
+from jacengine.jobs.scripts import SCHEDULERS
 from jacengine.logs import log_to_stderr
 from jacengine.options import CAUSAL_CHOICES, EXECUTORS, PRECISIONS, RunOptions
 from jacengine.planning.budget import BUDGET_DEFINITION
@@ -26,6 +24,7 @@ from jacengine.planning.methods import METHOD_CHOICES, describe_methods
 from jacengine.planning.selection import parse_selection_text
 from jacengine.planning.spec import LAYOUTS, STORE_DTYPES
 
+EXIT_BAD_INPUT = 2  # jacengine refused the input or settings, with a message saying why
 EXIT_INCOMPLETE = 3
 EXIT_CRASH = 1  # an unexpected exception (a bug), as Python itself exits for one
 EXIT_PROBLEMS_FOUND = 4  # verify found corrupt or missing blocks, or wrong entries
@@ -44,7 +43,7 @@ def _load_config_defaults(ctx: click.Context, _param: click.Parameter, path: str
     override the file and the file overrides :class:`RunOptions`' defaults."""
     if path is None:
         return None
-    config = run_guarded(lambda: load_config(path))
+    config = load_config(path)
     defaults = {name: _as_flag_text(value) for name, value in config.settings.items()}
     defaults.update({name: getattr(config, name) for name in ("model", "inputs", "store", "cluster")
                      if getattr(config, name) is not None})
@@ -60,7 +59,7 @@ def config_option(**names: str) -> Any:
     def apply(ctx: click.Context, _param: click.Parameter, path: str | None) -> None:
         if path is None:
             return
-        config = run_guarded(lambda: load_config(path))
+        config = load_config(path)
         defaults = {}
         for parameter, entry in names.items():
             section, _, key = entry.rpartition(".")
@@ -101,6 +100,8 @@ class ModelReference(click.ParamType):
 
 MODEL = ModelReference()
 MODEL_HELP = "a .keras or .h5 file, a SavedModel directory, or an import path package.module:name"
+TRUST_MODEL = click.option("--trust-model", is_flag=True, default=RunOptions.default("trust_model"),
+                           help="allow model files that carry Python code (Keras Lambda layers): only from authors you trust")
 
 
 # The run settings as flags: types and choices from RunOptions' vocabularies, defaults from
@@ -136,8 +137,7 @@ def model_options(function: Any) -> Any:
         *[click.option(f"--{name.replace('_', '-')}", name, default=_as_flag_text(RunOptions.default(name)),
                        show_default=RunOptions.default(name) is not None, **flag)
           for name, flag in _RUN_FLAGS.items()],
-        click.option("--trust-model", is_flag=True, default=RunOptions.default("trust_model"),
-                     help="allow model files that carry Python code (Keras Lambda layers): only from authors you trust"),
+        TRUST_MODEL,
     ]
     for option in reversed(options):
         function = option(function)
@@ -154,17 +154,24 @@ def resolve(kwargs: dict[str, Any], *extra: str) -> tuple[dict[str, Any], RunOpt
             raise click.UsageError(f"no {name}: pass --{name} or set {name} in a --config file.")
     settings = {name: kwargs.pop(name) for name in list(kwargs) if name in RunOptions.names()}
     settings = {name: value for name, value in settings.items() if value is not None}
-    return files, run_guarded(lambda: RunOptions.from_mapping(settings)), config
+    return files, RunOptions.from_mapping(settings), config
 
 
 class _Commands(click.Group):
-    """The command group: jacengine's errors exit as :func:`run_guarded` says wherever they are
-    raised; an unexpected exception (a bug, not bad input) exits :data:`EXIT_CRASH` with its
-    traceback and a line saying it is a bug."""
+    """The command group, the one place errors become exit statuses: a stop exits with
+    :class:`RunInterrupted`'s status (75: resumable), jacengine's errors with a one-paragraph
+    message and 2, and an unexpected exception (a bug, not bad input) with its traceback, a
+    line saying it is a bug, and :data:`EXIT_CRASH`."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return run_guarded(lambda: super(_Commands, self).invoke(ctx))
+            return super().invoke(ctx)
+        except RunInterrupted as exc:
+            click.echo(f"jacengine: {exc}", err=True)
+            sys.exit(exc.exit_status)
+        except JacengineError as exc:
+            click.echo(f"jacengine: error: {exc}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
             raise
         except Exception:
@@ -221,18 +228,6 @@ def main() -> None:
         log_to_stderr(logging.WARNING)
 
 
-def run_guarded(action: Any) -> Any:
-    """Run ``action``; turn jacengine errors into a one-paragraph message and an exit status."""
-    try:
-        return action()
-    except RunInterrupted as exc:
-        click.echo(f"jacengine: {exc}", err=True)
-        sys.exit(exc.exit_status)
-    except JacengineError as exc:
-        click.echo(f"jacengine: error: {exc}", err=True)
-        sys.exit(2)
-
-
 @main.command()
 @common_options
 @model_options
@@ -262,30 +257,15 @@ def compute(overwrite: bool, shard: str | None, shard_from_env: bool, cluster: s
     store = _required(files, "store", "--out")
     if shard and shard_from_env:
         raise click.UsageError("pass either --shard or --shard-from-env, not both.")
-    shard_pair = run_guarded(lambda: parse_shard(shard) if shard else shard_from_env_vars() if shard_from_env else None)
-    # a stop while a job-queue cluster starts exits 75 (resumable) like one at any later stage
-    with stop_on_signals() as stop:
-        dask_cluster = run_guarded(lambda: jobqueue_cluster(cluster, config.jobqueue)) if cluster else None
-        try:
-            run_guarded(lambda: _refuse_if_stopped(stop))
-            result = run_guarded(lambda: compute_api(files["model"], files["inputs"], store, options=options,
-                                                     overwrite=overwrite, progress=_progress(), cluster=dask_cluster,
-                                                     shard=shard_pair))
-        finally:
-            if dask_cluster is not None:
-                dask_cluster.close()
-    if shard_pair and not result.is_complete:
-        click.echo(f"shard {shard_pair[0]}/{shard_pair[1]} done; {len(result.pending_blocks())} blocks left to other shards "
-                   f"(jacengine status {result.path})")
+    result = compute_api(files["model"], files["inputs"], store, options=options, overwrite=overwrite,
+                         progress=_progress(), cluster=cluster, jobqueue=config.jobqueue,
+                         shard=shard or ("env" if shard_from_env else None))
+    if (shard or shard_from_env) and not result.is_complete:
+        click.echo(f"shard done; {len(result.pending_blocks())} blocks left to other shards (jacengine status {result.path})")
     else:
         click.echo(f"wrote {result.path}: jacobian {result.shape} {result.dims}")
     if result.last_run is not None:
         click.echo(result.last_run.line())
-
-
-def _refuse_if_stopped(stop: StopFlag) -> None:
-    if stop():
-        raise RunInterrupted(f"stopped by {stop.signal_name} before the first block; rerun the same command to start again.")
 
 
 def _required(files: dict[str, Any], name: str, flag: str) -> str:
@@ -309,8 +289,7 @@ def init(overwrite: bool, **kwargs: Any) -> None:
 
     files, options, _ = resolve(kwargs, "store")
     store = _required(files, "store", "--out")
-    result = run_guarded(lambda: init_api(files["model"], files["inputs"], store, overwrite=overwrite, options=options,
-                                              progress=_progress()))
+    result = init_api(files["model"], files["inputs"], store, overwrite=overwrite, options=options, progress=_progress())
     click.echo(f"initialised {result.path}: {len(result.plan.blocks)} blocks, {len(result.done_blocks())} done")
 
 
@@ -327,7 +306,7 @@ def plan(as_json: bool, **kwargs: Any) -> None:
     from jacengine.api import plan as plan_api
 
     files, options, _ = resolve(kwargs)
-    summary = run_guarded(lambda: plan_api(files["model"], files["inputs"], options=options, progress=_progress()))
+    summary = plan_api(files["model"], files["inputs"], options=options, progress=_progress())
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -357,49 +336,43 @@ def status(store: str | None, shards: int | None, as_json: bool) -> None:
     \b
     Example: jacengine status j.zarr --shards 8
     """
-    from jacengine.executors.shards import assign_blocks, check_shard
-    from jacengine.storage.store import open_store
+    from jacengine.status import status as status_api
 
     if store is None:
         raise click.UsageError("no store: pass STORE or a --config file that sets store.")
-    opened = run_guarded(lambda: open_store(store))
-    done_set, damaged = opened.completion()
-    if damaged:
-        click.echo(f"blocks {sorted(damaged)} are recorded done but their chunk files are missing or short (an "
+    report = status_api(store, shards=shards)
+    if report.damaged:
+        click.echo(f"blocks {list(report.damaged)} are recorded done but their chunk files are missing or short (an "
                    "interrupted write, or a power loss): they count as pending; rerun compute to recompute them", err=True)
-    done, total = len(done_set), len(opened.plan.blocks)
-    report: dict[str, Any] = {
-        "path": str(opened.path),
-        "shape": list(opened.shape),
-        "dims": list(opened.dims),
-        "blocks_done": done,
-        "blocks_total": total,
-        "complete": done == total,
-        "bytes_on_disk": opened.nbytes_on_disk(),
-        "causal": opened.attrs["causal"],
-        "fingerprint": opened.fingerprint,
-    }
-    if shards is not None:
-        run_guarded(lambda: check_shard(0, shards))
-        assigned = assign_blocks(opened.spec, opened.plan, shards)
-        report["shards"] = [{"shard": i, "blocks_done": sum(b.index in done_set for b in blocks), "blocks_total": len(blocks)}
-                            for i, blocks in enumerate(assigned)]
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps(report.to_dict(), indent=2))
     else:
-        click.echo(f"{report['path']}: jacobian {tuple(report['shape'])} {tuple(report['dims'])}")
-        click.echo(f"blocks {done}/{total} done, {format_bytes(report['bytes_on_disk'])} on disk, causal={report['causal']}")
-        for entry in report.get("shards", []):
-            click.echo(f"  shard {entry['shard']}/{shards}: {entry['blocks_done']}/{entry['blocks_total']} blocks")
-        fingerprint = report["fingerprint"]
-        click.echo("fingerprint " + ", ".join(f"{k}={str(v)[:12]}" for k, v in sorted(fingerprint.items())))
-    if done != total:
+        click.echo(f"{report.path}: jacobian {report.shape} {report.dims}")
+        click.echo(f"blocks {report.blocks_done}/{report.blocks_total} done, {format_bytes(report.bytes_on_disk)} on disk, "
+                   f"{'causal' if report.causal else 'not causal'}")
+        for entry in report.shards:
+            click.echo(f"  shard {entry.shard}/{shards}: {entry.blocks_done}/{entry.blocks_total} blocks")
+        click.echo(_fingerprint_in_words(report.fingerprint))
+    if not report.complete:
         sys.exit(EXIT_INCOMPLETE)
+
+
+def _fingerprint_in_words(fingerprint: dict[str, Any]) -> str:
+    """What a resume must match, as a sentence: hashes shortened to 12 hex digits."""
+    parts = [f"{name} sha256 {str(fingerprint[name])[:12]}" for name in ("model", "inputs", "spec") if name in fingerprint]
+    if "grid" in fingerprint:
+        parts.append(f"chunk grid {tuple(fingerprint['grid'])}")
+    if "dtypes" in fingerprint:
+        computed, _, stored = str(fingerprint["dtypes"]).partition("->")
+        parts.append(f"computed in {computed}, stored as {stored}")
+    if "format" in fingerprint:
+        parts.append(f"store format {fingerprint['format']}")
+    return "resumes must match: " + "; ".join(parts)
 
 
 @main.command()
 @common_options
-@click.argument("scheduler", type=click.Choice(["slurm", "pbs"]))
+@click.argument("scheduler", type=click.Choice(SCHEDULERS))
 @click.argument("config_path", metavar="CONFIG", type=click.Path(exists=True, dir_okay=False))
 @click.option("--shards", type=int, default=None, help="job-array size [config: job.shards]")
 @click.option("--time", default=None, help="time limit per job, e.g. 04:00:00 [config: job.time]")
@@ -418,8 +391,7 @@ def script(scheduler: str, config_path: str, **overrides: Any) -> None:
     """
     from jacengine.jobs.scripts import render_script
 
-    config = run_guarded(lambda: load_config(config_path))
-    click.echo(run_guarded(lambda: render_script(scheduler, config, **overrides)), nl=False)
+    click.echo(render_script(scheduler, load_config(config_path), **overrides), nl=False)
 
 
 @main.command()
@@ -431,7 +403,7 @@ def script(scheduler: str, config_path: str, **overrides: Any) -> None:
 @click.option("--samples", default=16, show_default=True, help="random rows recomputed independently")
 @click.option("--seed", default=0, show_default=True, help="random seed of the sampled rows (the same seed checks the same rows)")
 @click.option("--no-repair", is_flag=True, help="only report; do not mark corrupt blocks pending")
-@click.option("--trust-model", is_flag=True, help="allow model files that carry Python code (Keras Lambda layers)")
+@TRUST_MODEL
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 def verify(store: str, model_path: str | None, inputs_path: str | None, samples: int, seed: int, no_repair: bool,
            trust_model: bool, as_json: bool) -> None:
@@ -444,8 +416,8 @@ def verify(store: str, model_path: str | None, inputs_path: str | None, samples:
     """
     from jacengine.analysis.verify import verify as verify_api
 
-    report = run_guarded(lambda: verify_api(store, model_path, inputs_path, samples=samples, seed=seed,
-                                            repair=not no_repair, trust_model=trust_model, progress=_progress()))
+    report = verify_api(store, model_path, inputs_path, samples=samples, seed=seed, repair=not no_repair,
+                        trust_model=trust_model, progress=_progress())
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -468,7 +440,7 @@ def verify(store: str, model_path: str | None, inputs_path: str | None, samples:
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
 @config_option(store="store", ops="reduce.ops", window="reduce.window", k="reduce.k", fraction="reduce.fraction")
 @click.option("--op", "ops", multiple=True, required=True,
-              type=click.Choice(["saliency", "lag-profile", "feature-importance", "window-sum", "top-k", "std", "quantiles"]),
+              type=click.Choice(list(REDUCTIONS)),
               help="reduction to run (repeatable); results go to STORE/reductions/<op>")
 @click.option("--window", default="0:10", show_default=True, help="window-sum: input steps start:stop")
 @click.option("--k", default=5, show_default=True, help="top-k: entries per output step")
@@ -482,8 +454,8 @@ def reduce(store: str, ops: tuple[str, ...], window: str, k: int, fraction: floa
     \b
     Example: jacengine reduce j.zarr --op lag-profile --op window-sum --window 0:10 --plot summary.png
     """
+    from jacengine import open_store
     from jacengine.analysis.reductions import reduce_many
-    from jacengine.storage.store import open_store
 
     window_slice = parse_selection(window)
     if not isinstance(window_slice, slice):
@@ -493,11 +465,10 @@ def reduce(store: str, ops: tuple[str, ...], window: str, k: int, fraction: floa
     if plot:  # before any work, not after the reductions
         from jacengine.analysis.plots import SUMMARY_OPS, check_matplotlib
 
-        run_guarded(check_matplotlib)
+        check_matplotlib()
         ops = tuple(dict.fromkeys([*ops, *SUMMARY_OPS]))
-    opened = run_guarded(lambda: open_store(store, mode="r+"))
-    results = run_guarded(lambda: reduce_many(opened, {op: options.get(op, {}) for op in ops}, partial=partial,
-                                              progress=_progress()))
+    opened = open_store(store, mode="r+")
+    results = reduce_many(opened, {op: options.get(op, {}) for op in ops}, partial=partial, progress=_progress())
     for op, result in results.items():
         coverage = result.attrs.get("coverage", 1.0)
         click.echo(f"{op}: wrote reductions/{op} ({', '.join(map(str, result.data_vars))}), coverage {coverage:.0%}")
@@ -506,7 +477,7 @@ def reduce(store: str, ops: tuple[str, ...], window: str, k: int, fraction: floa
     if plot:
         from jacengine.analysis.plots import save_summary
 
-        click.echo(f"figure: {run_guarded(lambda: save_summary(opened, results, plot))}")
+        click.echo(f"figure: {save_summary(opened, results, plot)}")
 
 
 @main.command()
@@ -523,7 +494,7 @@ def reduce(store: str, ops: tuple[str, ...], window: str, k: int, fraction: floa
 @click.option("--f-out", default=None, help="output features summed over (with --over outputs; default all)")
 @click.option("--batch-size", default=64, show_default=True, help="samples per product (memory: one backward pass of them)")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="result file (.npy)")
-@click.option("--trust-model", is_flag=True, help="allow model files that carry Python code (Keras Lambda layers)")
+@TRUST_MODEL
 def directional(model_path: str, inputs_path: str, over: str, t_in: str | None, f_in: str | None, t_out: str | None,
                 f_out: str | None, batch_size: int, out_path: str, trust_model: bool) -> None:
     """Sum J over a set of inputs (for every output) or outputs (for every input), without J.
@@ -535,10 +506,9 @@ def directional(model_path: str, inputs_path: str, over: str, t_in: str | None, 
 
     from jacengine.analysis.directional import directional as directional_api
 
-    result = run_guarded(lambda: directional_api(
-        model_path, inputs_path, over=over, t_in=parse_selection(t_in), f_in=parse_selection(f_in),
-        t_out=parse_selection(t_out), f_out=parse_selection(f_out), batch_size=batch_size, trust_model=trust_model,
-        progress=_progress()))
+    result = directional_api(model_path, inputs_path, over=over, t_in=parse_selection(t_in), f_in=parse_selection(f_in),
+                             t_out=parse_selection(t_out), f_out=parse_selection(f_out), batch_size=batch_size,
+                             trust_model=trust_model, progress=_progress())
     values = result["sum"]
     np.save(out_path, values.values)
     click.echo(f"{result.attrs['jacengine_reduction']}: wrote {out_path}, shape {values.shape} {values.dims}")
@@ -562,4 +532,4 @@ def demo(store: str, batch: int, steps: int, budget: str, epochs: int, plot: str
     """
     from jacengine.demo import run_demo
 
-    run_guarded(lambda: run_demo(store, batch=batch, steps=steps, budget=budget, epochs=epochs, plot=plot, echo=click.echo))
+    run_demo(store, batch=batch, steps=steps, budget=budget, epochs=epochs, plot=plot, echo=click.echo)

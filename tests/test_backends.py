@@ -184,3 +184,28 @@ def test_the_numpy_backend_calibrates_and_its_probes_are_blocks_it_keeps(tmp_pat
     expected = np.where((t[:, None] >= t[None, :])[:, None, :, None], lags[np.clip(t[:, None] - t[None, :], 0, None)]
                         .transpose(0, 2, 1, 3), 0)
     np.testing.assert_allclose(store.to_numpy(), np.broadcast_to(expected, (6, *expected.shape)), atol=1e-12)
+
+
+def test_status_is_a_typed_result_that_the_cli_prints_in_words(model, x, tmp_path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from jacengine.cli import main
+
+    path = tmp_path / "j.zarr"
+    store = jacengine.compute(model, x, path, budget="2MiB", progress=False)
+    report = jacengine.status(path, shards=2)
+    total = len(store.plan.blocks)
+    assert report.complete and report.blocks_done == report.blocks_total == total and not report.damaged
+    assert sum(s.blocks_total for s in report.shards) == total and report.bytes_on_disk == store.nbytes_on_disk()
+    assert json.loads(json.dumps(report.to_dict()))["complete"] is True
+    jacengine.open_store(path, mode="r+").forget_blocks([0])
+    assert jacengine.status(path).blocks_done == total - 1
+    printed = CliRunner().invoke(main, ["status", str(path)])
+    assert printed.exit_code == 3 and f"blocks {total - 1}/{total} done" in printed.output
+    fingerprint = store.fingerprint
+    assert f"model sha256 {fingerprint['model'][:12]}" in printed.output
+    assert "computed in float64, stored as float32" in printed.output
+    assert "dtypes=" not in printed.output
+

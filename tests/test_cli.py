@@ -76,7 +76,7 @@ def test_short_help_quiet_and_a_crash_has_its_own_exit_status(monkeypatch, tmp_p
     runner = CliRunner()
     assert runner.invoke(main, ["-h"]).exit_code == 0
     assert "--out" in runner.invoke(main, ["compute", "-h"]).output
-    monkeypatch.setattr("jacengine.storage.store.open_store", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr("jacengine.status.open_store", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     crashed = runner.invoke(main, ["-q", "status", str(tmp_path)])
     assert crashed.exit_code == 1 and "internal error" in crashed.output
     monkeypatch.undo()
@@ -89,18 +89,26 @@ def test_a_stop_while_a_cluster_starts_exits_75(monkeypatch, tmp_path) -> None:
     import os
     import signal
 
-    from jacengine import cli
+    from jacengine import api
 
-    def starting_cluster(kind: str, section: dict) -> None:
-        os.kill(os.getpid(), signal.SIGTERM)  # the scheduler stops the job right now
+    closed = []
 
-    monkeypatch.setattr(cli, "jobqueue_cluster", starting_cluster)
+    class StartingCluster:
+        def __init__(self, kind: str, section: dict) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)  # the scheduler stops the job right now
+
+        def close(self) -> None:
+            closed.append(True)
+
+    starting_cluster = StartingCluster
+
+    monkeypatch.setattr(api, "jobqueue_cluster", starting_cluster)
     (tmp_path / "model.keras").write_bytes(b"")
     np.save(tmp_path / "x.npy", np.zeros((1, 4, 1), dtype="float32"))
     result = CliRunner().invoke(main, ["compute", "--model", str(tmp_path / "model.keras"), "--inputs",
                                        str(tmp_path / "x.npy"), "--out", str(tmp_path / "j.zarr"), "--cluster", "slurm"])
     assert result.exit_code == 75 and "stopped by SIGTERM before the first block" in result.output
-    assert not (tmp_path / "j.zarr").exists()
+    assert closed == [True] and not (tmp_path / "j.zarr").exists()  # the cluster it started is closed
 
 
 def test_every_option_of_every_command_has_help() -> None:

@@ -21,6 +21,12 @@ RULES = [
                              "jacengine.task", "jacengine.cli")),
     ("jacengine.storage", (*FRAMEWORKS, "jacengine.backends", "jacengine.executors", "jacengine.api")),
     ("jacengine.backends", (*FRAMEWORKS, "jacengine.api", "jacengine.executors")),
+    # the command line parses flags and prints results: the API does the work, the registries
+    # give the choices; no store internals, executors, signal handling or planning arithmetic
+    ("jacengine.cli", (*FRAMEWORKS, "jacengine.storage", "jacengine.executors", "jacengine.preparation", "jacengine.task",
+                       "jacengine.interrupt", "jacengine.jobs.jobqueue", "jacengine.planning.blocks",
+                       "jacengine.planning.costmodel", "jacengine.planning.calibration", "jacengine.planning.fitting",
+                       "jacengine.planning.method_choice")),
 ]
 
 

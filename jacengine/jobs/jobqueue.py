@@ -9,6 +9,7 @@ dependency: ``pip install 'jacengine[hpc]'``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from jacengine.errors import InputError
@@ -16,7 +17,7 @@ from jacengine.errors import InputError
 CLUSTER_CLASSES = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
 
 
-def jobqueue_options(section: dict[str, Any]) -> tuple[dict[str, Any], int]:
+def jobqueue_options(section: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
     """(cluster keyword arguments, number of jobs) for a ``[jobqueue]`` section."""
     options = dict(section)
     jobs = int(options.pop("jobs", 1))
@@ -30,7 +31,7 @@ def jobqueue_options(section: dict[str, Any]) -> tuple[dict[str, Any], int]:
     return options, jobs
 
 
-def jobqueue_cluster(kind: str, section: dict[str, Any]) -> Any:
+def jobqueue_cluster(kind: str, section: Mapping[str, Any]) -> Any:
     """Start a dask-jobqueue cluster of ``kind`` ("slurm" or "pbs") and ask for its jobs."""
     if kind not in CLUSTER_CLASSES:
         raise InputError(f"cluster {kind!r} is not one of {', '.join(CLUSTER_CLASSES)}.")
