@@ -31,7 +31,7 @@ MODEL_FAMILIES = ("lstm", "gru", "stacked-lstm", "causal-conv1d", "bidirectional
 # the model-kinds suite: the seed model handed to jacengine as each kind of TensorFlow model it
 # accepts (benchmarks.child.as_model_kind), Keras 3 first (the ratios' reference)
 # ("-dense-head": the same maths with Dense in place of TimeDistributed(Dense), which traced
-# with an open time axis computes wrong outputs and vectorises badly: DESIGN.md, "Known traps")
+# with an open time axis computes wrong outputs and vectorises badly: docs/design.md, "Known traps")
 MODEL_KINDS = ("keras", "tf_keras", "tf_keras-h5", "tf_keras-savedmodel", "savedmodel", "tf-module", "tf-function",
                "tf-function-dense-head")
 

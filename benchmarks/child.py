@@ -71,7 +71,7 @@ def _causal_blocks(model: Any, x: np.ndarray) -> Callable[[], np.ndarray]:
     """What a capable user writes in an afternoon (no jacengine): blocks of output steps, each a
     pfor ``batch_jacobian`` of the input prefix the block needs, padded up to one of four lengths,
     in one ``tf.function`` per fixed block shape; a per-step Dense head instead of
-    TimeDistributed(Dense) (DESIGN.md, "Known traps"). Causal models only."""
+    TimeDistributed(Dense) (docs/design.md, "Known traps"). Causal models only."""
     import math
 
     import keras
@@ -153,7 +153,7 @@ def as_model_kind(kind: str, model: Any, directory: str) -> Any:
         return path
     if kind == "savedmodel":
         # Keras 3 exports TimeDistributed traced with an open time axis, which computes wrong
-        # outputs (DESIGN.md, "Known traps"): export the same maths with a per-step Dense head
+        # outputs (docs/design.md, "Known traps"): export the same maths with a per-step Dense head
         from jacengine.tf.rewrite import without_time_distributed_dense
 
         path = os.path.join(directory, "savedmodel")

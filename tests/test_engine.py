@@ -89,7 +89,7 @@ def test_one_trace_serves_every_block_shape(model, x, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_a_model_wrong_with_open_shapes_falls_back_to_static_shapes(x) -> None:
-    """TimeDistributed(Dense) maps over the wrong axis when the time axis is open (DESIGN.md,
+    """TimeDistributed(Dense) maps over the wrong axis when the time axis is open (docs/design.md,
     "Known traps"): without jacengine's rewrite the eager check catches it, and the computer
     falls back to one static-shape function per block shape, with correct results."""
     import dataclasses

@@ -36,7 +36,7 @@ class Block:
     ``row_*`` index the stored t_out axis (the selection), not model time steps.
     ``in_stop`` is the written extent of the stored fourth axis: input steps ``t_in`` in the
     full layout, the whole ``lag`` axis in the lag layout (stored as ``t_in_stop`` in the
-    store's plan, format v1).
+    store's plan, in every format).
     ``watch_steps`` is the input prefix differentiated (in the lag layout: the window of
     inputs); ``forward_steps`` the input length fed to the model (equal to the prefix when the
     model accepts truncated sequences).
@@ -127,7 +127,7 @@ class Plan:
         return cls(**{**data, "blocks": blocks})
 
 
-_FIELD_OF_KEY = {"t_in_stop": "in_stop"}  # the store's key (format v1) -> Block's field
+_FIELD_OF_KEY = {"t_in_stop": "in_stop"}  # the store's key -> Block's field
 
 
 def _stored_block(fields: dict[str, Any]) -> dict[str, Any]:

@@ -148,11 +148,9 @@ def exact_prefixes(spec: JacobianSpec, cost: CostModel) -> bool:
     return cost.one_trace and spec.layout == "full"
 
 
-# Plans aim at this fraction of the budget: allocator arenas of the writer thread, resident
-# memory that creeps up over a run, and variation between shapes and thread schedules (a
-# while loop's parallel iterations are in flight as the executor happens to schedule them)
-# are not in the model; at small budgets, where the fixed part is half the budget, runs
-# planned at 95% overran by a few percent.
+# Plans aim at this fraction of the budget: what the cost model leaves out (the writer thread's
+# allocator arenas, resident memory that creeps up over a run, variation between shapes and
+# thread schedules) needs room; docs/design.md, "Planning margins", has the evidence.
 PLANNED_FRACTION = 0.90
 
 

@@ -99,15 +99,14 @@ METHODS: dict[str, Method] = {
     for method in (
         Method("reverse", "pfor-vectorised VJPs, one per output row", _reverse, vectorised=True),
         # the loop's TensorArray of VJPs, its stack, the transpose to J's layout, the feature
-        # gather, and the copy the store's writer holds while the next block runs: a probe of
-        # 2 x 500 rows x 8 features over 1000 steps (a 244 MiB result) peaked at 840 MiB
+        # gather, and the copy the store's writer holds while the next block runs (docs/design.md,
+        # "Planning margins")
         Method("reverse-loop", "VJPs in a while loop; slower, works wherever gradients do", _reverse_loop,
                vectorised=False, result_copies=5),
         Method("forward", "pfor-vectorised JVPs, one per watched input; for few inputs and many outputs", _forward,
                vectorised=True),
-        # the block's J, and the previous block's, which the store's writer holds while this one runs;
-        # a sweep's speed is per sample, not per block: larger blocks gain nothing, and a single
-        # huge block loses the overlap of the store's writes with the next block's sweep
+        # the block's J, and the previous block's, which the store's writer holds while this one
+        # runs; budgets above 1 GiB gain nothing (docs/design.md, "Planning margins")
         Method("recurrent", "products of per-step Jacobians, for chains of RNN and per-step layers; the fastest where "
                "a model qualifies", _recurrent, vectorised=False, result_copies=2, structured=True, plan_bytes=2**30),
     )

@@ -6,7 +6,7 @@ the input length and the rows open, so it is traced once per run whatever the bl
 Jacobian costs seconds, so this is what makes many block shapes cheap.
 
 Keras' ``TimeDistributed`` computes wrong results inside ``tf.function`` when the time axis is
-dynamic (see DESIGN.md, "Known traps"), so the first call of a function is checked against an
+dynamic (see docs/design.md, "Known traps"), so the first call of a function is checked against an
 eager forward pass of the same inputs, and every call's outputs against their expected shape.
 A model that fails the check in the polymorphic function falls back to one static-shape
 function per block shape (``polymorphic`` turns False; the planner then keeps the number of

@@ -157,7 +157,7 @@ def _uncompiled(function: Any) -> Any:
     against an eager call of the same inputs; calling the user's compiled function inside them
     would make that check compare the compiled function with itself. It matters: Keras'
     TimeDistributed, traced with an open time axis (as a ``tf.function`` with an
-    ``input_signature`` of (None, None, F) traces it), returns wrong outputs (DESIGN.md, "Known
+    ``input_signature`` of (None, None, F) traces it), returns wrong outputs (docs/design.md, "Known
     traps"); jacengine's check catches that and compiles per block shape instead. A loaded
     SavedModel's functions have no Python behind them and are called as they are.
     """
