@@ -135,28 +135,15 @@ def compute(
             _stop_if_asked(stop, path, None)
         backend = backend_for(model, run.backend)
         run = run.replace(backend=backend.name)  # workers need not recognise the model again
-        if cluster is not None and run.executor != "dask":
-            raise InputError("a cluster applies to the dask executor; pass executor='dask' (--executor dask).")
         resume = is_jacengine_store(path) and not overwrite
-        executor: Executor = LocalExecutor(progress=progress)
-        if run.executor == "dask":
-            executor = DaskExecutor(scheduler=run.scheduler, workers=run.workers, cluster=cluster,
-                                    env=backend.worker_environment(), progress=progress)
-        if shard is not None:
-            executor = ShardExecutor(executor, *shard)
-            if overwrite or not resume:
-                raise InputError(
-                    f"shards compute into an existing store and never create or overwrite one ({path}); create it once "
-                    "with `jacengine init` (jacengine.init) using the same settings, then start the shards."
-                )
+        executor = _executor(run, backend.worker_environment(), cluster, shard, progress)
+        if shard is not None and (overwrite or not resume):
+            raise InputError(
+                f"shards compute into an existing store and never create or overwrite one ({path}); create it once "
+                "with `jacengine init` (jacengine.init) using the same settings, then start the shards.")
         if not resume:
             check_writable_target(path, overwrite=overwrite)
-        token = uuid.uuid4().hex
-        if run.executor == "local":
-            task = BlockTask(str(path), model, inputs, run, token)
-        else:  # before any work: a model that workers cannot load is refused now, not after calibration
-            model_path, inputs_path = staging.enter_context(staged_for_workers(model, inputs, path, backend.save))
-            task = BlockTask(str(path.resolve()), model_path, inputs_path, run, token)
+        task = _task(model, inputs, path, run, staging, backend.save)
         # a resumed store is opened once: its fingerprint is checked against this run, and its
         # generation id (checked before every write) is that of the store checked
         existing = JacobianStore(path, mode="r+", durable=run.durable) if resume else None
@@ -283,6 +270,31 @@ class RunSummary:
                 f"({self.peak_bytes / self.budget_bytes:.2f})")
         return (f"computed {self.computed} of {self.blocks} blocks in {self.seconds:.1f} s; {peak}; "
                 f"store {format_bytes(self.store_bytes)} on disk")
+
+
+def _executor(run: RunOptions, worker_environment: dict[str, str], cluster: Any, shard: tuple[int, int] | None,
+              progress: bool | None) -> Executor:
+    """Where the blocks run: this process or dask (on ``cluster`` where given), and only shard
+    I of N of them with ``shard``."""
+    if cluster is not None and run.executor != "dask":
+        raise InputError("a cluster applies to the dask executor; pass executor='dask' (--executor dask).")
+    executor: Executor = LocalExecutor(progress=progress)
+    if run.executor == "dask":
+        executor = DaskExecutor(scheduler=run.scheduler, workers=run.workers, cluster=cluster, env=worker_environment,
+                                progress=progress)
+    return ShardExecutor(executor, *shard) if shard is not None else executor
+
+
+def _task(model: Any, inputs: InputsLike, path: Path, run: RunOptions, staging: contextlib.ExitStack,
+          save: Any) -> BlockTask:
+    """The task that computes and writes one block. Worker processes load the model and inputs
+    from files: an in-memory model or array is written for them (``save``: the backend's) before
+    any work, so that a model workers cannot load is refused now, not after calibration."""
+    token = uuid.uuid4().hex
+    if run.executor == "local":
+        return BlockTask(str(path), model, inputs, run, token)
+    model_path, inputs_path = staging.enter_context(staged_for_workers(model, inputs, path, save))
+    return BlockTask(str(path.resolve()), model_path, inputs_path, run, token)
 
 
 def _shard(shard: tuple[int, int] | str | None) -> tuple[int, int] | None:

@@ -23,7 +23,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from jacengine.errors import BudgetError
 from jacengine.planning.spec import JacobianSpec
@@ -185,7 +185,8 @@ def make_plan(
     n_buckets: int = 4,
     exact_prefixes: bool = False,
 ) -> Plan:
-    """Lay out blocks for ``spec`` on the given chunk grid.
+    """Lay out blocks for ``spec`` on the given chunk grid: runs of output rows
+    (:func:`row_runs`), each split by batch chunk into blocks (:func:`blocks_of_runs`).
 
     ``chunks_per_block(watch_steps)`` says how many t_out chunks fit in one block whose prefix has
     that length (the budget-aware part lives in :mod:`jacengine.planning.costmodel`). Blocks never straddle
@@ -196,7 +197,6 @@ def make_plan(
     differentiates just the whole t_in chunks its last row needs, and a block may span any
     number of t_out chunks as long as ``chunks_per_block`` of its own prefix allows.
     """
-    n_rows = len(spec.t_out)
     if min(batch_chunk, t_out_chunk, t_in_chunk) < 1:
         raise ValueError(f"chunk sizes must be positive, got {(batch_chunk, t_out_chunk, t_in_chunk)}")
     lag = spec.layout == "lag"
@@ -206,58 +206,90 @@ def make_plan(
         buckets = chunk_prefixes(spec, t_in_chunk)
     else:
         buckets = watch_buckets(spec, default_time_chunk(spec.input_steps) if lag else t_in_chunk, n_buckets)
+    prefixes = ChunkPrefixes(spec, t_out_chunk, t_in_chunk, buckets)
+    runs = row_runs(prefixes, chunks_per_block, exact_prefixes)
+    return Plan(batch_chunk=batch_chunk, t_out_chunk=t_out_chunk, t_in_chunk=t_in_chunk,
+                blocks=tuple(blocks_of_runs(spec, runs, batch_chunk)))
 
-    def prefix_of_chunk(j: int) -> tuple[int, int]:
-        """(in_stop, prefix) needed by t_out chunk j."""
+
+class RowRun(NamedTuple):
+    """Consecutive output rows computed together: they write t_in (or lag) positions
+    [0, in_stop) and differentiate (or, in the lag layout, feed) a prefix of ``watch`` steps."""
+
+    row_start: int
+    row_stop: int
+    in_stop: int
+    watch: int
+
+
+@dataclass(frozen=True)
+class ChunkPrefixes:
+    """What each t_out chunk needs of the inputs, on a chunk grid with its prefix buckets."""
+
+    spec: JacobianSpec
+    t_out_chunk: int
+    t_in_chunk: int
+    buckets: list[int]
+
+    @property
+    def n_chunks(self) -> int:
+        return math.ceil(len(self.spec.t_out) / self.t_out_chunk)
+
+    def of_chunk(self, j: int) -> tuple[int, int]:
+        """(in_stop, prefix) needed by t_out chunk j: the bucket covering its last row."""
+        spec = self.spec
         extent = spec.in_axis_length
         if not spec.causal:
             return extent, spec.input_steps
-        last_row = min(n_rows, (j + 1) * t_out_chunk) - 1
+        last_row = min(len(spec.t_out), (j + 1) * self.t_out_chunk) - 1
         needed = spec.t_out[last_row] + 1
-        in_stop = extent if lag else min(extent, math.ceil(needed / t_in_chunk) * t_in_chunk)
-        return in_stop, next(length for length in buckets if length >= needed)
+        in_stop = extent if spec.layout == "lag" else min(extent, math.ceil(needed / self.t_in_chunk) * self.t_in_chunk)
+        return in_stop, next(length for length in self.buckets if length >= needed)
 
-    n_chunks = math.ceil(n_rows / t_out_chunk)
-    row_runs: list[tuple[int, int, int, int]] = []  # (row_start, row_stop, in_stop, watch)
+
+def row_runs(prefixes: ChunkPrefixes, chunks_per_block: Callable[[int], int], exact_prefixes: bool) -> list[RowRun]:
+    """The t_out chunks grouped into runs of as many chunks as ``chunks_per_block`` allows: within
+    one prefix bucket, or (``exact_prefixes``) while a block with the prefix of its new last
+    chunk still fits."""
+    n_rows, n_chunks, t_out_chunk = len(prefixes.spec.t_out), prefixes.n_chunks, prefixes.t_out_chunk
+    runs: list[RowRun] = []
     j = 0
     while j < n_chunks:
-        watch = prefix_of_chunk(j)[1]
+        watch = prefixes.of_chunk(j)[1]
         if chunks_per_block(watch) < 1:
             raise BudgetError(f"no block with a prefix of {watch} steps fits the budget")
         stop = j + 1
-        if exact_prefixes:  # grow while a block with the prefix of its new last chunk still fits
-            while stop < n_chunks and chunks_per_block(prefix_of_chunk(stop)[1]) > stop - j:
+        if exact_prefixes:
+            while stop < n_chunks and chunks_per_block(prefixes.of_chunk(stop)[1]) > stop - j:
                 stop += 1
-            watch = prefix_of_chunk(stop - 1)[1]
+            watch = prefixes.of_chunk(stop - 1)[1]
         else:
             per_block = chunks_per_block(watch)
-            while stop < n_chunks and stop - j < per_block and prefix_of_chunk(stop)[1] == watch:
+            while stop < n_chunks and stop - j < per_block and prefixes.of_chunk(stop)[1] == watch:
                 stop += 1
-        row_runs.append((j * t_out_chunk, min(n_rows, stop * t_out_chunk), prefix_of_chunk(stop - 1)[0], watch))
+        runs.append(RowRun(j * t_out_chunk, min(n_rows, stop * t_out_chunk), prefixes.of_chunk(stop - 1)[0], watch))
         j = stop
+    return runs
 
+
+def blocks_of_runs(spec: JacobianSpec, runs: list[RowRun], batch_chunk: int) -> list[Block]:
+    """Each run split by batch chunk into blocks. Blocks of one prefix (a shape group) are
+    computed at one shape: the group's most rows, and in the lag layout its longest window."""
+    lag = spec.layout == "lag"
     rows_per_watch: dict[int, int] = {}
-    window_per_watch: dict[int, int] = {}  # lag layout: the longest window of the shape group
-    for row_start, row_stop, _, watch in row_runs:
-        rows_per_watch[watch] = max(rows_per_watch.get(watch, 0), row_stop - row_start)
+    window_per_watch: dict[int, int] = {}
+    for run in runs:
+        rows_per_watch[run.watch] = max(rows_per_watch.get(run.watch, 0), run.row_stop - run.row_start)
         if lag:
-            span = spec.t_out[row_stop - 1] - spec.t_out[row_start] + 1
-            window_per_watch[watch] = max(window_per_watch.get(watch, 0), lag_window(spec, span, watch))
+            span = spec.t_out[run.row_stop - 1] - spec.t_out[run.row_start] + 1
+            window_per_watch[run.watch] = max(window_per_watch.get(run.watch, 0), lag_window(spec, span, run.watch))
     blocks: list[Block] = []
-    for row_start, row_stop, in_stop, watch in row_runs:
+    for run in runs:
         for batch_start in range(0, spec.batch, batch_chunk):
-            blocks.append(
-                Block(
-                    index=len(blocks),
-                    batch_start=batch_start,
-                    batch_stop=min(spec.batch, batch_start + batch_chunk),
-                    row_start=row_start,
-                    row_stop=row_stop,
-                    in_stop=in_stop,
-                    watch_steps=window_per_watch[watch] if lag else watch,
-                    forward_steps=forward_length(spec, watch),
-                    compute_batch=min(batch_chunk, spec.batch),
-                    compute_rows=rows_per_watch[watch],
-                )
-            )
-    return Plan(batch_chunk=batch_chunk, t_out_chunk=t_out_chunk, t_in_chunk=t_in_chunk, blocks=tuple(blocks))
+            blocks.append(Block(
+                index=len(blocks), batch_start=batch_start, batch_stop=min(spec.batch, batch_start + batch_chunk),
+                row_start=run.row_start, row_stop=run.row_stop, in_stop=run.in_stop,
+                watch_steps=window_per_watch[run.watch] if lag else run.watch,
+                forward_steps=forward_length(spec, run.watch), compute_batch=min(batch_chunk, spec.batch),
+                compute_rows=rows_per_watch[run.watch]))
+    return blocks

@@ -127,42 +127,9 @@ class JacobianStore:
         plan.check_alignment(spec)
         check_writable_target(path, overwrite=overwrite)
         if path.exists() and overwrite:
-            with store_lock(path, exclusive=True) as alone:
-                if alone is False:
-                    raise StoreError(f"another jacengine run is writing to {path}; refusing to overwrite it under that run. "
-                                     "Wait for it to finish (or stop it), then overwrite.")
-                shutil.rmtree(path)
+            _remove_unless_in_use(path)
         group = zarr.open_group(str(path), mode="w-", zarr_format=3)
-        group.create_array(
-            "jacobian",
-            shape=spec.shape,
-            chunks=plan.chunks(spec),
-            dtype=spec.store_dtype,
-            fill_value=0,
-            dimension_names=spec_dims(spec),
-            compressors=None,
-        )
-        coordinates = {
-            "t_out": spec.t_out_coordinate,
-            "f_out": spec.f_out,
-            spec.in_axis: tuple(range(spec.in_axis_length)),
-            "f_in": spec.f_in,
-        }
-        for name, values in coordinates.items():
-            coordinate = group.create_array(name, shape=(len(values),), dtype="int64", dimension_names=(name,))
-            coordinate[:] = np.asarray(values, dtype="int64")
-        group.create_array(
-            MANIFEST,
-            shape=(len(plan.blocks), 3),
-            chunks=(1, 3),
-            dtype="uint64",
-            fill_value=0,
-            dimension_names=("block", "field"),
-            compressors=None,  # 24 raw bytes per row: nothing to half-decode
-        )
-        if spec.store_dtype == "float16":
-            group.create_array(ROUNDING, shape=(len(plan.blocks),), chunks=(1,), dtype="float64", fill_value=0,
-                               dimension_names=("block",))
+        _create_arrays(group, spec, plan)
         # The attribute goes last: a directory without it is not (yet) a jacengine store, so a
         # creation interrupted half-way is never mistaken for a valid empty store.
         group.attrs[ATTRIBUTE] = {
@@ -492,6 +459,33 @@ def has_consolidated_metadata(path: str | Path) -> bool:
         return json.loads((Path(path) / "zarr.json").read_text()).get("consolidated_metadata") is not None
     except (OSError, ValueError):
         return False
+
+
+def _remove_unless_in_use(path: Path) -> None:
+    """Remove the store at ``path`` (to overwrite it), refusing while another run holds it."""
+    with store_lock(path, exclusive=True) as alone:
+        if alone is False:
+            raise StoreError(f"another jacengine run is writing to {path}; refusing to overwrite it under that run. "
+                             "Wait for it to finish (or stop it), then overwrite.")
+        shutil.rmtree(path)
+
+
+def _create_arrays(group: zarr.Group, spec: JacobianSpec, plan: Plan) -> None:
+    """The store's arrays, empty: the Jacobian (uncompressed, zero where never written), its
+    coordinates, the manifest (one row per block), and with float16 storage the rounding errors."""
+    group.create_array("jacobian", shape=spec.shape, chunks=plan.chunks(spec), dtype=spec.store_dtype, fill_value=0,
+                       dimension_names=spec_dims(spec), compressors=None)
+    coordinates = {"t_out": spec.t_out_coordinate, "f_out": spec.f_out,
+                   spec.in_axis: tuple(range(spec.in_axis_length)), "f_in": spec.f_in}
+    for name, values in coordinates.items():
+        coordinate = group.create_array(name, shape=(len(values),), dtype="int64", dimension_names=(name,))
+        coordinate[:] = np.asarray(values, dtype="int64")
+    group.create_array(MANIFEST, shape=(len(plan.blocks), 3), chunks=(1, 3), dtype="uint64", fill_value=0,
+                       dimension_names=("block", "field"),
+                       compressors=None)  # 24 raw bytes per row: nothing to half-decode
+    if spec.store_dtype == "float16":
+        group.create_array(ROUNDING, shape=(len(plan.blocks),), chunks=(1,), dtype="float64", fill_value=0,
+                           dimension_names=("block",))
 
 
 def open_store(path: str | Path, mode: str = "r") -> JacobianStore:

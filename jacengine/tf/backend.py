@@ -78,9 +78,7 @@ class TensorFlowBackend:
         return BudgetMeter(TensorMemory(device), process)
 
     def describe(self, model: TFModel, inputs: Inputs, options: RunOptions) -> Description:
-        spec, reason = build_spec(
-            model, inputs, t_out=options.t_out, f_out=options.f_out, f_in=options.f_in, causal=options.causal,
-            method=options.method, layout=options.layout, max_lag=options.max_lag, store_dtype=options.store_dtype)
+        spec, reason = build_spec(model, inputs, options)
         probe_inputs = inputs.read(0, PROBE_SAMPLES, PROBE_STEPS if spec.truncatable else None).astype(spec.compute_dtype)
         return Description(spec, reason, model.for_blocks(probe_inputs))
 

@@ -8,7 +8,8 @@ import numpy as np
 
 from jacengine.errors import InputError, ModelError
 from jacengine.memory import release_free_heap
-from jacengine.planning.selection import Selection, normalise_selection
+from jacengine.options import RunOptions
+from jacengine.planning.selection import normalise_selection
 from jacengine.planning.spec import JacobianSpec
 from jacengine.storage.inputs import Inputs
 from jacengine.tf.adapters import TFModel
@@ -19,22 +20,34 @@ PROBE_SAMPLES = 2
 PROBE_STEPS = 12  # eager Keras RNNs cost about 10 ms per step and call; structure shows on short inputs
 
 
-def build_spec(
-    model: TFModel,
-    inputs: Inputs,
-    *,
-    t_out: Selection = None,
-    f_out: Selection = None,
-    f_in: Selection = None,
-    causal: bool | str = "auto",
-    method: str = "auto",
-    layout: str = "full",
-    max_lag: int | None = None,
-    store_dtype: str = "float32",
-) -> tuple[JacobianSpec, str]:
-    """Return the spec and a one-line explanation of the causality decision."""
-    dtype = model.dtype
+def build_spec(model: TFModel, inputs: Inputs, options: RunOptions) -> tuple[JacobianSpec, str]:
+    """The spec of J for ``model`` at ``inputs`` with the selections, layout, method and store
+    dtype of ``options``, and a one-line explanation of the causality decision."""
     batch, steps, features = inputs.shape
+    _check_input_shape(model, steps, features)
+    probe = inputs.read(0, min(batch, PROBE_SAMPLES)).astype(model.dtype.as_numpy_dtype)
+    # Structural questions are answered on a short prefix when the model accepts one: eager
+    # passes (and a persistent tape) over thousands of steps are slow and hold memory the budget
+    # needs. The output shape is read symbolically for the full length.
+    short = probe[:, :PROBE_STEPS] if model.accepts_any_length else probe
+    sequence_to_one, output_steps, output_features = _output_layout(model.output_shape((1, steps, features), short[:1]))
+    decided, reason = _decide_causal(model, short, options.causal, sequence_to_one, output_steps == steps)
+    spec = JacobianSpec(
+        batch=batch, input_steps=steps, input_features=features, output_steps=output_steps,
+        output_features=output_features, t_out=normalise_selection(options.t_out, output_steps, "t_out"),
+        f_out=normalise_selection(options.f_out, output_features, "f_out"),
+        f_in=normalise_selection(options.f_in, features, "f_in"), causal=decided, truncatable=model.accepts_any_length,
+        sequence_to_one=sequence_to_one, method="reverse" if options.method == "auto" else options.method,
+        compute_dtype=model.dtype.name, layout=options.layout, max_lag=options.max_lag, store_dtype=options.store_dtype)
+    if not connected_by_construction(model):  # an eager pass with a persistent tape is slow
+        check_connected(model, short[:1], spec)
+    gc.collect()
+    release_free_heap()
+    return spec, reason
+
+
+def _check_input_shape(model: TFModel, steps: int, features: int) -> None:
+    """Refuse inputs whose rank, steps or features the model does not take."""
     expected = model.input_shape
     if len(expected) != 3:
         raise ModelError(f"the {model.kind} takes inputs of shape {expected}; jacengine needs (batch, time, features).")
@@ -42,45 +55,15 @@ def build_spec(
         raise InputError(f"the model expects {expected[2]} input features, the inputs have {features}.")
     if expected[1] is not None and expected[1] != steps:
         raise InputError(f"the model expects sequences of length {expected[1]}, the inputs have {steps}.")
-    truncatable = model.accepts_any_length
 
-    probe = inputs.read(0, min(batch, PROBE_SAMPLES)).astype(dtype.as_numpy_dtype)
-    # Structural questions are answered on a short prefix when the model accepts one: eager
-    # passes (and a persistent tape) over thousands of steps are slow and hold memory the budget
-    # needs. The output shape is read symbolically for the full length.
-    short = probe[:, :PROBE_STEPS] if truncatable else probe
-    y_shape = model.output_shape((1, steps, features), short[:1])
+
+def _output_layout(y_shape: tuple[int, ...]) -> tuple[bool, int, int]:
+    """(sequence_to_one, output steps, output features) of an output of shape ``y_shape``."""
     if len(y_shape) == 2:
-        sequence_to_one, output_steps, output_features = True, 1, y_shape[1]
-    elif len(y_shape) == 3:
-        sequence_to_one, output_steps, output_features = False, y_shape[1], y_shape[2]
-    else:
-        raise ModelError(f"the model returns shape {y_shape}; jacengine needs (B, T, F) or (B, F).")
-
-    decided, reason = _decide_causal(model, short, causal, sequence_to_one, output_steps == steps)
-    spec = JacobianSpec(
-        batch=batch,
-        input_steps=steps,
-        input_features=features,
-        output_steps=output_steps,
-        output_features=output_features,
-        t_out=normalise_selection(t_out, output_steps, "t_out"),
-        f_out=normalise_selection(f_out, output_features, "f_out"),
-        f_in=normalise_selection(f_in, features, "f_in"),
-        causal=decided,
-        truncatable=truncatable,
-        sequence_to_one=sequence_to_one,
-        method="reverse" if method == "auto" else method,
-        compute_dtype=dtype.name,
-        layout=layout,
-        max_lag=max_lag,
-        store_dtype=store_dtype,
-    )
-    if not connected_by_construction(model):  # an eager pass with a persistent tape is slow
-        check_connected(model, short[:1], spec)
-    gc.collect()
-    release_free_heap()
-    return spec, reason
+        return True, 1, y_shape[1]
+    if len(y_shape) == 3:
+        return False, y_shape[1], y_shape[2]
+    raise ModelError(f"the model returns shape {y_shape}; jacengine needs (B, T, F) or (B, F).")
 
 
 def check_connected(model: TFModel, probe: np.ndarray, spec: JacobianSpec) -> None:
