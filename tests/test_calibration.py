@@ -73,9 +73,9 @@ class Curve:
 PRIOR = CostModel(fixed_bytes=128 * MiB, bytes_per_work=4096.0, trace_seconds=3.0, seconds_per_work=1e-6)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(fixed=st.floats(8 * MiB, 256 * MiB), slope=st.floats(16.0, 4096.0), noise=st.floats(0.0, 0.1),
-       budget_mib=st.integers(64, 4096), seed=st.integers(0, 2**16), steps=st.sampled_from([60, 200, 500]))
+       budget_mib=st.integers(64, 4096), seed=st.integers(0, 2**16), steps=st.sampled_from([60, 200]))
 def test_a_linear_curve_is_planned_within_the_budget_whatever_the_noise_under_the_guard(
         fixed, slope, noise, budget_mib, seed, steps) -> None:
     """Readings within 10% of a linear curve (the headroom on measured terms is 15%): every

@@ -89,7 +89,9 @@ def test_callable_of_the_wrong_shape_is_refused_clearly(x) -> None:
         jacengine.plan(lambda inputs: tf.reshape(inputs, (-1, 7)), x)
 
 
-@pytest.mark.parametrize("source", ["object", "h5", "savedmodel"])
+# the files take the loader's other paths, on the same model: slow
+@pytest.mark.parametrize("source", ["object", pytest.param("h5", marks=pytest.mark.slow),
+                                    pytest.param("savedmodel", marks=pytest.mark.slow)])
 def test_tf_keras_seed_model(legacy_files, x, tmp_path, source) -> None:
     model = legacy_files["model"] if source == "object" else legacy_files[source]
     store = compute_with_blocks(model, x, tmp_path / "j.zarr", **BLOCKS)
