@@ -14,6 +14,8 @@ from dask.utils import format_bytes
 
 from jacengine.analysis.reductions import REDUCTIONS
 from jacengine.backends import is_import_path
+from jacengine.demo import DEFAULTS as DEMO
+from jacengine.demo import TRUE_LAGS
 from jacengine.errors import InputError, JacengineError, RunInterrupted
 from jacengine.jobs.config import CLUSTER_KINDS, Config, load_config
 from jacengine.jobs.scripts import SCHEDULERS
@@ -518,11 +520,12 @@ def directional(model_path: str, inputs_path: str, over: str, t_in: str | None, 
 @common_options
 @click.option("--out", "store", default="jacengine-demo.zarr", show_default=True, type=click.Path(),
               help="store directory for the demo's Jacobian (a jacengine store already there is replaced)")
-@click.option("--batch", default=10, show_default=True, type=click.IntRange(min=1), help="sequences (B)")
-@click.option("--steps", default=100, show_default=True, type=click.IntRange(min=21),
-              help="time steps per sequence (T; above the longest true lag, 20)")
-@click.option("--budget", default="2GiB", show_default=True, help=f"memory budget ({BUDGET_DEFINITION})")
-@click.option("--epochs", default=40, show_default=True, help="training epochs before the Jacobian (0: untrained)")
+@click.option("--batch", default=DEMO.batch, show_default=True, type=click.IntRange(min=1), help="sequences (B)")
+@click.option("--steps", default=DEMO.steps, show_default=True, type=click.IntRange(min=max(TRUE_LAGS) + 1),
+              help=f"time steps per sequence (T; above the longest true lag, {max(TRUE_LAGS)})")
+@click.option("--budget", default=RunOptions.default("budget"), show_default=True,
+              help=f"memory budget ({BUDGET_DEFINITION})")
+@click.option("--epochs", default=DEMO.epochs, show_default=True, help="training epochs before the Jacobian (0: untrained)")
 @click.option("--plot", type=click.Path(dir_okay=False), help="write a summary figure (PNG; needs matplotlib)")
 def demo(store: str, batch: int, steps: int, budget: str, epochs: int, plot: str | None) -> None:
     """The seed problem on a built-in LSTM trained on data with known lags; no files needed.

@@ -21,9 +21,22 @@ from jacengine.api import compute
 from jacengine.backends import get_backend
 from jacengine.backends.base import ExampleBackend
 from jacengine.errors import InputError
+from jacengine.options import RunOptions
 from jacengine.storage.store import JacobianStore, is_jacengine_store
 
 TRUE_LAGS = {5: 1.0, 20: -0.5}
+
+
+@dataclass(frozen=True)
+class DemoDefaults:
+    """The demo's sizes, stated once (``run_demo`` and ``jacengine demo`` read them)."""
+
+    batch: int = 10
+    steps: int = 100  # above the longest true lag
+    epochs: int = 40
+
+
+DEFAULTS = DemoDefaults()
 
 
 def lagged_data(samples: int, steps: int, rng: np.random.Generator, noise: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
@@ -46,10 +59,10 @@ class DemoResult:
 def run_demo(
     store: str | Path,
     *,
-    batch: int = 10,
-    steps: int = 100,
-    budget: str = "2GiB",
-    epochs: int = 40,
+    batch: int = DEFAULTS.batch,
+    steps: int = DEFAULTS.steps,
+    budget: str | int = RunOptions.default("budget"),
+    epochs: int = DEFAULTS.epochs,
     plot: str | Path | None = None,
     echo: Callable[[str], None] = print,
 ) -> DemoResult:
