@@ -30,7 +30,7 @@ def seed_case_spec() -> JacobianSpec:
 
 def write_all(folder: Path, durable: bool, blocks: dict) -> float:
     spec = seed_case_spec()
-    plan = make_plan(spec, batch_chunk=8, t_out_chunk=32, t_in_chunk=32, chunks_per_block=lambda watch: 1, n_buckets=4)
+    plan = make_plan(spec, batch_chunk=8, t_out_chunk=32, t_in_chunk=32, chunks_per_block=lambda watch: 1, prefixes=4)
     store = JacobianStore.create(folder / f"{durable}-{time.monotonic_ns()}.zarr", spec, plan, {"format": FORMAT_VERSION},
                                  durable=durable)
     values = blocks.setdefault(len(plan.blocks), {

@@ -42,7 +42,7 @@ def prepare_with_blocks(
         t_out_chunk=t_chunk,
         t_in_chunk=t_chunk,
         chunks_per_block=lambda watch: chunks_per_block,
-        n_buckets=n_buckets,
+        prefixes=n_buckets,
     )
     return dataclasses.replace(prepared, plan=plan, fingerprint=dict(prepared.fingerprint, grid=list(plan.grid)))
 

@@ -24,7 +24,7 @@ import jacengine  # noqa: E402
 from jacengine.errors import BlockError, ModelError, StoreError, StoreMismatchError  # noqa: E402
 from jacengine.storage.chunkfiles import TEMPORARY_SUFFIX  # noqa: E402
 
-PLAN = dict(chunks_per_block=1, t_chunk=4, batch_chunk=1, n_buckets=1)
+PLAN = dict(chunks_per_block=1, t_chunk=4, batch_chunk=1, prefixes=1)
 
 
 @pytest.fixture(scope="module")

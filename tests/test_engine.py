@@ -77,7 +77,7 @@ def test_one_trace_serves_every_block_shape(model, x, tmp_path) -> None:
 
     prepared = prepare(model, x, RunOptions(), calibrate=False)
     plan = make_plan(prepared.spec, batch_chunk=1, t_out_chunk=1, t_in_chunk=1, chunks_per_block=lambda w: 1 + w % 3,
-                     exact_prefixes=True)
+                     prefixes="exact")
     assert len(plan.shape_keys) > 4
     full = reference_jacobian(model, x)
     for block in plan.blocks:

@@ -68,7 +68,7 @@ class FakeTask:
 
 
 def new_store(path: Path) -> JacobianStore:
-    plan = make_plan(SPEC, batch_chunk=2, t_out_chunk=2, t_in_chunk=2, chunks_per_block=lambda w: 1, n_buckets=2)
+    plan = make_plan(SPEC, batch_chunk=2, t_out_chunk=2, t_in_chunk=2, chunks_per_block=lambda w: 1, prefixes=2)
     return JacobianStore.create(path, SPEC, plan, {"format": 1})
 
 
@@ -191,7 +191,7 @@ def test_out_of_memory_blocks_are_split_and_later_blocks_start_split() -> None:
             raise BlockOutOfMemory("fake")
         return reference_values(block)
 
-    plan = make_plan(SPEC, batch_chunk=2, t_out_chunk=4, t_in_chunk=4, chunks_per_block=lambda w: 1, n_buckets=1)
+    plan = make_plan(SPEC, batch_chunk=2, t_out_chunk=4, t_in_chunk=4, chunks_per_block=lambda w: 1, prefixes=1)
     split = SplittingCompute(compute)
     for block in plan.blocks:
         np.testing.assert_array_equal(split(block), reference_values(block))

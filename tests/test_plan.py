@@ -42,7 +42,7 @@ def specs_and_grids(draw):
 @given(specs_and_grids())
 def test_blocks_cover_every_entry_once_on_chunk_boundaries(case) -> None:
     spec, grid, per_block, n_buckets = case
-    plan = make_plan(spec, chunks_per_block=lambda watch: per_block, n_buckets=n_buckets, **grid)
+    plan = make_plan(spec, chunks_per_block=lambda watch: per_block, prefixes=n_buckets, **grid)
     cover = np.zeros((spec.batch, len(spec.t_out)), dtype=int)
     for block in plan.blocks:
         cover[block.batch_start : block.batch_stop, block.row_start : block.row_stop] += 1
@@ -69,7 +69,7 @@ def test_blocks_cover_every_entry_once_on_chunk_boundaries(case) -> None:
 def test_lag_windows_hold_every_lag_and_fit_the_prefix(case, max_lag) -> None:
     spec, grid, per_block, n_buckets = case
     spec = dataclasses.replace(spec, layout="lag", max_lag=min(max_lag, spec.input_steps))
-    plan = make_plan(spec, chunks_per_block=lambda watch: per_block, n_buckets=n_buckets, **grid)
+    plan = make_plan(spec, chunks_per_block=lambda watch: per_block, prefixes=n_buckets, **grid)
     cover = np.zeros((spec.batch, len(spec.t_out)), dtype=int)
     for block in plan.blocks:
         cover[block.batch_start : block.batch_stop, block.row_start : block.row_stop] += 1
@@ -99,7 +99,7 @@ def test_a_work_cap_bounds_every_block_and_only_shrinks_them(causal) -> None:
 
 def test_causal_plan_skips_the_upper_triangle() -> None:
     spec = make_spec(4, 100, tuple(range(100)), causal=True)
-    plan = make_plan(spec, batch_chunk=4, t_out_chunk=10, t_in_chunk=10, chunks_per_block=lambda w: 1, n_buckets=10)
+    plan = make_plan(spec, batch_chunk=4, t_out_chunk=10, t_in_chunk=10, chunks_per_block=lambda w: 1, prefixes=10)
     assert [b.in_stop for b in plan.blocks] == list(range(10, 101, 10))
     assert len(plan.shape_keys) == 10
 
@@ -198,7 +198,7 @@ def test_shards_partition_the_blocks_and_balance_predicted_work(case, count) -> 
     from jacengine.planning.costmodel import CostModel
 
     spec, grid, per_block, n_buckets = case
-    plan = make_plan(spec, chunks_per_block=lambda watch: per_block, n_buckets=n_buckets, **grid)
+    plan = make_plan(spec, chunks_per_block=lambda watch: per_block, prefixes=n_buckets, **grid)
     shards = assign_blocks(spec, plan, count)
     indices = sorted(b.index for blocks in shards for b in blocks)
     assert indices == list(range(len(plan.blocks)))  # every block in exactly one shard
@@ -226,7 +226,7 @@ def test_a_plan_whose_block_splits_a_chunk_is_refused_at_store_creation(tmp_path
 
     spec = JacobianSpec(batch=4, input_steps=8, input_features=1, output_steps=8, output_features=1,
                         t_out=tuple(range(8)), f_out=(0,), f_in=(0,), causal=True, truncatable=True)
-    plan = make_plan(spec, batch_chunk=2, t_out_chunk=4, t_in_chunk=4, chunks_per_block=lambda w: 1, n_buckets=1)
+    plan = make_plan(spec, batch_chunk=2, t_out_chunk=4, t_in_chunk=4, chunks_per_block=lambda w: 1, prefixes=1)
     plan.check_alignment(spec)
     torn = dataclasses.replace(plan, blocks=(dataclasses.replace(plan.blocks[0], row_stop=3), *plan.blocks[1:]))
     with pytest.raises(BudgetError, match="not whole chunks"):

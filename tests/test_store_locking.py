@@ -21,7 +21,7 @@ from jacengine.storage.store import JacobianStore
 
 SPEC = JacobianSpec(batch=2, input_steps=4, input_features=1, output_steps=4, output_features=1,
                     t_out=tuple(range(4)), f_out=(0,), f_in=(0,), causal=False, truncatable=True)
-PLAN = make_plan(SPEC, batch_chunk=1, t_out_chunk=2, t_in_chunk=4, chunks_per_block=lambda w: 1, n_buckets=1)
+PLAN = make_plan(SPEC, batch_chunk=1, t_out_chunk=2, t_in_chunk=4, chunks_per_block=lambda w: 1, prefixes=1)
 
 
 def create(path: Path, overwrite: bool = False) -> JacobianStore:

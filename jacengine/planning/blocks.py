@@ -7,7 +7,7 @@ order, in any process, any number of times.
 For a causal model the outputs of a block ending at step t cannot depend on inputs after t, so
 its Jacobian is taken with respect to the input prefix x[:, :watch_steps] only, and chunks of the
 upper triangle beyond ``in_stop`` are never written (zarr returns the fill value 0 for them).
-When one compiled function serves every block shape (``exact_prefixes``), ``watch_steps`` is the
+When one compiled function serves every block shape (prefixes :data:`EXACT`), ``watch_steps`` is the
 whole t_in chunks the block's last row needs; otherwise it is rounded up to one of a few bucket
 lengths so that the number of distinct block shapes, and of traces, stays small.
 
@@ -23,7 +23,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 from jacengine.errors import BudgetError
 from jacengine.planning.spec import JacobianSpec
@@ -156,6 +156,20 @@ def chunk_prefixes(spec: JacobianSpec, t_in_chunk: int) -> list[int]:
     return [min(steps, k * t_in_chunk) for k in range(1, math.ceil(steps / t_in_chunk) + 1)]
 
 
+EXACT: Final = "exact"  # prefixes on the t_in chunk grid itself, not rounded up to buckets
+Prefixes = int | Literal["exact"]  # how causal blocks' prefixes are chosen: a number of buckets, or EXACT
+
+
+def prefix_lengths(spec: JacobianSpec, t_in_chunk: int, prefixes: Prefixes) -> list[int]:
+    """The prefix lengths causal blocks may differentiate: every one on the t_in chunk grid
+    (:data:`EXACT`), or that many buckets (:func:`watch_buckets`; on the lag layout's default
+    grid, whose t_in axis is lags)."""
+    if prefixes == EXACT:
+        return chunk_prefixes(spec, t_in_chunk)
+    assert isinstance(prefixes, int)
+    return watch_buckets(spec, default_time_chunk(spec.input_steps) if spec.layout == "lag" else t_in_chunk, prefixes)
+
+
 def forward_length(spec: JacobianSpec, prefix: int) -> int:
     """Input steps fed to the model for a block that needs the first ``prefix`` steps."""
     return prefix if spec.truncatable else spec.input_steps
@@ -182,8 +196,7 @@ def make_plan(
     t_out_chunk: int,
     t_in_chunk: int,
     chunks_per_block: Callable[[int], int],
-    n_buckets: int = 4,
-    exact_prefixes: bool = False,
+    prefixes: Prefixes = 4,
 ) -> Plan:
     """Lay out blocks for ``spec`` on the given chunk grid: runs of output rows
     (:func:`row_runs`), each split by batch chunk into blocks (:func:`blocks_of_runs`).
@@ -192,22 +205,19 @@ def make_plan(
     that length (the budget-aware part lives in :mod:`jacengine.planning.costmodel`). Blocks never straddle
     two prefix buckets, so every block of a bucket has the same shape except possibly the last.
 
-    ``exact_prefixes`` (for a block computer whose one compiled function serves every shape,
-    full layout only) replaces the buckets by the t_in chunk grid itself: each causal block
-    differentiates just the whole t_in chunks its last row needs, and a block may span any
-    number of t_out chunks as long as ``chunks_per_block`` of its own prefix allows.
+    ``prefixes``: how many prefix buckets causal blocks are rounded up to (:func:`watch_buckets`),
+    or :data:`EXACT` (for a block computer whose one compiled function serves every shape, full
+    layout only): the t_in chunk grid itself, so that each causal block differentiates just the
+    whole t_in chunks its last row needs, and a block may span any number of t_out chunks as
+    long as ``chunks_per_block`` of its own prefix allows.
     """
     if min(batch_chunk, t_out_chunk, t_in_chunk) < 1:
         raise ValueError(f"chunk sizes must be positive, got {(batch_chunk, t_out_chunk, t_in_chunk)}")
     lag = spec.layout == "lag"
-    if exact_prefixes and lag:
+    if prefixes == EXACT and lag:
         raise ValueError("exact prefixes apply to the full layout only")
-    if exact_prefixes:
-        buckets = chunk_prefixes(spec, t_in_chunk)
-    else:
-        buckets = watch_buckets(spec, default_time_chunk(spec.input_steps) if lag else t_in_chunk, n_buckets)
-    prefixes = ChunkPrefixes(spec, t_out_chunk, t_in_chunk, buckets)
-    runs = row_runs(prefixes, chunks_per_block, exact_prefixes)
+    runs = row_runs(ChunkPrefixes(spec, t_out_chunk, t_in_chunk, prefix_lengths(spec, t_in_chunk, prefixes)),
+                    chunks_per_block, exact=prefixes == EXACT)
     return Plan(batch_chunk=batch_chunk, t_out_chunk=t_out_chunk, t_in_chunk=t_in_chunk,
                 blocks=tuple(blocks_of_runs(spec, runs, batch_chunk)))
 
@@ -247,9 +257,9 @@ class ChunkPrefixes:
         return in_stop, next(length for length in self.buckets if length >= needed)
 
 
-def row_runs(prefixes: ChunkPrefixes, chunks_per_block: Callable[[int], int], exact_prefixes: bool) -> list[RowRun]:
+def row_runs(prefixes: ChunkPrefixes, chunks_per_block: Callable[[int], int], exact: bool) -> list[RowRun]:
     """The t_out chunks grouped into runs of as many chunks as ``chunks_per_block`` allows: within
-    one prefix bucket, or (``exact_prefixes``) while a block with the prefix of its new last
+    one prefix bucket, or (``exact`` prefixes) while a block with the prefix of its new last
     chunk still fits."""
     n_rows, n_chunks, t_out_chunk = len(prefixes.spec.t_out), prefixes.n_chunks, prefixes.t_out_chunk
     runs: list[RowRun] = []
@@ -259,7 +269,7 @@ def row_runs(prefixes: ChunkPrefixes, chunks_per_block: Callable[[int], int], ex
         if chunks_per_block(watch) < 1:
             raise BudgetError(f"no block with a prefix of {watch} steps fits the budget")
         stop = j + 1
-        if exact_prefixes:
+        if exact:
             while stop < n_chunks and chunks_per_block(prefixes.of_chunk(stop)[1]) > stop - j:
                 stop += 1
             watch = prefixes.of_chunk(stop - 1)[1]

@@ -22,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from jacengine.planning.blocks import Block, Plan, make_plan
+from jacengine.planning.blocks import EXACT, Block, Plan, make_plan
 from jacengine.planning.costmodel import CostModel, choose_plan
 from jacengine.planning.fitting import HEADROOM, Reading, Timings, Traits, fit_first, fit_next
 from jacengine.planning.methods import METHODS, Method
@@ -156,7 +156,7 @@ def slivers(spec: JacobianSpec, prior: Plan) -> tuple[Block, Block | None]:
         return prior.blocks[0], None
     samples = min(spec.batch, LOOP_PROBE_SAMPLES if spec.method == LOOP_FIRST else FIRST_PROBE_SAMPLES)
     made = [make_plan(spec, batch_chunk=samples, t_out_chunk=SLIVER_ROWS * chunks, t_in_chunk=prior.t_in_chunk,
-                      chunks_per_block=lambda watch: 1, exact_prefixes=True).blocks[0] for chunks in (1, 2)]
+                      chunks_per_block=lambda watch: 1, prefixes=EXACT).blocks[0] for chunks in (1, 2)]
     return made[0], made[1] if made[1] != made[0] else None
 
 

@@ -35,14 +35,15 @@ from dask.utils import format_bytes
 
 from jacengine.errors import BudgetError, setting
 from jacengine.planning.blocks import (
+    EXACT,
     Block,
     Plan,
-    chunk_prefixes,
+    Prefixes,
     default_time_chunk,
     forward_length,
     lag_window,
     make_plan,
-    watch_buckets,
+    prefix_lengths,
 )
 from jacengine.planning.methods import METHODS, BlockSize
 from jacengine.planning.spec import JacobianSpec
@@ -140,7 +141,6 @@ def _compute_shape(spec: JacobianSpec, block: Block) -> tuple[int, int, int, int
 
 
 BUCKET_CHOICES = (1, 2, 4, 8)
-EXACT_PREFIXES = 0  # n_buckets of an exact-prefix plan (see jacengine.planning.blocks.make_plan)
 
 
 def exact_prefixes(spec: JacobianSpec, cost: CostModel) -> bool:
@@ -171,10 +171,11 @@ def choose_plan(spec: JacobianSpec, cost: CostModel, budget_bytes: int, fallback
             smallest_anywhere = cost.peak_bytes(spec, 1, 1, spec.input_steps)
             return choose_plan(spec, cost, math.ceil(smallest_anywhere / PLANNED_FRACTION) + 1, max_work=max_work)
     candidates, refusals = [], []
-    choices = (EXACT_PREFIXES,) if exact_prefixes(spec, cost) else (n for n in BUCKET_CHOICES if n == 1 or spec.causal)
-    for n_buckets in choices:
+    choices: tuple[Prefixes, ...] = ((EXACT,) if exact_prefixes(spec, cost)
+                                     else tuple(n for n in BUCKET_CHOICES if n == 1 or spec.causal))
+    for prefixes in choices:
         try:
-            candidates.append(plan_for_buckets(spec, cost, budget_bytes, n_buckets, max_work))
+            candidates.append(plan_for_prefixes(spec, cost, budget_bytes, prefixes, max_work))
         except BudgetError as refusal:  # more shapes retain more memory: may not fit where fewer do
             refusals.append(refusal)
     if not candidates:
@@ -182,7 +183,7 @@ def choose_plan(spec: JacobianSpec, cost: CostModel, budget_bytes: int, fallback
     return min(candidates, key=lambda plan: cost.plan_seconds(spec, plan))
 
 
-def plan_for_buckets(spec: JacobianSpec, cost: CostModel, budget_bytes: int, n_buckets: int,
+def plan_for_prefixes(spec: JacobianSpec, cost: CostModel, budget_bytes: int, prefixes: Prefixes,
                      max_work: float = math.inf) -> Plan:
     """The plan with the largest blocks whose predicted peak (retained traces included) fits.
 
@@ -192,48 +193,45 @@ def plan_for_buckets(spec: JacobianSpec, cost: CostModel, budget_bytes: int, n_b
     not fit.
     """
     usable = budget_bytes * PLANNED_FRACTION
-    longest_watch = _longest_watch(spec, n_buckets)
+    longest_watch = _longest_watch(spec, prefixes)
     smallest = cost.peak_bytes(spec, 1, 1, longest_watch)
     if smallest > usable:
         raise BudgetError(
             f"the budget of {format_bytes(int(budget_bytes))} is below the minimum for this model and "
             f"shape: one sample and one output step over {longest_watch} input steps is predicted "
             f"to need {format_bytes(int(smallest))}. Raise {setting('budget')} to at least "
-            f"{format_bytes(int(minimum_budget(spec, cost, n_buckets)))}."
+            f"{format_bytes(int(minimum_budget(spec, cost, prefixes)))}."
         )
     room = usable
     for _ in range(4):
-        plan = _largest_blocks(spec, cost, room, n_buckets, max_work)
+        plan = _largest_blocks(spec, cost, room, prefixes, max_work)
         excess = predicted_peak(spec, plan, cost) - usable
         if excess <= 0:
             return plan
         room = math.floor(room - excess)
     raise BudgetError(
-        f"with {n_buckets} prefix buckets the traced shapes alone would retain more than the budget of "
+        f"with prefixes {prefixes!r} the traced shapes alone would retain more than the budget of "
         f"{format_bytes(int(budget_bytes))}; raise {setting('budget')}."
     )
 
 
-def minimum_budget(spec: JacobianSpec, cost: CostModel, n_buckets: int | None = None) -> int:
+def minimum_budget(spec: JacobianSpec, cost: CostModel, prefixes: Prefixes | None = None) -> int:
     """The smallest budget a plan fits (with 5% to spare): one sample and one output step over
     the longest prefix, by this cost model."""
-    if n_buckets is None:
-        n_buckets = EXACT_PREFIXES if exact_prefixes(spec, cost) else 1
-    return math.ceil(cost.peak_bytes(spec, 1, 1, _longest_watch(spec, n_buckets)) / PLANNED_FRACTION * 1.05)
+    if prefixes is None:
+        prefixes = EXACT if exact_prefixes(spec, cost) else 1
+    return math.ceil(cost.peak_bytes(spec, 1, 1, _longest_watch(spec, prefixes)) / PLANNED_FRACTION * 1.05)
 
 
-def _longest_watch(spec: JacobianSpec, n_buckets: int) -> int:
-    """The input prefix of the plan's last block: all steps, or the causal bucket covering the last output."""
+def _longest_watch(spec: JacobianSpec, prefixes: Prefixes) -> int:
+    """The input prefix of the plan's last block: all steps, or the causal prefix covering the last output."""
     if not spec.causal:
         return spec.input_steps
-    if n_buckets == EXACT_PREFIXES:
-        buckets = chunk_prefixes(spec, default_time_chunk(spec.in_axis_length))
-    else:
-        buckets = watch_buckets(spec, default_time_chunk(spec.input_steps), n_buckets)
-    return next(n for n in buckets if n > spec.t_out[-1])
+    t_in_chunk = default_time_chunk(spec.in_axis_length if prefixes == EXACT else spec.input_steps)
+    return next(n for n in prefix_lengths(spec, t_in_chunk, prefixes) if n > spec.t_out[-1])
 
 
-def _largest_blocks(spec: JacobianSpec, cost: CostModel, budget_bytes: float, n_buckets: int,
+def _largest_blocks(spec: JacobianSpec, cost: CostModel, budget_bytes: float, prefixes: Prefixes,
                     max_work: float = math.inf) -> Plan:
     """The fastest predicted plan whose blocks fit ``budget_bytes`` by the per-block terms alone,
     and ``max_work``, over chunk grids (batch chunk x t_out chunk); on each grid blocks take as
@@ -244,14 +242,14 @@ def _largest_blocks(spec: JacobianSpec, cost: CostModel, budget_bytes: float, n_
     n_rows = len(spec.t_out)
     t_in_chunk = default_time_chunk(spec.in_axis_length)
     default_t_out_chunk = 1 if spec.sequence_to_one else default_time_chunk(n_rows)
-    longest_watch = _longest_watch(spec, n_buckets)
+    longest_watch = _longest_watch(spec, prefixes)
 
     def too_big(batch: int, rows: int, watch: int) -> bool:
         return (cost.peak_bytes(spec, batch, rows, watch) > budget_bytes
                 or block_work(spec, batch, rows, watch, memory=True) > max_work)
 
     def plan_on_grid(batch_chunk: int, t_out_chunk: int) -> Plan:
-        return _blocks_on_grid(spec, cost, budget_bytes, n_buckets, max_work, batch_chunk, t_out_chunk, t_in_chunk)
+        return _blocks_on_grid(spec, cost, budget_bytes, prefixes, max_work, batch_chunk, t_out_chunk, t_in_chunk)
 
     # Every grid whose largest block fits, from the whole batch and the default t_out chunk down
     # by halves (finer t_out chunks let blocks fill the budget more closely); the fastest wins.
@@ -272,7 +270,7 @@ def _halvings(start: int, stop: int) -> list[int]:
     return values
 
 
-def _blocks_on_grid(spec: JacobianSpec, cost: CostModel, budget_bytes: float, n_buckets: int, max_work: float,
+def _blocks_on_grid(spec: JacobianSpec, cost: CostModel, budget_bytes: float, prefixes: Prefixes, max_work: float,
                     batch_chunk: int, t_out_chunk: int, t_in_chunk: int) -> Plan:
     """On the given chunk grid, blocks of as many t_out chunks as fit ``budget_bytes`` and ``max_work``."""
     n_rows = len(spec.t_out)
@@ -297,8 +295,7 @@ def _blocks_on_grid(spec: JacobianSpec, cost: CostModel, budget_bytes: float, n_
         t_out_chunk=t_out_chunk,
         t_in_chunk=t_in_chunk,
         chunks_per_block=chunks_per_block,
-        n_buckets=n_buckets,
-        exact_prefixes=n_buckets == EXACT_PREFIXES,
+        prefixes=prefixes,
     )
 
 
