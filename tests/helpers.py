@@ -32,7 +32,7 @@ def reference_jacobian(model: Any, x: np.ndarray) -> np.ndarray:
 
 
 def prepare_with_blocks(
-    model: Any, x: Any, *, chunks_per_block: int, t_chunk: int, batch_chunk: int, n_buckets: int = 4, **options: Any
+    model: Any, x: Any, *, chunks_per_block: int, t_chunk: int, batch_chunk: int, prefixes: int | str = 4, **options: Any
 ) -> Prepared:
     """Prepare a run with a forced block size (independent of any cost calibration)."""
     prepared: Prepared = prepare(model, x, RunOptions(**options), calibrate=False)
@@ -42,7 +42,7 @@ def prepare_with_blocks(
         t_out_chunk=t_chunk,
         t_in_chunk=t_chunk,
         chunks_per_block=lambda watch: chunks_per_block,
-        prefixes=n_buckets,
+        prefixes=prefixes,
     )
     return dataclasses.replace(prepared, plan=plan, fingerprint=dict(prepared.fingerprint, grid=list(plan.grid)))
 

@@ -166,6 +166,31 @@ class LinearProbing:
         return 0
 
 
+class LinearReferences:
+    """Verification's references from the model's own step-by-step forward pass (float64 already)."""
+
+    finite_differences_unavailable = None
+
+    def __init__(self, model: LinearRecurrence) -> None:
+        self.model = model
+
+    def gradient_row(self, sample: np.ndarray, step: int | None, feature: int) -> np.ndarray:
+        assert step is not None
+        model = self.model
+        row = np.zeros((sample.shape[1], model.b.shape[1]))
+        for s in range(step + 1):
+            row[s] = model.lag_matrix(step - s)[feature]
+        return row
+
+    def central_difference(self, sample: np.ndarray, step: int | None, f_out: int, t_in: int, f_in: int) -> float:
+        model = self.model
+        h = 1e-3  # exact up to rounding for a linear model
+        plus, minus = sample.astype("float64"), sample.astype("float64")
+        plus[0, t_in, f_in] += h
+        minus[0, t_in, f_in] -= h
+        return float((model(plus)[0, step, f_out] - model(minus)[0, step, f_out]) / (2 * h))
+
+
 class LinearBackend:
     name = "linear"
 
@@ -215,23 +240,8 @@ class LinearBackend:
     def probing(self, description: Description, inputs: Inputs, meter: ResidentMeter) -> LinearProbing:
         return LinearProbing(description.block_model, inputs)
 
-    def float64_copy(self, model: LinearRecurrence) -> LinearRecurrence:
-        return model
-
-    def gradient_row(self, model: LinearRecurrence, sample: np.ndarray, step: int | None, feature: int) -> np.ndarray:
-        assert step is not None
-        row = np.zeros((sample.shape[1], model.b.shape[1]))
-        for s in range(step + 1):
-            row[s] = model.lag_matrix(step - s)[feature]
-        return row
-
-    def central_difference(self, model: LinearRecurrence, sample: np.ndarray, step: int | None, f_out: int, t_in: int,
-                           f_in: int) -> float:
-        h = 1e-3  # exact up to rounding for a linear model
-        plus, minus = sample.astype("float64"), sample.astype("float64")
-        plus[0, t_in, f_in] += h
-        minus[0, t_in, f_in] -= h
-        return float((model(plus)[0, step, f_out] - model(minus)[0, step, f_out]) / (2 * h))
+    def references(self, model: LinearRecurrence) -> LinearReferences:
+        return LinearReferences(model)
 
     def directional_products(self, model: LinearRecurrence) -> LinearProducts:
         return LinearProducts(model)

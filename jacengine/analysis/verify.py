@@ -118,11 +118,9 @@ def _check_samples(
     if not candidates:
         return
     rng = np.random.default_rng(seed)
-    try:
-        model64 = backend.float64_copy(loaded)
-    except Exception as exc:  # e.g. custom layers without a config round trip
-        model64 = None
-        report.notes.append(f"finite differences skipped: no float64 copy of the model ({exc})")
+    references = backend.references(loaded)
+    if references.finite_differences_unavailable:
+        report.notes.append(f"finite differences skipped: {references.finite_differences_unavailable}")
     gradient_errors, difference_errors = [], []
     for i in iterate(range(samples), "recomputed rows", progress, unit="row"):
         block = candidates[rng.integers(len(candidates))]
@@ -132,15 +130,15 @@ def _check_samples(
         step = None if spec.sequence_to_one else spec.t_out[row]
         sample = inputs.read(b, b + 1)
         stored = np.asarray(store.array[b, row, fo_index])  # (T, |f_in|)
-        reference = backend.gradient_row(loaded, sample, step, spec.f_out[fo_index])[:, list(spec.f_in)]
+        reference = references.gradient_row(sample, step, spec.f_out[fo_index])[:, list(spec.f_in)]
         scale = max(float(np.abs(reference).max()), 1e-30)
         gradient_errors.append(float(np.abs(stored - _as_stored(spec, reference, step)).max()) / scale)
-        if model64 is not None and i < 4:
+        if not references.finite_differences_unavailable and i < 4:
             last = step if step is not None else spec.input_steps - 1
             first = max(0, last - spec.max_lag + 1) if spec.max_lag is not None else 0
             t_in = int(rng.integers(first, last + 1))
             fi_index = int(rng.integers(len(spec.f_in)))
-            value = backend.central_difference(model64, sample, step, spec.f_out[fo_index], t_in, spec.f_in[fi_index])
+            value = references.central_difference(sample, step, spec.f_out[fo_index], t_in, spec.f_in[fi_index])
             position = last - t_in if spec.layout == "lag" else t_in
             difference_errors.append(abs(float(stored[position, fi_index]) - value) / scale)
     report.rows_checked = len(gradient_errors)

@@ -41,6 +41,22 @@ class Meter(Protocol):
         ...
 
 
+class References(Protocol):
+    """Entries of J computed the simplest independent way, for verification: one gradient row
+    per call, and central finite differences of a float64 copy of the model."""
+
+    # why finite differences cannot be taken (e.g. no float64 copy of a custom layer); None: they can
+    finite_differences_unavailable: str | None
+
+    def gradient_row(self, sample: np.ndarray, step: int | None, feature: int) -> np.ndarray:
+        """d y[0, step, feature] / d x[0] for one sample (1, T, F): (T, F); step None: sequence-to-one."""
+        ...
+
+    def central_difference(self, sample: np.ndarray, step: int | None, f_out: int, t_in: int, f_in: int) -> float:
+        """One entry of J by central finite differences of the float64 model."""
+        ...
+
+
 class DirectionalProducts(Protocol):
     """Sums of J against weights without J: one JVP (over inputs) or VJP (over outputs) per call."""
 
@@ -100,18 +116,8 @@ class Backend(Protocol):
         ``meter``, the one :meth:`start_budget` returned; the methods it cannot use; a prior)."""
         ...
 
-    def float64_copy(self, model: Any) -> Any:
-        """The model in float64 (for finite differences in verification)."""
-        ...
-
-    def gradient_row(self, model: Any, sample: np.ndarray, step: int | None, feature: int) -> np.ndarray:
-        """d y[0, step, feature] / d x[0] for one sample (1, T, F): (T, F), computed the simplest
-        independent way (verification's reference)."""
-        ...
-
-    def central_difference(self, model: Any, sample: np.ndarray, step: int | None, f_out: int, t_in: int,
-                           f_in: int) -> float:
-        """One entry of J by central finite differences of the (float64) model."""
+    def references(self, model: Any) -> References:
+        """Verification's independent references for ``model``."""
         ...
 
     def directional_products(self, model: Any) -> DirectionalProducts: ...

@@ -85,15 +85,8 @@ class TensorFlowBackend:
     def probing(self, description: Description, inputs: Inputs, meter: BudgetMeter) -> TFProbing:
         return TFProbing(description.block_model, inputs, meter.tensors, meter.process)
 
-    def float64_copy(self, model: TFModel) -> TFModel:
-        return model.float64()
-
-    def gradient_row(self, model: TFModel, sample: np.ndarray, step: int | None, feature: int) -> np.ndarray:
-        return reference.gradient_row(model, sample, step, feature)
-
-    def central_difference(self, model: TFModel, sample: np.ndarray, step: int | None, f_out: int, t_in: int,
-                           f_in: int) -> float:
-        return reference.central_difference(model, sample, step, f_out, t_in, f_in)
+    def references(self, model: TFModel) -> reference.TFReferences:
+        return reference.TFReferences(model)
 
     def directional_products(self, model: TFModel) -> LinearFunctionals:
         return LinearFunctionals(model)

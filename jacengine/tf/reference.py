@@ -1,6 +1,7 @@
 """Independent references for verification: single-row gradients and central finite differences
 on a float64 copy of the model (``jacengine.tf.model.float64_copy``). Deliberately simple and
-eager: no pfor, no tf.function, no blocks."""
+eager: no pfor, no tf.function, no blocks. :class:`TFReferences` is the backend's
+:class:`~jacengine.backends.base.References`."""
 
 from __future__ import annotations
 
@@ -35,3 +36,23 @@ def central_difference(
     up = float(_output(model64, tf.constant(plus), step, feature))
     down = float(_output(model64, tf.constant(minus), step, feature))
     return (up - down) / (2 * h)
+
+
+class TFReferences:
+    """Gradient rows of ``model`` and finite differences of its float64 copy (made once, here)."""
+
+    def __init__(self, model: TFModel) -> None:
+        self.model = model
+        self.finite_differences_unavailable: str | None = None
+        self._model64: TFModel | None = None
+        try:
+            self._model64 = model.float64()
+        except Exception as exc:  # e.g. custom layers without a config round trip
+            self.finite_differences_unavailable = f"no float64 copy of the model ({exc})"
+
+    def gradient_row(self, sample: np.ndarray, step: int | None, feature: int) -> np.ndarray:
+        return gradient_row(self.model, sample, step, feature)
+
+    def central_difference(self, sample: np.ndarray, step: int | None, f_out: int, t_in: int, f_in: int) -> float:
+        assert self._model64 is not None, self.finite_differences_unavailable
+        return central_difference(self._model64, sample, step, f_out, t_in, f_in)
