@@ -88,7 +88,7 @@ def test_simulated_power_loss_is_seen_by_status_and_repaired_by_compute(damage: 
     shutil.copytree(reference[0], path)
     store = jacengine.open_store(path)
     block = store.plan.blocks[-1]
-    chunk = store._chunk_files(block)[0]
+    chunk = store.ledger.chunk_files(block)[0]
     if damage == "delete a chunk":
         chunk.unlink()
     elif damage == "truncate a chunk":

@@ -19,7 +19,8 @@ from jacengine.options import MODEL_IDENTITY, RunOptions
 from jacengine.planning.spec import JacobianSpec
 from jacengine.progress import iterate
 from jacengine.storage.inputs import Inputs
-from jacengine.storage.store import JacobianStore, block_checksum
+from jacengine.storage.ledger import block_checksum
+from jacengine.storage.store import JacobianStore
 
 
 @dataclass
