@@ -9,6 +9,7 @@ The backend is imported when the function is called.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -16,10 +17,12 @@ import xarray as xr
 
 from jacengine.analysis.reductions import NAME_ATTRIBUTE
 from jacengine.backends import backend_for
+from jacengine.backends.base import DirectionalProducts
 from jacengine.errors import InputError, setting
 from jacengine.logs import accepts_verbose
 from jacengine.options import RunOptions
 from jacengine.planning.selection import Selection, normalise_selection
+from jacengine.planning.spec import JacobianSpec
 from jacengine.progress import iterate
 from jacengine.storage.inputs import Inputs, InputsLike
 
@@ -64,29 +67,45 @@ def directional(
     source = Inputs(inputs)
     source.content_hash()  # refuses NaN/Inf before any work
     spec = backend.describe(loaded, source, options).spec
-    batch, steps, features = source.shape
     products = backend.directional_products(loaded)
-    dtype = np.dtype(spec.compute_dtype)
-    n_out_steps = spec.output_steps  # 1 for sequence-to-one models
-    batches = iterate(_ranges(batch, batch_size), f"{over} sum", progress, unit="batch")
+    batches = iterate(_ranges(source.shape[0], batch_size), f"{over} sum", progress, unit="batch")
     if over == "inputs":
-        chosen_t, chosen_f = normalise_selection(t_in, steps, "t_in"), normalise_selection(f_in, features, "f_in")
-        weights = np.zeros((steps, features), dtype)
-        weights[np.ix_(chosen_t, chosen_f)] = 1
-        parts = [products.jvp(source.read(a, b).astype(dtype), weights) for a, b in batches]
-        dims = ("batch", "t_out", "f_out")
-        coords = {"t_out": np.asarray(spec.t_out_coordinate), "f_out": np.arange(spec.output_features)}
-        name, selected = "input-sum", {"t_in": list(chosen_t), "f_in": list(chosen_f)}
-    else:
-        chosen_t = normalise_selection(t_out, n_out_steps, "t_out")
-        chosen_f = normalise_selection(f_out, spec.output_features, "f_out")
-        weights = np.zeros((n_out_steps, spec.output_features), dtype)
-        weights[np.ix_(chosen_t, chosen_f)] = 1
-        parts = [products.vjp(source.read(a, b).astype(dtype), weights) for a, b in batches]
-        dims = ("batch", "t_in", "f_in")
-        coords = {"t_in": np.arange(steps), "f_in": np.arange(features)}
-        name, selected = "output-sum", {"t_out": list(chosen_t), "f_out": list(chosen_f)}
-    attrs: dict[str, Any] = {**selected, "forward_mode": products.forward_mode_works}
+        return _input_sums(products, source, spec, batches, t_in, f_in)
+    return _output_sums(products, source, spec, batches, t_out, f_out)
+
+
+def _input_sums(products: DirectionalProducts, source: Inputs, spec: JacobianSpec, batches: Iterable[tuple[int, int]],
+                t_in: Selection, f_in: Selection) -> xr.Dataset:
+    """S[b, t_out, f_out]: one JVP per batch, with weights 1 on the chosen inputs."""
+    _, steps, features = source.shape
+    dtype = np.dtype(spec.compute_dtype)
+    chosen_t, chosen_f = normalise_selection(t_in, steps, "t_in"), normalise_selection(f_in, features, "f_in")
+    weights = np.zeros((steps, features), dtype)
+    weights[np.ix_(chosen_t, chosen_f)] = 1
+    parts = [products.jvp(source.read(a, b).astype(dtype), weights) for a, b in batches]
+    coords = {"t_out": np.asarray(spec.t_out_coordinate), "f_out": np.arange(spec.output_features)}
+    return _dataset(parts, ("batch", "t_out", "f_out"), coords, "input-sum",
+                    {"t_in": list(chosen_t), "f_in": list(chosen_f), "forward_mode": products.forward_mode_works})
+
+
+def _output_sums(products: DirectionalProducts, source: Inputs, spec: JacobianSpec, batches: Iterable[tuple[int, int]],
+                 t_out: Selection, f_out: Selection) -> xr.Dataset:
+    """S[b, t_in, f_in]: one VJP per batch, with weights 1 on the chosen outputs (one output
+    step for a sequence-to-one model)."""
+    _, steps, features = source.shape
+    dtype = np.dtype(spec.compute_dtype)
+    chosen_t = normalise_selection(t_out, spec.output_steps, "t_out")
+    chosen_f = normalise_selection(f_out, spec.output_features, "f_out")
+    weights = np.zeros((spec.output_steps, spec.output_features), dtype)
+    weights[np.ix_(chosen_t, chosen_f)] = 1
+    parts = [products.vjp(source.read(a, b).astype(dtype), weights) for a, b in batches]
+    coords = {"t_in": np.arange(steps), "f_in": np.arange(features)}
+    return _dataset(parts, ("batch", "t_in", "f_in"), coords, "output-sum",
+                    {"t_out": list(chosen_t), "f_out": list(chosen_f), "forward_mode": products.forward_mode_works})
+
+
+def _dataset(parts: list[np.ndarray], dims: tuple[str, ...], coords: dict[str, np.ndarray], name: str,
+             attrs: dict[str, Any]) -> xr.Dataset:
     return xr.Dataset({"sum": (dims, np.concatenate(parts))}, coords=coords, attrs={NAME_ATTRIBUTE: name, **attrs})
 
 
