@@ -15,10 +15,11 @@ How a run holds it, in four steps, each in one place:
    :func:`~jacengine.planning.costmodel.choose_plan` takes the fastest chunk grid whose every
    block is predicted within the budget, and refuses a budget below
    :func:`~jacengine.planning.costmodel.minimum_budget` with the minimum in the message.
-2. **Calibration** (the backend's, e.g. :mod:`jacengine.tf.probes`). The line is measured on
-   probe blocks of the actual model on this machine, with the memory reader the backend runs on.
+2. **Calibration** (:mod:`jacengine.planning.calibration`, the fits in
+   :mod:`jacengine.planning.fitting`). The line is measured on probe blocks of the actual model
+   on this machine, run and read by the backend's prober (e.g. :mod:`jacengine.tf.probes`).
 3. **Trust region** (``max_work`` of ``choose_plan``). A plan never holds blocks more than a
-   fixed factor larger than the largest block measured; the backend probes larger blocks until
+   fixed factor larger than the largest block measured; calibration probes larger blocks until
    the plan's blocks are within it.
 4. **Out-of-memory split** (:mod:`jacengine.executors.splitting`). A block that runs out of
    memory anyway is computed in halves, and later blocks of its shape too.

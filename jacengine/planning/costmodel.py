@@ -19,7 +19,7 @@ by its last block.
 serves every shape (``one_trace``); such plans give each causal block its exact prefix.
 
 The coefficients start from a prior derived from the model's size and are calibrated by
-measuring probe blocks on the actual model (the backend's calibration, e.g. ``jacengine.tf.probes``).
+measuring probe blocks on the actual model (:mod:`jacengine.planning.calibration`).
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ PLANNED_FRACTION = 0.90
 def choose_plan(spec: JacobianSpec, cost: CostModel, budget_bytes: int, fallback_to_smallest: bool = False,
                 max_work: float = math.inf) -> Plan:
     """The fastest predicted plan whose blocks all fit ``budget_bytes`` (and do at most
-    ``max_work`` each: the calibration's trust region, see ``jacengine.tf.method_choice``).
+    ``max_work`` each: the calibration's trust region, see :mod:`jacengine.planning.calibration`).
 
     More prefix buckets skip more of a causal upper triangle but cost one trace each, so the
     candidates with 1, 2, 4 and 8 buckets are compared by predicted run time. With
