@@ -23,8 +23,8 @@ from jacengine.errors import (
     StoreMismatchError,
 )
 from jacengine.options import RunOptions
-from jacengine.status import StoreStatus, status
 from jacengine.storage.store import JacobianStore, open_store
+from jacengine.store_status import StoreStatus, status
 
 __all__ = [
     "BlockError",

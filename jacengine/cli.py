@@ -338,7 +338,7 @@ def status(store: str | None, shards: int | None, as_json: bool) -> None:
     \b
     Example: jacengine status j.zarr --shards 8
     """
-    from jacengine.status import status as status_api
+    from jacengine import status as status_api
 
     if store is None:
         raise click.UsageError("no store: pass STORE or a --config file that sets store.")

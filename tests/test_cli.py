@@ -76,7 +76,7 @@ def test_short_help_quiet_and_a_crash_has_its_own_exit_status(monkeypatch, tmp_p
     runner = CliRunner()
     assert runner.invoke(main, ["-h"]).exit_code == 0
     assert "--out" in runner.invoke(main, ["compute", "-h"]).output
-    monkeypatch.setattr("jacengine.status.open_store", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr("jacengine.store_status.open_store", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     crashed = runner.invoke(main, ["-q", "status", str(tmp_path)])
     assert crashed.exit_code == 1 and "internal error" in crashed.output
     monkeypatch.undo()

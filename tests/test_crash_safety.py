@@ -115,6 +115,7 @@ def test_sigterm_exits_75_promptly_and_resumes(files, tmp_path) -> None:
     assert store_hash(store) == reference
 
 
+@pytest.mark.slow
 def test_verify_catches_a_corrupt_chunk_and_resume_repairs_it(files, tmp_path) -> None:
     directory, model, reference, _ = files
     path = tmp_path / "v.zarr"

@@ -31,7 +31,7 @@ def case():
     return x, {name: (model, reference_jacobian(model, x)) for name, model in models.items()}
 
 
-@pytest.mark.parametrize("name", ["lstm", "gru"])
+@pytest.mark.parametrize("name", ["lstm", pytest.param("gru", marks=pytest.mark.slow)])
 def test_input_sum_is_the_seed_window_sum(case, name) -> None:
     x, models = case
     model, jacobian = models[name]

@@ -58,6 +58,7 @@ def reference(tmp_path_factory) -> tuple[Path, str]:
     return path, files_hash(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", FAULT_POINTS)
 def test_a_kill_at_each_commit_point_resumes_bit_identical(point: str, reference, tmp_path) -> None:
     """after-temp: a chunk's temporary file written; after-rename: the first chunk in place;

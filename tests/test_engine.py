@@ -68,6 +68,7 @@ def test_causal_store_has_no_upper_triangle_chunks_and_few_traces(model, x, full
     np.testing.assert_allclose(store.to_numpy(), full, rtol=0, atol=1e-5 * np.abs(full).max())
 
 
+@pytest.mark.slow
 def test_one_trace_serves_every_block_shape(model, x, tmp_path) -> None:
     """The full layout's polymorphic block function traces once, whatever the prefixes and
     block sizes, and its blocks equal TensorFlow's batch_jacobian."""
@@ -163,6 +164,7 @@ def test_bad_inputs_are_refused_before_anything_is_written(model, x, tmp_path, b
     assert not (tmp_path / "bad.zarr").exists()
 
 
+@pytest.mark.slow
 def test_stateful_rnn_and_tiny_budget_are_refused(x, model, tmp_path) -> None:
     stateful = keras.Sequential([keras.Input((16, 2), batch_size=4), keras.layers.LSTM(3, stateful=True, return_sequences=True)])
     with pytest.raises(ModelError, match="stateful"):

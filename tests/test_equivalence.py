@@ -77,7 +77,8 @@ ZOO = {
 
 # Slow (--runslow): models whose code paths the default cases already cover (the seed test is an
 # LSTM with TimeDistributed; GRU with several features), kept off the default suite for time.
-SLOW = {"lstm", "stacked_lstm_time_distributed", "fixed_length_lstm", "simple_rnn", "bidirectional_lstm"}
+SLOW = {"lstm", "stacked_lstm_time_distributed", "fixed_length_lstm", "simple_rnn", "bidirectional_lstm", "sequence_to_one",
+        "gru_fin3_fout2"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in sorted(ZOO)])

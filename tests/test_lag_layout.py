@@ -40,7 +40,7 @@ def gru_and_inputs():
 CASES = [
     # zoo model, method, max_lag: causal RNN (window and bucketed prefix), non-causal conv (full
     # forward pass), causal attention in forward mode; a window of one step and of the whole sequence
-    ("gru_fin3_fout2", "reverse", 1),
+    pytest.param("gru_fin3_fout2", "reverse", 1, marks=pytest.mark.slow),
     ("gru_fin3_fout2", "reverse", 4),
     pytest.param("gru_fin3_fout2", "reverse-loop", 4, marks=pytest.mark.slow),
     ("conv1d_same", "reverse", 3),

@@ -100,6 +100,7 @@ def test_auto_takes_the_recurrent_chain_on_an_rnn_without_tracing(tmp_path, capl
     assert_matches_reference(store.to_numpy(), model, x)
 
 
+@pytest.mark.slow
 def test_auto_leaves_forward_mode_out_on_an_rnn_that_is_not_a_chain(tmp_path, caplog, probed_methods) -> None:
     builder, f_in, _ = ZOO["bidirectional_lstm"]
     model, x = builder(), inputs(f_in)

@@ -176,6 +176,7 @@ def model_module(tmp_path, monkeypatch) -> str:
     return "my_models:model"
 
 
+@pytest.mark.slow
 def test_import_path(model_module, x, tmp_path) -> None:
     store = compute_with_blocks(model_module, x, tmp_path / "j.zarr", **BLOCKS)
     assert_matches(store, reference(Recurrence(), x))
@@ -203,6 +204,7 @@ def test_cli_with_import_path_and_savedmodel_directory(model_module, x, tmp_path
     assert result.exit_code == 2 and "neither an existing file" in result.output
 
 
+@pytest.mark.slow
 def test_signature_names_the_function_of_a_savedmodel(x, tmp_path) -> None:
     module = Recurrence()
     doubled = tf.function(lambda inputs: 2.0 * module(inputs), input_signature=module.__call__.input_signature)

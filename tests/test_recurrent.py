@@ -118,7 +118,8 @@ def small_stacks(draw) -> tuple[list[tuple[str, dict]], int]:
     return layers, draw(st.integers(1, 3))
 
 
-@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.slow
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(small_stacks())
 def test_random_small_stacks_equal_batch_jacobian(stack: tuple[list[tuple[str, dict]], int]) -> None:
     layers, features = stack

@@ -168,6 +168,7 @@ def test_incomplete_store_is_refused_unless_partial(store, tmp_path) -> None:
         close(np.nan_to_num(std), np.nan_to_num(np.nanstd(signed, axis=0)))
 
 
+@pytest.mark.slow
 def test_plots_place_uneven_selections_by_their_coordinates_and_draw_into_a_given_ax(tmp_path) -> None:
     pytest.importorskip("matplotlib")
     from helpers import compute_with_blocks

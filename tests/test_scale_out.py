@@ -117,6 +117,7 @@ def test_four_concurrent_shard_processes_match_one_process(files) -> None:
     assert status.returncode == 0 and "shard 3/4: 2/2 blocks" in status.stdout, status.stdout
 
 
+@pytest.mark.slow
 def test_shards_need_an_initialised_store_and_a_valid_index(files, tmp_path) -> None:
     with pytest.raises(jacengine.InputError, match="jacengine init"):
         jacengine.compute(str(files["model"]), str(files["inputs"]), tmp_path / "none.zarr", shard=(0, 2), progress=False)
