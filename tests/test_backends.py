@@ -167,10 +167,10 @@ def test_to_xarray_labels_the_jacobian_and_leaves_the_bookkeeping_out(model, x, 
     np.testing.assert_array_equal(array.values, store.to_numpy())
 
 
-def test_the_numpy_backend_calibrates_and_its_probes_are_blocks_it_keeps(tmp_path) -> None:
+def test_the_numpy_backend_calibrates_and_stores_the_closed_form(tmp_path) -> None:
     """The numpy backend's run goes through calibration (auto picks a generic method, with a
-    reason); its plan fits the budget by the cost it fitted; the store holds the same J as the
-    uncalibrated plan's."""
+    reason); its plan fits the budget by the cost it fitted, in several blocks; the store holds
+    the closed form's J."""
     x = np.random.default_rng(0).normal(size=(6, 40, 2))
     model = LinearRecurrence.random()
     MiB = 2**20
