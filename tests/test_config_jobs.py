@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -81,7 +82,21 @@ def test_shard_from_slurm_and_pbs_variables() -> None:
 def test_job_script_matches_golden_file(scheduler: str) -> None:
     config = load_config(GOLDEN / "job.toml")
     rendered = render_script(scheduler, config).replace(str(config.path), "CONFIG").replace(config.store, "STORE")
+    # the here-document's delimiter hashes the shard script, which holds this checkout's path
+    rendered = re.sub(r"JACENGINE_SHARD_[0-9A-F]{16}", "JACENGINE_SHARD_HASH", rendered)
     assert rendered == (GOLDEN / f"{scheduler}.sh").read_text()
+
+
+@pytest.mark.parametrize("scheduler", ["slurm", "pbs"])
+def test_no_setup_line_can_end_the_shard_here_document(scheduler: str, tmp_path) -> None:
+    """The delimiter is a hash of the shard script, so a setup line of the old fixed delimiter
+    stays inside the document, and the delimiter appears only where it opens and closes it."""
+    config = load_config(write(tmp_path / "j.toml", 'store = "j.zarr"\n[job]\nshards = 2\ntime = "01:00:00"\n'
+                                                    'setup = ["SHARD", "EOF"]\n'))
+    lines = render_script(scheduler, config).splitlines()
+    delimiter = re.search(r"<<'(JACENGINE_SHARD_[0-9A-F]{16})'", "\n".join(lines)).group(1)
+    closing = [i for i, line in enumerate(lines) if line == delimiter]
+    assert len(closing) == 1 and lines.index("SHARD") < closing[0] and lines[closing[0] - 1] == 'exit "$status"'
 
 
 def test_job_script_needs_shards_and_time(tmp_path) -> None:
@@ -134,14 +149,14 @@ def test_hostile_job_values_are_refused_with_what_is_expected(key: str, tmp_path
 STUB = """#!/bin/bash
 # a stand-in for {name}: records its arguments, prints a job id, and runs what the job would run
 log="$STUB_LOG/{name}.$RANDOM"
-printf '%s\\n' "$@" > "$log"
+printf '%s\\n' "$@" "in_job=${{IN_JOB:-0}}" > "$log"
 {run}
 echo 4242
 """
 RUN_JOB = {
     "sbatch": """wrap=""; prev=""; for a in "$@"; do [ "$prev" = "--wrap" ] && wrap="$a"; prev="$a"; done
-if [ -n "$wrap" ]; then bash -c "$wrap"; else bash -s < /dev/stdin > /dev/null; fi""",
-    "qsub": """if [ "${@: -3:1}" = "/bin/bash" ]; then "${@: -3}"; else bash -s < /dev/stdin > /dev/null; fi""",
+if [ -n "$wrap" ]; then IN_JOB=1 bash -c "$wrap"; else IN_JOB=1 bash -s < /dev/stdin > /dev/null; fi""",
+    "qsub": """if [ "${@: -3:1}" = "/bin/bash" ]; then IN_JOB=1 "${@: -3}"; else IN_JOB=1 bash -s < /dev/stdin > /dev/null; fi""",
     "jacengine": "",
 }
 
@@ -158,12 +173,14 @@ def test_hostile_paths_run_nothing_at_submission_or_in_the_job(scheduler: str, t
     folder.mkdir()
     store = "a$(touch MARK3);touch MARK4.zarr"
     config = load_config(write(folder / "j.toml", f"store = '{store}'\n[reduce]\nwindow = \"0:10'; touch MARK5; '\"\n"
-                                                  "[job]\nshards = 2\ntime = \"01:00:00\"\nsetup = [\"true\"]\n"))
+                                                  "[job]\nshards = 2\ntime = \"01:00:00\"\nsetup = [\"true\", \"SHARD\"]\n"))
     stubs, logs = tmp_path / "stubs", tmp_path / "logs"
     stubs.mkdir(), logs.mkdir()
     for name, run in RUN_JOB.items():
         (stubs / name).write_text(STUB.format(name=name, run=run))
         (stubs / name).chmod(0o755)
+    (stubs / "SHARD").write_text("#!/bin/sh\n")  # a setup line that once ended the shard's here-document
+    (stubs / "SHARD").chmod(0o755)
     script = tmp_path / "submit.sh"
     script.write_text(render_script(scheduler, config))
     env = dict(os.environ, PATH=f"{stubs}:{os.environ['PATH']}", STUB_LOG=str(logs))
@@ -173,6 +190,7 @@ def test_hostile_paths_run_nothing_at_submission_or_in_the_job(scheduler: str, t
     assert not list(tmp_path.rglob("MARK*")), "a hostile value ran as a command"
     calls = [path.read_text().splitlines() for path in logs.glob("jacengine.*")]
     assert sorted(call[0] for call in calls) == ["compute", "init", "reduce"]  # init, one shard, the reductions
+    assert all(call[-1] == "in_job=1" for call in calls), "jacengine ran at submission, not in a job"
     assert all(str(folder / "j.toml") in call for call in calls if call[0] != "reduce")
     reduce = next(call for call in calls if call[0] == "reduce")
     assert str(folder / store) in reduce and "0:10'; touch MARK5; '" in reduce

@@ -16,11 +16,14 @@ is written into a scheduler directive, and values that are paths or commands are
 the shell that reads them (``--wrap`` and ``bash -c`` get one single-quoted argument, so nothing
 expands at submission). Newlines are refused everywhere, so no value can end a here-document.
 The ``setup`` lines are the exception by design: they are shell commands the job runs (e.g.
-``module load``), run in the job, never at submission.
+``module load``), run in the job, never at submission. They do sit inside the here-document that
+carries the shard script to ``sbatch``/``qsub``, so its delimiter is a hash of the script's
+contents (:func:`_delimiter`): no line of the script can equal it, and one that did is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shlex
 from pathlib import Path
@@ -103,6 +106,16 @@ def render_script(scheduler: str, config: Config, **overrides: Any) -> str:
     return render(job, name, quoted, setup, reduce)
 
 
+def _here_document(body: str) -> tuple[str, str]:
+    """(opening, closing) of a quoted here-document carrying ``body``. The delimiter holds a
+    hash of ``body``, so no line of it can end the document early (a setup line "SHARD" once
+    did: the rest of the shard script ran on the login node at submission)."""
+    delimiter = "JACENGINE_SHARD_" + hashlib.sha256(body.encode()).hexdigest()[:16].upper()
+    if delimiter in body.splitlines():
+        raise InputError(f"a line of the job script equals its here-document delimiter {delimiter}; change that line.")
+    return f"<<'{delimiter}'", delimiter
+
+
 def _in_job(setup: str, command: str) -> str:
     """``command`` after the setup lines, as one single-quoted shell word (``--wrap``,
     ``bash -c``): the login node's shell passes it on without expanding anything."""
@@ -111,7 +124,7 @@ def _in_job(setup: str, command: str) -> str:
 
 
 def _slurm(job: dict[str, Any], name: str, config: str, setup: str, reduce: str) -> str:
-    shards, resumable = int(job["shards"]), RunInterrupted.exit_status
+    shards = int(job["shards"])
     common = [f"#SBATCH --cpus-per-task={job['cpus']}", f"#SBATCH --mem={job['memory']}"]
     common += [f"#SBATCH --partition={job['partition']}"] if "partition" in job else []
     common += [f"#SBATCH --account={job['account']}"] if "account" in job else []
@@ -120,16 +133,7 @@ def _slurm(job: dict[str, Any], name: str, config: str, setup: str, reduce: str)
     header = "\n".join(common)
     single = f"--time={job['time']} --cpus-per-task={job['cpus']} --mem={job['memory']}" + "".join(
         f" --{key}={job[key]}" for key in ("partition", "account") if key in job)
-    return f"""#!/bin/bash
-# jacengine job array: submit with `bash THIS_FILE` on a SLURM login node.
-# 1. init (creates the store once)  2. {shards} shards  3. reductions after every shard.
-set -euo pipefail
-
-init=$(sbatch --parsable --job-name={name}-init {single} \\
-  --wrap {_in_job(setup, f"jacengine init --config {config}")})
-
-array=$(sbatch --parsable --dependency=afterok:${{init}} <<'SHARD'
-#!/bin/bash
+    shard = f"""#!/bin/bash
 #SBATCH --job-name={name}
 #SBATCH --array=0-{shards - 1}
 #SBATCH --time={job['time']}
@@ -139,13 +143,19 @@ array=$(sbatch --parsable --dependency=afterok:${{init}} <<'SHARD'
 #SBATCH --output={name}-%A_%a.log
 #SBATCH --signal=B:TERM@{job['requeue_signal_s']}
 {setup}
-# SIGTERM before the time limit: jacengine stops between blocks and exits {resumable} (resumable).
-{_run_shard(config)}
-if [ "$status" -eq {resumable} ]; then
-  scontrol requeue "${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}"
-fi
-exit "$status"
-SHARD
+{_run_shard(config, 'scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"', "before the time limit")}"""
+    opening, closing = _here_document(shard)
+    return f"""#!/bin/bash
+# jacengine job array: submit with `bash THIS_FILE` on a SLURM login node.
+# 1. init (creates the store once)  2. {shards} shards  3. reductions after every shard.
+set -euo pipefail
+
+init=$(sbatch --parsable --job-name={name}-init {single} \\
+  --wrap {_in_job(setup, f"jacengine init --config {config}")})
+
+array=$(sbatch --parsable --dependency=afterok:${{init}} {opening}
+{shard}
+{closing}
 )
 
 sbatch --parsable --dependency=afterok:${{array}} --job-name={name}-reduce {single} \\
@@ -154,19 +164,26 @@ printf 'submitted init %s, shards %s; progress: jacengine status --config %s --s
 """
 
 
-def _run_shard(config: str) -> str:
-    """The shard runs in the background so that the job's shell can forward the scheduler's
-    SIGTERM to it and still be alive to requeue when it exits resumable (a foreground command
-    would leave the shell to die with the signal first)."""
-    return f"""jacengine compute --config {config} --shard-from-env --no-progress &
+def _run_shard(config: str, requeue: str, when: str) -> str:
+    """The shard's command, and its requeue when it exits resumable. It runs in the background
+    so that the job's shell can forward the scheduler's SIGTERM to it and still be alive to
+    requeue when it exits resumable (a foreground command would leave the shell to die with the
+    signal first)."""
+    resumable = RunInterrupted.exit_status
+    return f"""# SIGTERM {when}: jacengine stops between blocks and exits {resumable} (resumable).
+jacengine compute --config {config} --shard-from-env --no-progress &
 worker=$!
 trap 'kill -TERM "$worker" 2>/dev/null' TERM
 status=0; wait "$worker" || status=$?
-if [ "$status" -gt 128 ]; then status=0; wait "$worker" || status=$?; fi"""
+if [ "$status" -gt 128 ]; then status=0; wait "$worker" || status=$?; fi
+if [ "$status" -eq {resumable} ]; then
+  {requeue}
+fi
+exit "$status\""""
 
 
 def _pbs(job: dict[str, Any], name: str, config: str, setup: str, reduce: str) -> str:
-    shards, resumable = int(job["shards"]), RunInterrupted.exit_status
+    shards = int(job["shards"])
     select = f"select=1:ncpus={job['cpus']}:mem={job['memory']}" + (f":ngpus={job['gpus']}" if "gpus" in job else "")
     common = [f"#PBS -l {select}", f"#PBS -l walltime={job['time']}"]
     common += [f"#PBS -q {job['partition']}"] if "partition" in job else []
@@ -175,15 +192,7 @@ def _pbs(job: dict[str, Any], name: str, config: str, setup: str, reduce: str) -
     header = "\n".join(common)
     single = f"-l {select} -l walltime={job['time']}" + "".join(
         f" -{flag} {job[key]}" for key, flag in (("partition", "q"), ("account", "A")) if key in job)
-    return f"""#!/bin/bash
-# jacengine job array: submit with `bash THIS_FILE` on a PBS Pro login node.
-# 1. init (creates the store once)  2. {shards} shards  3. reductions after every shard.
-set -euo pipefail
-
-init=$(qsub -N {name}-init {single} -- /bin/bash -c {_in_job(setup, f"jacengine init --config {config}")})
-
-array=$(qsub -W depend=afterok:${{init}} <<'SHARD'
-#!/bin/bash
+    shard = f"""#!/bin/bash
 #PBS -N {name}
 #PBS -J 0-{shards - 1}
 {header}
@@ -192,13 +201,18 @@ array=$(qsub -W depend=afterok:${{init}} <<'SHARD'
 cd "$PBS_O_WORKDIR"
 {setup}
 export JACENGINE_SHARD_COUNT={shards}
-# PBS sends SIGTERM at the walltime: jacengine stops between blocks and exits {resumable} (resumable).
-{_run_shard(config)}
-if [ "$status" -eq {resumable} ]; then
-  qrerun "$PBS_JOBID"
-fi
-exit "$status"
-SHARD
+{_run_shard(config, 'qrerun "$PBS_JOBID"', "at the walltime")}"""
+    opening, closing = _here_document(shard)
+    return f"""#!/bin/bash
+# jacengine job array: submit with `bash THIS_FILE` on a PBS Pro login node.
+# 1. init (creates the store once)  2. {shards} shards  3. reductions after every shard.
+set -euo pipefail
+
+init=$(qsub -N {name}-init {single} -- /bin/bash -c {_in_job(setup, f"jacengine init --config {config}")})
+
+array=$(qsub -W depend=afterok:${{init}} {opening}
+{shard}
+{closing}
 )
 
 qsub -N {name}-reduce -W depend=afterok:${{array}} {single} -- /bin/bash -c {_in_job(setup, reduce)}

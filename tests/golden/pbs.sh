@@ -5,7 +5,7 @@ set -euo pipefail
 
 init=$(qsub -N jacengine-jacobian-init -l select=1:ncpus=4:mem=16G -l walltime=04:00:00 -q compute -A lab42 -- /bin/bash -c 'module load python/3.11 && source $HOME/venvs/jacengine/bin/activate && jacengine init --config CONFIG')
 
-array=$(qsub -W depend=afterok:${init} <<'SHARD'
+array=$(qsub -W depend=afterok:${init} <<'JACENGINE_SHARD_HASH'
 #!/bin/bash
 #PBS -N jacengine-jacobian
 #PBS -J 0-7
@@ -19,7 +19,7 @@ cd "$PBS_O_WORKDIR"
 module load python/3.11
 source $HOME/venvs/jacengine/bin/activate
 export JACENGINE_SHARD_COUNT=8
-# PBS sends SIGTERM at the walltime: jacengine stops between blocks and exits 75 (resumable).
+# SIGTERM at the walltime: jacengine stops between blocks and exits 75 (resumable).
 jacengine compute --config CONFIG --shard-from-env --no-progress &
 worker=$!
 trap 'kill -TERM "$worker" 2>/dev/null' TERM
@@ -29,7 +29,7 @@ if [ "$status" -eq 75 ]; then
   qrerun "$PBS_JOBID"
 fi
 exit "$status"
-SHARD
+JACENGINE_SHARD_HASH
 )
 
 qsub -N jacengine-jacobian-reduce -W depend=afterok:${array} -l select=1:ncpus=4:mem=16G -l walltime=04:00:00 -q compute -A lab42 -- /bin/bash -c 'module load python/3.11 && source $HOME/venvs/jacengine/bin/activate && jacengine reduce STORE --op saliency --op lag-profile --op window-sum --window 0:10'

@@ -6,7 +6,7 @@ set -euo pipefail
 init=$(sbatch --parsable --job-name=jacengine-jacobian-init --time=04:00:00 --cpus-per-task=4 --mem=16G --partition=compute --account=lab42 \
   --wrap 'module load python/3.11 && source $HOME/venvs/jacengine/bin/activate && jacengine init --config CONFIG')
 
-array=$(sbatch --parsable --dependency=afterok:${init} <<'SHARD'
+array=$(sbatch --parsable --dependency=afterok:${init} <<'JACENGINE_SHARD_HASH'
 #!/bin/bash
 #SBATCH --job-name=jacengine-jacobian
 #SBATCH --array=0-7
@@ -31,7 +31,7 @@ if [ "$status" -eq 75 ]; then
   scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
 fi
 exit "$status"
-SHARD
+JACENGINE_SHARD_HASH
 )
 
 sbatch --parsable --dependency=afterok:${array} --job-name=jacengine-jacobian-reduce --time=04:00:00 --cpus-per-task=4 --mem=16G --partition=compute --account=lab42 \
