@@ -127,6 +127,8 @@ def _jacengine_runner(case: Case, model: Any, x: np.ndarray, directory: str) -> 
     settings: dict[str, Any] = {"layout": "lag", "max_lag": case.max_lag} if case.max_lag else {}
     if case.vouch_causal:
         settings["causal"] = True
+    if "savedmodel" in case.model_kind:
+        settings["trust_model"] = True  # the benchmark exported it just now
 
     def compute() -> Any:
         path = os.path.join(directory, f"run{next(runs)}.zarr")

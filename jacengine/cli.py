@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 from dask.utils import format_bytes
 
 from jacengine.analysis.reductions import REDUCTIONS
-from jacengine.backends import is_import_path
+from jacengine.backends import is_import_path, runs_code_when_loaded, untrusted_model_message
 from jacengine.demo import DEFAULTS as DEMO
 from jacengine.demo import TRUE_LAGS
 from jacengine.errors import InputError, JacengineError, RunInterrupted
@@ -156,7 +157,16 @@ def resolve(kwargs: dict[str, Any], *extra: str) -> tuple[dict[str, Any], RunOpt
             raise click.UsageError(f"no {name}: pass --{name} or set {name} in a --config file.")
     settings = {name: kwargs.pop(name) for name in list(kwargs) if name in RunOptions.names()}
     settings = {name: value for name, value in settings.items() if value is not None}
+    _refuse_untrusted_config_model("model", files["model"], bool(settings.get("trust_model")))
     return files, RunOptions.from_mapping(settings), config
+
+
+def _refuse_untrusted_config_model(parameter: str, model: Any, trust_model: bool) -> None:
+    """A model that runs code when loaded (an import path, a SavedModel), named by a --config file
+    rather than on the command line, needs --trust-model: a config file is often shared."""
+    from_file = click.get_current_context().get_parameter_source(parameter) is ParameterSource.DEFAULT_MAP
+    if from_file and not trust_model and runs_code_when_loaded(model):
+        raise InputError(untrusted_model_message(model, "the --config file"))
 
 
 class _Commands(click.Group):
@@ -418,6 +428,7 @@ def verify(store: str, model_path: str | None, inputs_path: str | None, samples:
     """
     from jacengine.analysis.verify import verify as verify_api
 
+    _refuse_untrusted_config_model("model_path", model_path, trust_model)
     report = verify_api(store, model_path, inputs_path, samples=samples, seed=seed, repair=not no_repair,
                         trust_model=trust_model, progress=_progress())
     if as_json:

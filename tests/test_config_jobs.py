@@ -200,3 +200,19 @@ def test_hostile_paths_run_nothing_at_submission_or_in_the_job(scheduler: str, t
 def test_a_config_file_cannot_trust_a_model_or_send_work_away(key: str, tmp_path) -> None:
     with pytest.raises(InputError, match="only from the command line or the Python API"):
         load_config(write(tmp_path / "j.toml", f'store = "j.zarr"\n{key}\n'))
+
+
+@pytest.mark.parametrize("command", ["plan", "compute", "init"])
+def test_an_import_path_in_a_config_file_runs_only_with_trust(command: str, tmp_path, monkeypatch) -> None:
+    """A shared config file naming a module that runs code on import: refused before the import
+    (the module is importable, so only the refusal keeps the marker from appearing)."""
+    import numpy as np
+
+    (tmp_path / "evilcfgmod.py").write_text(f"import pathlib\npathlib.Path({str(tmp_path / 'MARK')!r}).write_text('ran')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    np.save(tmp_path / "x.npy", np.zeros((1, 4, 1), dtype="float32"))
+    config = write(tmp_path / "c.toml", 'model = "evilcfgmod:model"\ninputs = "x.npy"\nstore = "j.zarr"\n')
+    extra = ["--out", str(tmp_path / "j.zarr")] if command != "plan" else []
+    result = CliRunner().invoke(main, [command, "--config", str(config), *extra])
+    assert result.exit_code == 2 and "--trust-model" in result.output, result.output
+    assert not (tmp_path / "MARK").exists()

@@ -94,7 +94,7 @@ def test_callable_of_the_wrong_shape_is_refused_clearly(x) -> None:
                                     pytest.param("savedmodel", marks=pytest.mark.slow)])
 def test_tf_keras_seed_model(legacy_files, x, tmp_path, source) -> None:
     model = legacy_files["model"] if source == "object" else legacy_files[source]
-    store = compute_with_blocks(model, x, tmp_path / "j.zarr", **BLOCKS)
+    store = compute_with_blocks(model, x, tmp_path / "j.zarr", trust_model=source == "savedmodel", **BLOCKS)
     assert store.spec.causal  # tf_keras layers share Keras 3's allow-list
     assert_matches(store, reference_jacobian(legacy_files["model"], x))
 
@@ -104,7 +104,7 @@ def test_savedmodel_of_keras3_gru(x, tmp_path) -> None:
     keras.utils.set_random_seed(3)
     gru = keras.Sequential([keras.Input((None, F_IN)), keras.layers.GRU(4, return_sequences=True), keras.layers.Dense(2)])
     gru.export(tmp_path / "gru", verbose=False)
-    store = compute_with_blocks(str(tmp_path / "gru"), x, tmp_path / "j.zarr", **BLOCKS)
+    store = compute_with_blocks(str(tmp_path / "gru"), x, tmp_path / "j.zarr", trust_model=True, **BLOCKS)
     assert not store.spec.causal  # a SavedModel has no layer graph to inspect
     assert_matches(store, reference_jacobian(gru, x))
 
@@ -173,6 +173,8 @@ def model_module(tmp_path, monkeypatch) -> str:
         model = Recurrence()
     """))
     monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))  # the current directory is not searched: PYTHONPATH=. does this
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     return "my_models:model"
 
 
@@ -194,12 +196,12 @@ def test_cli_with_import_path_and_savedmodel_directory(model_module, x, tmp_path
     for model, expected in ((model_module, Recurrence()), (str(tmp_path / "module_savedmodel"), Recurrence(seed=5))):
         out = tmp_path / f"{len(str(model))}.zarr"
         arguments = ["compute", "--model", model, "--inputs", str(tmp_path / "x.npy"), "--out", str(out), "--no-progress",
-                     "--budget", "256MiB", "--causal", "true", "--method", "reverse"]
+                     "--budget", "256MiB", "--causal", "true", "--method", "reverse", "--trust-model"]
         result = runner.invoke(main, arguments)
         assert result.exit_code == 0, result.output
         assert_matches(jacengine.open_store(out), reference(expected, x))
-        result = runner.invoke(main, ["verify", str(out)])  # the model recorded in the store, loaded again
-        assert result.exit_code == 0, result.output
+        result = runner.invoke(main, ["verify", str(out), "--trust-model"])  # the model recorded in the store, loaded again
+        assert result.exit_code == 0 and "rows" in result.output, result.output
     result = runner.invoke(main, ["plan", "--model", "no_such_module_here.py", "--inputs", str(tmp_path / "x.npy")])
     assert result.exit_code == 2 and "neither an existing file" in result.output
 
@@ -211,10 +213,10 @@ def test_signature_names_the_function_of_a_savedmodel(x, tmp_path) -> None:
     signatures = {"serving_default": module.__call__.get_concrete_function(), "doubled": doubled.get_concrete_function()}
     tf.saved_model.save(module, str(tmp_path / "two"), signatures=signatures)
     store = jacengine.compute(str(tmp_path / "two"), x, tmp_path / "j.zarr", signature="doubled", progress=False,
-                              budget="256MiB")
+                              budget="256MiB", trust_model=True)
     assert_matches(store, 2.0 * reference(module, x))
     with pytest.raises(ModelError, match="no signature or function 'tripled'"):
-        jacengine.plan(str(tmp_path / "two"), x, signature="tripled")
+        jacengine.plan(str(tmp_path / "two"), x, signature="tripled", trust_model=True)
 
 
 def test_model_id_stands_for_the_model_and_misplaced_settings_are_refused(legacy_files, x, tmp_path) -> None:
@@ -246,3 +248,61 @@ def test_an_import_path_hashes_alike_in_another_process(model_module, x, tmp_pat
                            timeout=300)
     assert shard.returncode == 0, shard.stderr
     assert_matches(jacengine.open_store(tmp_path / "j.zarr"), reference(Recurrence(), x))
+
+
+class FileWriter(tf.Module):
+    """A SavedModel's graph may write files: this one writes ``marker`` whenever it is called."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+
+    @tf.function(input_signature=[tf.TensorSpec((None, None, F_IN), tf.float32)])
+    def __call__(self, inputs: tf.Tensor) -> tf.Tensor:
+        tf.io.write_file(self.marker, "ran")
+        return 2.0 * inputs
+
+
+def test_a_savedmodel_runs_nothing_without_trust(x, tmp_path) -> None:
+    marker = tmp_path / "MARK"
+    tf.saved_model.save(FileWriter(str(marker)), str(tmp_path / "writer"))
+    for run in (lambda: jacengine.plan(str(tmp_path / "writer"), x),
+                lambda: jacengine.compute(str(tmp_path / "writer"), x, tmp_path / "j.zarr", progress=False)):
+        with pytest.raises(ModelError, match="SavedModel.*trust_model=True"):
+            run()
+    assert not marker.exists() and not (tmp_path / "j.zarr").exists()
+    jacengine.plan(str(tmp_path / "writer"), x, trust_model=True)
+    assert marker.exists()  # trusted, it runs: the refusal above was what kept it from running
+
+
+@pytest.fixture()
+def hostile_module(tmp_path, monkeypatch):
+    """A module that writes a marker file when imported, importable from sys.path."""
+    folder = tmp_path / "modules"
+    folder.mkdir()
+    marker = tmp_path / "MARK"
+    (folder / "evilmod.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\nmodel = None\n")
+    monkeypatch.syspath_prepend(str(folder))
+    return marker
+
+
+def test_a_store_named_import_path_runs_only_with_trust(hostile_module, x, tmp_path) -> None:
+    path = tmp_path / "j.zarr"
+    jacengine.compute(Recurrence(), x, path, progress=False, budget="256MiB")
+    np.save(tmp_path / "x.npy", x)
+    store = jacengine.open_store(path, mode="r+")
+    store._group.attrs["jacengine"] = dict(store.attrs, sources={"model": "evilmod:model", "inputs": str(tmp_path / "x.npy")})
+    report = jacengine.verify(path, progress=False)
+    assert not hostile_module.exists()
+    assert report.ok and report.rows_checked == 0 and any("trust_model=True" in note for note in report.notes)
+    with pytest.raises(ModelError):  # trusted, the store's model is imported (and is no model)
+        jacengine.verify(path, progress=False, trust_model=True)
+    assert hostile_module.exists()
+
+
+def test_a_module_in_the_current_directory_is_not_imported_silently(x, tmp_path, monkeypatch) -> None:
+    (tmp_path / "herebymod.py").write_text(f"import pathlib\npathlib.Path({str(tmp_path / 'MARK')!r}).write_text('ran')\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelError, match="PYTHONPATH=."):
+        jacengine.plan("herebymod:model", x)
+    assert not (tmp_path / "MARK").exists()

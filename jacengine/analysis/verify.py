@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from jacengine.backends import backend_for
+from jacengine.backends import backend_for, runs_code_when_loaded, untrusted_model_message
 from jacengine.errors import StoreMismatchError
 from jacengine.logs import accepts_verbose
 from jacengine.options import MODEL_IDENTITY, RunOptions
@@ -78,7 +78,9 @@ def verify(
     file paths recorded in the store), ``samples`` random (sample, output step, output feature)
     rows are recomputed with a plain eager gradient and compared over every input step (the
     skipped upper triangle included), and a few entries are checked by central finite differences
-    on a float64 copy of the model. With ``repair``, corrupt blocks are marked pending.
+    on a float64 copy of the model. With ``repair``, corrupt blocks are marked pending. A model
+    the store names that runs code when loaded (an import path, a SavedModel) is loaded only
+    with ``trust_model``: a store may come from anyone.
     ``progress`` and ``verbose`` as for :func:`jacengine.compute`.
     """
     store = JacobianStore(path, mode="r+" if repair else "r")
@@ -91,10 +93,14 @@ def verify(
         store.forget_blocks(report.corrupt)
         report.notes.append(f"blocks {report.corrupt} marked pending: rerun compute to recompute them")
     sources = store.attrs.get("sources", {})
+    named_by_store = model is None  # a store's model that runs code loads only with trust: below
     model = model if model is not None else sources.get("model")
     inputs = inputs if inputs is not None else sources.get("inputs")
     if model is None or inputs is None:
         report.notes.append("model or inputs unknown: pass them to recompute sampled entries")
+        return report
+    if named_by_store and runs_code_when_loaded(model) and not trust_model:
+        report.notes.append("sampled entries not recomputed: " + untrusted_model_message(model, "the store"))
         return report
     identity = {name: sources[name] for name in MODEL_IDENTITY if name in sources}
     _check_samples(store, report, model, Inputs(inputs), samples, seed, RunOptions(trust_model=trust_model, **identity),

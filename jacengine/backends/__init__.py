@@ -36,6 +36,25 @@ def is_import_path(value: Any) -> bool:
     return isinstance(value, str) and bool(_IMPORT_PATH.match(value)) and not Path(value).exists()
 
 
+def runs_code_when_loaded(model: Any) -> bool:
+    """Whether loading ``model`` (a string or path) runs what its author wrote: an import path
+    imports a module, and a SavedModel's graph may hold any TensorFlow op (file writes
+    included). Such a model named by a config file or a store loads only with ``trust_model``
+    (docs/guide.md, "Security")."""
+    if is_import_path(model):
+        return True
+    return isinstance(model, (str, Path)) and (Path(model) / "saved_model.pb").is_file()
+
+
+def untrusted_model_message(model: Any, named_by: str) -> str:
+    """Why a model that :func:`runs_code_when_loaded`, named by ``named_by`` (e.g. "the config
+    file c.toml"), is not loaded, and what to do."""
+    kind = ("an import path, which imports and runs a module" if is_import_path(model) else
+            "a SavedModel, whose graph may run any TensorFlow op (file reads and writes included)")
+    return (f"{named_by} names the model {str(model)!r}, {kind}; jacengine loads it only when you trust its author: "
+            "pass trust_model=True (--trust-model), or name the model yourself.")
+
+
 def register_backend(name: str, target: str, install_hint: str = "") -> None:
     """Register a backend: ``target`` is "module:attribute" of an object implementing :class:`Backend`."""
     _REGISTRY[name] = BackendEntry(target, install_hint)

@@ -4,22 +4,23 @@ Accepted, as objects: Keras 3 and tf_keras models, ``tf.Module``s, loaded SavedM
 callable mapping a (B, T, F_in) tensor to (B, T, F_out) or (B, F_out) with TensorFlow ops. As
 strings or paths: ``.keras`` files (Keras 3), ``.h5`` files and tf_keras SavedModel directories
 (tf_keras, the optional extra ``jacengine[tf-keras]``), other SavedModel directories, and import
-paths ``package.module:name`` naming any of the objects above (resolved with the current
-directory on ``sys.path``, like ``python -m`` would).
+paths ``package.module:name`` naming any of the objects above (resolved on ``sys.path`` as it
+is: the current directory is not added, so a file there cannot shadow a package; set
+``PYTHONPATH=.`` to use a module next to the job).
 
 Files are loaded without running code they carry: Keras safe mode for ``.keras``, and Lambda
-layers in ``.h5`` files and tf_keras SavedModels are refused unless ``trust_model``. A
-SavedModel holds a graph, not Python; it runs only TensorFlow ops. An import path runs the code
-of an installed or local module, which is the user's own choice to name.
+layers in ``.h5`` files are refused unless ``trust_model``. A SavedModel directory loads only with
+``trust_model``: its graph may hold any TensorFlow op, ``tf.io.write_file`` included, and runs
+when the model is called. An import path runs the code of a module, which is the user's own
+choice to name; one named by a config file or a store needs ``trust_model`` too (checked where
+the name is read: the CLI and :func:`jacengine.verify`).
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 import re
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -95,8 +96,10 @@ def _load_path(path: Path, *, trust_model: bool, signature: str | None, model_id
     if path.is_dir():
         if not (path / "saved_model.pb").is_file():
             raise ModelError(f"{path} is a directory but not a SavedModel (it has no saved_model.pb). Pass {ACCEPTED}.")
+        if not trust_model:
+            raise ModelError(f"{path} is a SavedModel: its graph may run any TensorFlow op when called, file reads and "
+                             "writes included. If you trust its author, pass trust_model=True (--trust-model).")
         if (path / "keras_metadata.pb").is_file() and importlib.util.find_spec("tf_keras") is not None:
-            _refuse_code(path, (path / "keras_metadata.pb").read_bytes(), trust_model)
             return KerasModel(_tf_keras().models.load_model(reference, compile=False), reference)
         return _saved_model_function(tf.saved_model.load(reference), "SavedModel", reference, signature, model_id)
     if path.suffix == ".keras":
@@ -132,16 +135,17 @@ def _tf_keras() -> ModuleType:
 
 
 def _import(target: str) -> Any:
-    """The object an import path 'package.module:name' names (the current directory first on
-    sys.path, so a module next to the user's script or job is found)."""
+    """The object an import path 'package.module:name' names, imported from ``sys.path`` as it is."""
     module_name, _, attribute = target.partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     try:
         value: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ModelError(f"cannot import {module_name!r} for model {target!r}: {exc}. Run from the folder that holds "
-                         "the module, or install its package.") from exc
+        top = module_name.partition(".")[0]
+        in_cwd = (Path.cwd() / f"{top}.py").is_file() or (Path.cwd() / top).is_dir()
+        hint = (f"{top} is in the current directory, which jacengine does not search (a file there could shadow any "
+                "package): run with PYTHONPATH=. (dask workers and shards inherit it), or install it." if in_cwd else
+                "Install its package, or put its folder on PYTHONPATH.")
+        raise ModelError(f"cannot import {module_name!r} for model {target!r}: {exc}. {hint}") from exc
     for part in attribute.split("."):
         if not hasattr(value, part):
             raise ModelError(f"model {target!r}: {module_name} has no attribute {attribute!r}.")
