@@ -131,7 +131,7 @@ def compute(
     # signals from the start: a stop while loading or calibrating is resumable too
     with stop_on_signals() as stop, contextlib.ExitStack() as staging:
         if isinstance(cluster, str):  # started here, so that a stop while it starts is resumable too
-            cluster = staging.enter_context(contextlib.closing(jobqueue_cluster(cluster, jobqueue or {})))
+            cluster = staging.enter_context(contextlib.closing(jobqueue_cluster(cluster, jobqueue or {}, path.parent)))
             _stop_if_asked(stop, path, None)
         backend = backend_for(model, run.backend)
         run = run.replace(backend=backend.name)  # workers need not recognise the model again

@@ -94,7 +94,7 @@ def test_a_stop_while_a_cluster_starts_exits_75(monkeypatch, tmp_path) -> None:
     closed = []
 
     class StartingCluster:
-        def __init__(self, kind: str, section: dict) -> None:
+        def __init__(self, kind: str, section: dict, shared_directory: object) -> None:
             os.kill(os.getpid(), signal.SIGTERM)  # the scheduler stops the job right now
 
         def close(self) -> None:

@@ -216,3 +216,34 @@ def test_an_import_path_in_a_config_file_runs_only_with_trust(command: str, tmp_
     result = CliRunner().invoke(main, [command, "--config", str(config), *extra])
     assert result.exit_code == 2 and "--trust-model" in result.output, result.output
     assert not (tmp_path / "MARK").exists()
+
+
+def test_a_jobqueue_cluster_refuses_clients_without_its_certificate(tmp_path) -> None:
+    """The cluster `--cluster slurm` starts (no jobs asked for, so nothing is submitted): TLS, its
+    certificate files private to the user in the shared folder, and a client without the
+    certificate can neither connect nor run code in the scheduler."""
+    import os
+    import stat
+
+    pytest.importorskip("dask_jobqueue")
+    from distributed import Client
+    from distributed.security import Security
+
+    from jacengine.jobs.jobqueue import jobqueue_cluster
+
+    marker = tmp_path / "MARK"
+    with jobqueue_cluster("slurm", {"cores": 1, "memory": "1GiB", "jobs": 0}, tmp_path) as cluster:
+        address = cluster.scheduler_address
+        assert address.startswith("tls://") and not address.startswith("tls://0.0.0.0")
+        files = list(tmp_path.glob(".dask-jobqueue.worker.*"))
+        assert files and all(stat.S_IMODE(os.stat(f).st_mode) == 0o600 for f in files)
+        # an attacker's own certificate (another authority), and plain TCP
+        for anonymous, security in ((address, Security.temporary()), (address.replace("tls://", "tcp://"), None)):
+            with pytest.raises((OSError, TimeoutError)):
+                with Client(anonymous, security=security, timeout=3) as client:
+                    client.run_on_scheduler(lambda: marker.write_text("ran"))
+        with Client(cluster, timeout=10) as client:  # with the certificate
+            assert client.run_on_scheduler(lambda: 42) == 42
+    assert not marker.exists()
+    with pytest.raises(InputError, match="always use TLS"):
+        jobqueue_options({"cores": 1, "memory": "1GiB", "security": False})
