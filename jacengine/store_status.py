@@ -50,7 +50,7 @@ class StoreStatus:
 
 def status(store: str | Path, shards: int | None = None) -> StoreStatus:
     """The progress of ``store``; with ``shards``, also of each of that many job-array shards.
-    Reads the manifest and stats the chunk files; changes nothing."""
+    Reads the manifest and every done block's chunk files (their CRC-32C); changes nothing."""
     if shards is not None:
         check_shard(0, shards)
     opened = open_store(store)

@@ -53,6 +53,6 @@ def test_reduce_cli_writes_results_and_refuses_incomplete(tmp_path) -> None:
     store = type(store)(store.path, mode="r+")
     store.forget_blocks([0])
     result = runner.invoke(main, ["reduce", str(store.path), "--op", "saliency"])
-    assert result.exit_code == 2 and "blocks missing (0)" in result.output
+    assert result.exit_code == 2 and "blocks pending (0)" in result.output
     result = runner.invoke(main, ["reduce", str(store.path), "--op", "saliency", "--partial"])
     assert result.exit_code == 0 and "coverage 67%" in result.output

@@ -142,10 +142,12 @@ def test_four_shards_one_killed_and_a_local_resume_meanwhile_end_bit_identical(r
     assert files_hash(path) == reference[1]
 
 
-def test_chunk_files_are_the_bytes_zarr_writes(tmp_path) -> None:
+@pytest.mark.parametrize("checksummed", [False, True], ids=["format-2", "format-3-crc32c"])
+def test_chunk_files_are_the_bytes_zarr_writes(checksummed: bool, tmp_path) -> None:
     """jacengine writes chunk files itself; zarr must write (and read) the very same bytes,
-    edge chunks (padded with the fill value) included."""
+    edge chunks (padded with the fill value) included, with and without the crc32c codec."""
     import zarr
+    from zarr.codecs import Crc32cCodec
 
     from jacengine.storage.chunkfiles import check_raw_layout, chunk_path, encode_chunk, write_files
 
@@ -154,12 +156,13 @@ def test_chunk_files_are_the_bytes_zarr_writes(tmp_path) -> None:
     for name in ("zarr", "ours"):
         group = zarr.open_group(str(tmp_path / f"{name}.zarr"), mode="w")
         arrays[name] = group.create_array("a", shape=values.shape, chunks=(2, 3), dtype="float32", fill_value=0,
-                                          compressors=None)
+                                          compressors=[Crc32cCodec()] if checksummed else None)
     arrays["zarr"][:] = values
-    check_raw_layout(arrays["ours"])
+    assert check_raw_layout(arrays["ours"]) is checksummed
     chunks = [(i, j) for i in range(3) for j in range(3)]
     write_files([(chunk_path(tmp_path / "ours.zarr" / "a", (i, j)),
-                  encode_chunk(values[2 * i : 2 * i + 2, 3 * j : 3 * j + 3], (2, 3), np.dtype("float32")))
+                  encode_chunk(values[2 * i : 2 * i + 2, 3 * j : 3 * j + 3], (2, 3), np.dtype("float32"),
+                               checksummed=checksummed))
                  for i, j in chunks], durable=True, block_index=0)
     for i, j in chunks:
         assert chunk_path(tmp_path / "ours.zarr" / "a", (i, j)).read_bytes() == \
@@ -211,3 +214,38 @@ def test_a_run_alone_at_its_end_removes_temporary_files_its_dead_writers_left(tm
     orphan.write_bytes(b"half a chunk")
     jacengine.compute(LinearRecurrence.random(), x, path, budget="2MiB", progress=False, shard=(0, 1))
     assert jacengine.open_store(path).is_complete and not orphan.exists()
+
+
+def flip_a_bit(path: Path, rng: np.random.Generator) -> None:
+    data = bytearray(path.read_bytes())
+    bit = int(rng.integers(len(data) * 8))
+    data[bit // 8] ^= 1 << (bit % 8)
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_bit_in_each_of_10_chunks_is_found_by_every_reader_and_recomputed(reference, tmp_path) -> None:
+    """One bit flipped in each of 10 random chunk files of done blocks (data or CRC): status,
+    verify, the array readers and reduce all see the 10 blocks as pending (the readers refuse),
+    and a resume recomputes them into a store bit-identical to the reference."""
+    import shutil
+
+    path = tmp_path / "j.zarr"
+    shutil.copytree(reference[0], path)
+    store = jacengine.open_store(path)
+    block_of = {chunk: block.index for block in store.plan.blocks for chunk in store.ledger.chunk_files(block)}
+    rng = np.random.default_rng(7)
+    flipped = [Path(p) for p in rng.choice(sorted(map(str, block_of)), size=10, replace=False)]
+    for chunk in flipped:
+        flip_a_bit(chunk, rng)
+    damaged = {block_of[chunk] for chunk in flipped}
+    found = jacengine.status(path)
+    assert set(found.damaged) == damaged and found.blocks_done == len(store.plan.blocks) - len(damaged)
+    assert set(jacengine.verify(path, repair=False, progress=False).corrupt) == damaged
+    reopened = jacengine.open_store(path)
+    for read in (reopened.to_numpy, reopened.to_dask, reopened.to_xarray,
+                 lambda: jacengine.reduce(reopened, "saliency", write=False)):
+        with pytest.raises(jacengine.StoreError, match="blocks pending"):
+            read()
+    assert not np.isnan(reopened.to_numpy(partial=True)[:, :, :, :1]).all()  # partial reads the rest
+    assert run(path) == 0
+    assert files_hash(path) == reference[1]

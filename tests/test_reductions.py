@@ -142,11 +142,21 @@ def test_incomplete_store_is_refused_unless_partial(store, tmp_path) -> None:
     incomplete = JacobianStore(copy, mode="r+")
     missing = incomplete.plan.blocks[1]
     incomplete.forget_blocks([missing.index])
-    with pytest.raises(StoreError, match=rf"1 of {len(incomplete.plan.blocks)} blocks missing \({missing.index}\)"):
+    with pytest.raises(StoreError, match=rf"1 of {len(incomplete.plan.blocks)} blocks pending \({missing.index}\)"):
         reduce(incomplete, "saliency")
-    J = incomplete.to_numpy().astype("float64")
+    for read in (incomplete.to_numpy, incomplete.to_dask, incomplete.to_xarray):
+        with pytest.raises(StoreError, match="partial=True"):
+            read()
+    J = incomplete.to_numpy(partial=True).astype("float64")
     present = np.ones(J.shape[:2], dtype=bool)
     present[missing.batch_start : missing.batch_stop, missing.row_start : missing.row_stop] = False
+    pending = np.zeros(J.shape, dtype=bool)  # the chunks of the pending block (not those a causal model skips)
+    for _, local in incomplete.ledger.chunks(missing):
+        at = (slice(missing.batch_start, missing.batch_stop), slice(missing.row_start, missing.row_stop))
+        pending[at][local] = True
+    assert pending.any() and np.isnan(J[pending]).all()  # NaN, not zeros
+    assert np.array_equal(J[~pending], store.to_numpy()[~pending])
+    assert np.array_equal(incomplete.to_xarray(partial=True).values, J, equal_nan=True)
     masked = np.where(present[:, :, None, None, None], np.abs(J), np.nan)
     result = reduce(incomplete, "saliency", partial=True)
     close(np.nan_to_num(result["mean_abs"]), np.nan_to_num(np.nanmean(masked, axis=0)))
@@ -155,13 +165,11 @@ def test_incomplete_store_is_refused_unless_partial(store, tmp_path) -> None:
 
     same_rows = [b for b in incomplete.plan.blocks if b.row_start == missing.row_start]
     incomplete.forget_blocks([b.index for b in same_rows])  # rows of no computed sample
-    for block in same_rows:
-        present[block.batch_start : block.batch_stop, block.row_start : block.row_stop] = False
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no division warnings where no sample was computed
         std = reduce(incomplete, "std", partial=True, write=False)["std"].values
-    signed = np.where(present[:, :, None, None, None], J, np.nan)
-    unsampled = ~present.any(axis=0)
+    signed = incomplete.to_numpy(partial=True).astype("float64")  # NaN where pending
+    unsampled = np.isnan(signed).all(axis=0)
     assert unsampled.any() and np.isnan(std[unsampled]).all() and not np.isnan(std[~unsampled]).any()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

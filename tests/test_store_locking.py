@@ -76,7 +76,7 @@ def test_a_writer_of_an_overwritten_store_cannot_commit_into_the_new_one(tmp_pat
     fresh = create(path, overwrite=True)
     with pytest.raises(StoreError, match="was replaced"):
         stale.write_block(PLAN.blocks[1], block_values(1))
-    assert fresh.done_blocks() == set() and not np.any(fresh.to_numpy())
+    assert fresh.done_blocks() == set() and not np.any(fresh.array[...])  # nothing written into it
     fresh.write_block(PLAN.blocks[1], block_values(1))
     assert fresh.done_blocks() == {1}
 

@@ -24,7 +24,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from jacengine.errors import InputError, StoreError
+from jacengine.errors import InputError
 from jacengine.progress import dask_progress
 from jacengine.storage.store import JacobianStore, consolidate_metadata
 
@@ -37,22 +37,11 @@ def jacobian_for_reduction(store: JacobianStore, partial: bool = False) -> tuple
 
     Returns the array and the fraction of (sample, output step) rows that are present.
     """
-    pending = store.pending_blocks()
-    jacobian = store.to_dask()
-    if not pending:
-        return jacobian, 1.0
-    if not partial:
-        listed = ", ".join(str(b.index) for b in pending[:20]) + (" ..." if len(pending) > 20 else "")
-        raise StoreError(
-            f"{store.path} is incomplete: {len(pending)} of {len(store.plan.blocks)} blocks missing ({listed}). "
-            "Finish it by rerunning compute, or pass partial=True (--partial) to reduce the completed part only."
-        )
-    spec, plan = store.spec, store.plan
-    present = np.ones((spec.batch, len(spec.t_out)), dtype=bool)
+    pending = store.pending_for_reading(partial)
+    present = np.ones((store.spec.batch, len(store.spec.t_out)), dtype=bool)
     for block in pending:
         present[block.batch_start : block.batch_stop, block.row_start : block.row_stop] = False
-    mask = da.from_array(present, chunks=(plan.batch_chunk, plan.t_out_chunk))[:, :, None, None, None]
-    return da.where(mask, jacobian, np.nan), float(present.mean())
+    return store.to_dask(partial=partial), float(present.mean())
 
 
 def reduction_name(result: xr.Dataset) -> str:

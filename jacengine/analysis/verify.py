@@ -44,19 +44,20 @@ class VerifyReport:
         return dict(dataclasses.asdict(self), ok=self.ok)
 
 
-def check_checksums(store: JacobianStore, progress: bool | None = None) -> list[int]:
-    """Indices of done blocks whose bytes no longer match the checksum recorded with them."""
+def check_checksums(store: JacobianStore, done: set[int], progress: bool | None = None) -> list[int]:
+    """Indices of ``done`` blocks whose bytes no longer match the checksum recorded with them in
+    the manifest (a check of the whole block, which also catches chunk files swapped with
+    each other: each chunk's own CRC-32C cannot)."""
     manifest = store.manifest()
     corrupt = []
-    for block in iterate(store.plan.blocks, "checksums", progress, unit="block"):
-        done, recorded = manifest[block.index]
-        if done == 1:
-            try:
-                matches = block_checksum(store.read_block(block)) == int(recorded)
-            except Exception:  # an unreadable chunk is corrupt too
-                matches = False
-            if not matches:
-                corrupt.append(block.index)
+    for block in iterate([b for b in store.plan.blocks if b.index in done], "checksums", progress, unit="block"):
+        _, recorded = manifest[block.index]
+        try:
+            matches = block_checksum(store.read_block(block)) == int(recorded)
+        except Exception:  # an unreadable chunk is corrupt too
+            matches = False
+        if not matches:
+            corrupt.append(block.index)
     return corrupt
 
 
@@ -84,10 +85,11 @@ def verify(
     ``progress`` and ``verbose`` as for :func:`jacengine.compute`.
     """
     store = JacobianStore(path, mode="r+" if repair else "r")
+    done, damaged = store.completion()  # damaged: recorded done, but a chunk file is missing, short or fails its CRC
     report = VerifyReport(
         blocks_total=len(store.plan.blocks),
-        missing=[b.index for b in store.pending_blocks()],
-        corrupt=check_checksums(store, progress),
+        missing=[b.index for b in store.plan.blocks if b.index not in done | damaged],
+        corrupt=sorted(damaged | set(check_checksums(store, done, progress))),
     )
     if report.corrupt and repair:
         store.forget_blocks(report.corrupt)

@@ -7,8 +7,9 @@ naming), its fsync, the rename over the chunk's name, and the directory's fsync,
 point after each step for the tests. What is written is what zarr itself would write and reads
 back: by the zarr v3 specification, a chunk of an array whose only codec is ``bytes`` (little
 endian) is the chunk's values in C order, padded with the fill value at the array's edges, at
-the key ``c/<i>/<j>/...`` of the default chunk key encoding. :func:`check_raw_layout` refuses an
-array with any other encoding.
+the key ``c/<i>/<j>/...`` of the default chunk key encoding; with the ``crc32c`` codec after it
+(store format 3), those bytes are followed by their CRC-32C as a little-endian uint32.
+:func:`check_raw_layout` refuses an array with any other encoding.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import zarr
-from zarr.codecs import BytesCodec
+from zarr.codecs import BytesCodec, Crc32cCodec
 from zarr.codecs.bytes import Endian
 from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
 
@@ -30,15 +32,26 @@ FAULT_VARIABLE = "JACENGINE_FAULT"  # tests only: "<point>" or "<point>:<block i
 FAULT_POINTS = ("after-temp", "after-rename", "after-data", "after-manifest")
 
 
-def check_raw_layout(array: zarr.Array) -> None:
-    """Raise unless ``array``'s chunks are raw little-endian bytes at default keys."""
+CHECKSUM_BYTES = 4  # the crc32c codec's CRC-32C after the chunk's bytes
+
+
+def check_raw_layout(array: zarr.Array) -> bool:
+    """Raise unless ``array``'s chunks are raw little-endian bytes at default keys, optionally
+    followed by their CRC-32C; returns whether they are (the ``crc32c`` codec)."""
     metadata = array.metadata
     codecs = tuple(getattr(metadata, "codecs", ()))
-    raw = len(codecs) == 1 and isinstance(codecs[0], BytesCodec) and codecs[0].endian in (None, Endian.little)
+    raw = bool(codecs) and isinstance(codecs[0], BytesCodec) and codecs[0].endian in (None, Endian.little)
+    checksummed = len(codecs) == 2 and isinstance(codecs[1], Crc32cCodec)
     keys = getattr(metadata, "chunk_key_encoding", None)
-    if not (raw and isinstance(keys, DefaultChunkKeyEncoding) and keys.separator == "/"):
+    if not (raw and len(codecs) == 1 + checksummed and isinstance(keys, DefaultChunkKeyEncoding) and keys.separator == "/"):
         raise ValueError(f"array {array.name} is not uncompressed with default chunk keys (codecs {codecs}, keys {keys}); "
                          "jacengine writes only the layout it creates.")
+    return checksummed
+
+
+def checksum_matches(chunk: bytes) -> bool:
+    """Whether a checksummed chunk file's bytes end with the CRC-32C of the rest."""
+    return google_crc32c.value(chunk[:-CHECKSUM_BYTES]) == int.from_bytes(chunk[-CHECKSUM_BYTES:], "little")
 
 
 def chunk_path(array_root: Path, index: tuple[int, ...]) -> Path:
@@ -46,15 +59,17 @@ def chunk_path(array_root: Path, index: tuple[int, ...]) -> Path:
     return array_root.joinpath("c", *map(str, index))
 
 
-def encode_chunk(values: np.ndarray, chunk_shape: tuple[int, ...], dtype: np.dtype, fill: float = 0) -> bytes:
+def encode_chunk(values: np.ndarray, chunk_shape: tuple[int, ...], dtype: np.dtype, *, checksummed: bool,
+                 fill: float = 0) -> bytes:
     """``values`` (a chunk, smaller at the array's edges) as the chunk's bytes: padded to
-    ``chunk_shape`` with ``fill``, little endian, C order."""
+    ``chunk_shape`` with ``fill``, little endian, C order, and with ``checksummed`` their CRC-32C."""
     little = np.dtype(dtype).newbyteorder("<")
     if values.shape != tuple(chunk_shape):
         padded = np.full(chunk_shape, fill, dtype=little)
         padded[tuple(slice(0, n) for n in values.shape)] = values
         values = padded
-    return np.ascontiguousarray(values, dtype=little).tobytes()
+    data = np.ascontiguousarray(values, dtype=little).tobytes()
+    return data + google_crc32c.value(data).to_bytes(CHECKSUM_BYTES, "little") if checksummed else data
 
 
 def write_files(files: Iterable[tuple[Path, bytes]], *, durable: bool, block_index: int) -> None:

@@ -3,7 +3,9 @@
 
 The ``block_manifest`` array has one row per block of the plan, [1 when done, checksum of the
 block's bytes, row check] (format 1 stores: [done, checksum]). A block is written chunk by
-chunk, and only then recorded done; see :meth:`BlockLedger.write`.
+chunk, and only then recorded done; see :meth:`BlockLedger.write`. A block recorded done counts
+as done only while its chunk files are whole: present, at their size, and (format 3) matching
+their CRC-32C, so a flipped bit makes its block pending and a resume recomputes it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,16 @@ import zarr
 from jacengine.errors import BlockError, StoreError
 from jacengine.planning.blocks import Block, Plan
 from jacengine.planning.spec import JacobianSpec
-from jacengine.storage.chunkfiles import check_raw_layout, chunk_path, encode_chunk, fault_point, fsync_files, write_files
+from jacengine.storage.chunkfiles import (
+    CHECKSUM_BYTES,
+    check_raw_layout,
+    checksum_matches,
+    chunk_path,
+    encode_chunk,
+    fault_point,
+    fsync_files,
+    write_files,
+)
 from jacengine.timing import phase
 
 ATTRIBUTE = "jacengine"  # the store's group attribute: spec, plan, fingerprint, generation id
@@ -52,6 +63,8 @@ class BlockLedger:
                  durable: bool) -> None:
         self.path, self.group, self.spec, self.plan = path, group, spec, plan
         self.generation, self.durable = generation, durable
+        # chunk files this handle found whole (or wrote), by (inode, size, mtime): not read again
+        self._whole: dict[Path, tuple[int, int, int]] = {}
 
     @property
     def _manifest(self) -> zarr.Array:
@@ -76,8 +89,8 @@ class BlockLedger:
 
     def completion(self) -> tuple[set[int], set[int]]:
         """(done, damaged): the blocks recorded done, split by whether their chunk files are all
-        present at their full size; damaged ones (missing or short files) are pending again.
-        One read of the manifest and one stat per chunk file."""
+        whole (:meth:`intact`); damaged ones are pending again. One read of the manifest, and
+        one read of each chunk file this handle has not yet found whole (format 3: its checksum)."""
         done: set[int] = set()
         damaged: set[int] = set()
         for index in np.flatnonzero(self.manifest()[:, 0] == 1):
@@ -108,24 +121,26 @@ class BlockLedger:
             self._write_checked_block(block, data)
 
     @cached_property
-    def _chunk_dtype(self) -> np.dtype:
-        """The ``jacobian`` array's dtype, once its chunks are checked to be the raw layout that
-        :meth:`write` writes (opened once per handle, not once per block or chunk)."""
+    def _layout(self) -> tuple[np.dtype, bool]:
+        """The ``jacobian`` array's dtype and whether its chunks carry a CRC-32C, once its chunks
+        are checked to be the layout that :meth:`write` writes (opened once per handle)."""
         array = self.group["jacobian"]
         assert isinstance(array, zarr.Array)
-        check_raw_layout(array)
-        return array.dtype
+        return array.dtype, check_raw_layout(array)
 
     def _write_checked_block(self, block: Block, data: np.ndarray) -> None:
-        dtype = self._chunk_dtype
+        dtype, checksummed = self._layout
         with np.errstate(over="ignore"):  # float16 overflow is refused just below, with a message
             stored = np.ascontiguousarray(data, dtype=dtype)
         if dtype == np.float16:
             self._record_rounding(block, data, stored)
         chunk_shape = self.plan.chunks(self.spec)
         # encoded one at a time as they are written: the writer holds the block, not a copy of it
-        files = ((path, encode_chunk(stored[local], chunk_shape, dtype)) for path, local in self.chunks(block))
+        chunks = self.chunks(block)
+        files = ((path, encode_chunk(stored[local], chunk_shape, dtype, checksummed=checksummed)) for path, local in chunks)
         write_files(files, durable=self.durable, block_index=block.index)
+        for path, _ in chunks:
+            self._whole[path] = _identity(path)
         fault_point("after-data", block.index)
         self._check_generation()
         self._write_manifest_row(block.index, done=1, checksum=block_checksum(stored))
@@ -166,13 +181,26 @@ class BlockLedger:
         return [path for path, _ in self.chunks(block)]
 
     def intact(self, block: Block) -> bool:
-        """Whether every chunk file of a done block exists with its exact size (a cheap check
-        against power loss, which can leave a renamed file missing or short)."""
-        size = int(np.prod(self.plan.chunks(self.spec))) * np.dtype(self.spec.store_dtype).itemsize
+        """Whether every chunk file of a done block is whole: it exists at its exact size (power
+        loss can leave a renamed file missing or short) and, in a checksummed store, its bytes
+        match their CRC-32C (a flipped bit, a chunk file swapped with another's content)."""
+        dtype, checksummed = self._layout
+        size = int(np.prod(self.plan.chunks(self.spec))) * dtype.itemsize + CHECKSUM_BYTES * checksummed
+        return all(self._whole_file(path, size, checksummed) for path in self.chunk_files(block))
+
+    def _whole_file(self, path: Path, size: int, checksummed: bool) -> bool:
         try:
-            return all(f.stat().st_size == size for f in self.chunk_files(block))
+            identity = _identity(path)
+            if identity[1] != size:
+                return False
+            if self._whole.get(path) == identity:
+                return True
+            if checksummed and not checksum_matches(path.read_bytes()):
+                return False
         except FileNotFoundError:
             return False
+        self._whole[path] = identity
+        return True
 
     def _record_rounding(self, block: Block, computed: np.ndarray, stored: np.ndarray) -> None:
         """Refuse values float16 cannot hold; record the block's largest rounding error."""
@@ -210,3 +238,9 @@ class BlockLedger:
         if on_disk != self.generation:
             raise StoreError(f"{self.path} was replaced (overwritten or deleted) by another run since this run opened it; "
                              "this run stops without writing into the new store.")
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    """(inode, size, modification time) of a file: a rename or rewrite changes it."""
+    status = path.stat()
+    return status.st_ino, status.st_size, status.st_mtime_ns

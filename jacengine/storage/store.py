@@ -1,4 +1,4 @@
-"""The on-disk Jacobian store (format version 2, a public contract described in docs/store-format.md).
+"""The on-disk Jacobian store (format version 3, a public contract described in docs/store-format.md).
 
 One zarr v3 group holding the ``jacobian`` array, 1-D coordinate arrays named like its
 dimensions, a ``block_manifest`` array recording which blocks are done (and their checksums),
@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec
 
 from jacengine._version import __version__
 from jacengine.errors import StoreError, StoreMismatchError
@@ -30,8 +31,10 @@ from jacengine.storage.chunkfiles import remove_temporary_files
 from jacengine.storage.ledger import ATTRIBUTE, MANIFEST, ROUNDING, BlockLedger
 from jacengine.storage.locking import store_lock
 
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)  # format 1: a compressed manifest without row checks; read and resumed as it is
+FORMAT_VERSION = 3
+# format 1: a compressed manifest without row checks; format 2: chunks without their CRC-32C.
+# Both are read and resumed as they are.
+READABLE_FORMATS = (1, 2, 3)
 
 
 def spec_dims(spec: JacobianSpec) -> tuple[str, ...]:
@@ -229,26 +232,59 @@ class JacobianStore:
         )
 
     # -- reading ----------------------------------------------------------------------------
-    def to_dask(self) -> Any:
+    # Every reader checks completion first: a pending block (never written, or corrupt) would
+    # read as zeros, or fail its checksum, and an answer built on it would be silently wrong.
+    def pending_for_reading(self, partial: bool) -> list[Block]:
+        """The pending blocks, once it is checked that the caller accepts them: raises
+        :class:`StoreError` on an incomplete store unless ``partial``."""
+        pending = self.pending_blocks()
+        if pending and not partial:
+            listed = ", ".join(str(b.index) for b in pending[:20]) + (" ..." if len(pending) > 20 else "")
+            raise StoreError(
+                f"{self.path} is incomplete: {len(pending)} of {len(self.plan.blocks)} blocks pending ({listed}), "
+                "never written or found corrupt. Finish it by rerunning compute (it recomputes them), or pass "
+                "partial=True (--partial) to read the pending blocks as NaN."
+            )
+        return pending
+
+    def to_dask(self, partial: bool = False) -> Any:
         """The Jacobian as a lazy dask array, one dask chunk per zarr chunk (float16 stores are
-        read as float32, so that reductions do not accumulate in half precision)."""
+        read as float32, so that reductions do not accumulate in half precision). Raises on an
+        incomplete store unless ``partial``: then the pending blocks read as NaN, without
+        reading their chunk files."""
         import dask.array as da
         from dask.base import tokenize
 
-        # a name fixed by the store, so that reductions built apart share their reads when computed together
-        jacobian = da.from_zarr(self.array, name=f"jacobian-{tokenize(str(self.path.resolve()), self.generation)}")
+        pending = self.pending_for_reading(partial)
+        source = self.array if not pending else _SkippingPending(self.array, self.plan.chunks(self.spec),
+                                                                  self._chunk_indices(pending))
+        # a name fixed by the store's content, so that reductions built apart share their reads when computed together
+        name = f"jacobian-{tokenize(str(self.path.resolve()), self.generation, sorted(b.index for b in pending))}"
+        jacobian = da.from_array(source, chunks=self.array.chunks, name=name, asarray=True, fancy=False)
         return jacobian.astype(np.float32) if jacobian.dtype == np.float16 else jacobian  # sum in float32
 
-    def to_xarray(self) -> Any:
+    def to_xarray(self, partial: bool = False) -> Any:
         """The Jacobian as a lazy ``xarray.DataArray`` (dask-backed) with its dimension names and
-        coordinates, without the store's bookkeeping arrays."""
+        coordinates, without the store's bookkeeping arrays; ``partial`` as for :meth:`to_dask`."""
         import xarray as xr
 
-        return xr.open_zarr(self.path, consolidated=has_consolidated_metadata(self.path))["jacobian"]
+        if not self.pending_for_reading(partial):
+            return xr.open_zarr(self.path, consolidated=has_consolidated_metadata(self.path))["jacobian"]
+        coords = {name: self.coordinate(name) for name in self.dims[1:]}
+        return xr.DataArray(self.to_dask(partial=True), dims=self.dims, coords=coords, name="jacobian")
 
-    def to_numpy(self) -> np.ndarray:
-        """Materialise the whole Jacobian (only for Jacobians that fit in memory)."""
-        return np.asarray(self.array[...])
+    def to_numpy(self, partial: bool = False) -> np.ndarray:
+        """Materialise the whole Jacobian (only for Jacobians that fit in memory); ``partial`` as
+        for :meth:`to_dask`."""
+        if not self.pending_for_reading(partial):
+            return np.asarray(self.array[...])
+        return np.asarray(self.to_dask(partial=True).compute(scheduler="synchronous"), dtype=self.array.dtype)
+
+    def _chunk_indices(self, blocks: Iterable[Block]) -> set[tuple[int, ...]]:
+        """The grid indices of the ``jacobian`` chunks of ``blocks``."""
+        root = self.path / "jacobian" / "c"
+        return {tuple(int(part) for part in path.relative_to(root).parts)
+                for block in blocks for path in self.ledger.chunk_files(block)}
 
     def remove_with_this_object(self, folder: Path) -> None:
         """Delete ``folder`` (which holds this store) when this object is garbage collected or
@@ -315,10 +351,10 @@ def _remove_unless_in_use(path: Path) -> None:
 
 
 def _create_arrays(group: zarr.Group, spec: JacobianSpec, plan: Plan) -> None:
-    """The store's arrays, empty: the Jacobian (uncompressed, zero where never written), its
+    """The store's arrays, empty: the Jacobian (uncompressed and checksummed, zero where never written), its
     coordinates, the manifest (one row per block), and with float16 storage the rounding errors."""
     group.create_array("jacobian", shape=spec.shape, chunks=plan.chunks(spec), dtype=spec.store_dtype, fill_value=0,
-                       dimension_names=spec_dims(spec), compressors=None)
+                       dimension_names=spec_dims(spec), compressors=[Crc32cCodec()])  # raw bytes, then their CRC-32C
     coordinates = {"t_out": spec.t_out_coordinate, "f_out": spec.f_out,
                    spec.in_axis: tuple(range(spec.in_axis_length)), "f_in": spec.f_in}
     for name, values in coordinates.items():
@@ -335,3 +371,17 @@ def _create_arrays(group: zarr.Group, spec: JacobianSpec, plan: Plan) -> None:
 def open_store(path: str | Path, mode: str = "r") -> JacobianStore:
     """Open an existing Jacobian store (``mode="r+"`` to resume writing into it)."""
     return JacobianStore(path, mode=mode)
+
+
+class _SkippingPending:
+    """The ``jacobian`` array for ``dask.array.from_array``: each chunk read from zarr, except
+    the chunks of pending blocks, which are NaN and never read (their files may be corrupt)."""
+
+    def __init__(self, array: zarr.Array, chunks: tuple[int, ...], pending: set[tuple[int, ...]]) -> None:
+        self.array, self.chunks, self.pending = array, chunks, pending
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        if tuple(k.start // size for k, size in zip(key, self.chunks, strict=True)) in self.pending:
+            return np.full(tuple(k.stop - k.start for k in key), np.nan, dtype=self.dtype)
+        return np.asarray(self.array[key])
