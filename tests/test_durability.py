@@ -22,6 +22,7 @@ from jacengine.storage.chunkfiles import FAULT_POINTS, FAULT_VARIABLE, TEMPORARY
 from jacengine.storage.store import MANIFEST
 
 KILLS_PER_POINT = int(os.environ.get("JACENGINE_KILLS", "1"))  # JACENGINE_KILLS=20 for the counts in the notes
+RANDOM_KILLS = int(os.environ.get("JACENGINE_RANDOM_KILLS", "3"))  # 10 for the counts in the notes
 RUN = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
@@ -249,3 +250,74 @@ def test_a_flipped_bit_in_each_of_10_chunks_is_found_by_every_reader_and_recompu
     assert not np.isnan(reopened.to_numpy(partial=True)[:, :, :, :1]).all()  # partial reads the rest
     assert run(path) == 0
     assert files_hash(path) == reference[1]
+
+
+KILLED_AT = textwrap.dedent("""
+    import os, signal, sys, threading, time
+    sys.path.insert(0, {tests!r})
+    import numpy as np
+    import jacengine
+    from jacengine.backends import register_backend
+    from linear_backend import LinearRecurrence
+    register_backend("linear", "linear_backend:BACKEND")
+    x = np.random.default_rng(1).normal(size=(8, 48, 2)).astype("float32")
+    step, path, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    threading.Timer(delay, os.kill, (os.getpid(), signal.SIGKILL)).start()
+    started = time.perf_counter()
+    if step == "init":
+        jacengine.init(LinearRecurrence.random(), x, path, budget="2MiB", overwrite=True)
+    else:
+        jacengine.reduce(path, "saliency")
+    print(time.perf_counter() - started, flush=True)
+    time.sleep(30)  # the timer kills it
+""").format(tests=str(Path(__file__).parent))
+
+
+def killed_at(step: str, path: Path, delay: float) -> str:
+    """Run ``step`` ("init" with overwrite, or "reduce") in a process SIGKILLed after ``delay``
+    seconds (after its imports); returns what it printed: the step's duration, if it finished."""
+    done = subprocess.run([sys.executable, "-c", KILLED_AT, step, str(path), str(delay)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == -9, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "overwritten"])
+def test_a_creation_killed_at_random_points_always_recovers(reference, tmp_path, existing: bool) -> None:
+    """kill -9 at random moments of `init --overwrite` (a new path, or a complete store being
+    replaced): every time, rerunning compute finishes a store bit-identical to the reference,
+    with no manual step."""
+    import shutil
+
+    duration = float(killed_at("init", tmp_path / "timing.zarr", 60))
+    rng = np.random.default_rng(11)
+    for attempt in range(RANDOM_KILLS):
+        path = tmp_path / f"j{attempt}.zarr"
+        if existing:
+            shutil.copytree(reference[0], path)
+        killed_at("init", path, float(rng.uniform(0, duration)))
+        assert run(path) == 0, f"attempt {attempt}: no recovery"
+        assert files_hash(path) == reference[1]
+
+
+@pytest.mark.slow
+def test_a_reduction_killed_at_random_points_leaves_the_earlier_result_whole(reference, tmp_path) -> None:
+    """kill -9 at random moments of `reduce saliency` over an earlier result: the result under
+    reductions/saliency always reads whole (equal to the earlier one, coverage 1), and the next
+    reduce writes it again."""
+    import shutil
+
+    import xarray as xr
+
+    path = tmp_path / "j.zarr"
+    shutil.copytree(reference[0], path)
+    earlier = jacengine.reduce(path, "saliency").load()
+    duration = float(killed_at("reduce", path, 60))
+    rng = np.random.default_rng(12)
+    for attempt in range(RANDOM_KILLS):
+        killed_at("reduce", path, float(rng.uniform(0, duration)))
+        result = xr.open_zarr(path, group="reductions/saliency", consolidated=False).load()
+        assert result.attrs["coverage"] == 1.0, attempt
+        xr.testing.assert_identical(result, earlier)
+    xr.testing.assert_identical(jacengine.reduce(path, "saliency").load(), earlier)

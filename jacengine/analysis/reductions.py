@@ -15,6 +15,7 @@ reductions skip them, and the result records the fraction of (sample, output ste
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -26,6 +27,7 @@ import zarr
 
 from jacengine.errors import InputError
 from jacengine.progress import dask_progress
+from jacengine.storage.publishing import publish, staged
 from jacengine.storage.store import JacobianStore, consolidate_metadata
 
 REDUCTIONS_GROUP = "reductions"
@@ -250,26 +252,33 @@ def write_reductions(store: JacobianStore, results: Iterable[xr.Dataset], *, pro
     """Write each result under ``reductions/<name>``, replacing an earlier result of that name,
     computing all of them in one pass; returns the group paths.
 
-    Only the ``reductions/<name>`` groups are replaced; the Jacobian and the other results stay.
+    Each result is written into a staging group beside its name and renamed into place once
+    whole (:mod:`jacengine.storage.publishing`): a reduction killed half-way, or out of disk,
+    leaves the earlier result as it was. The Jacobian and the other results stay.
     """
     sources: list[da.Array] = []
     targets: list[zarr.Array] = []
-    paths = []
-    for result in results:
-        path = f"{REDUCTIONS_GROUP}/{reduction_name(result)}"
-        uniform = _uniform_chunks(result)
-        # xarray writes the metadata, coordinates and in-memory variables now; the dask variables
-        # of every result go to one da.store below, whose single graph reads each chunk once
-        uniform.to_zarr(store.path, group=path, mode="w", compute=False, consolidated=False, zarr_format=3)
-        for name, variable in uniform.data_vars.items():
-            if isinstance(variable.data, da.Array):
-                sources.append(variable.data)
-                targets.append(zarr.open_array(str(store.path), path=f"{path}/{name}", mode="r+"))
-        paths.append(path)
-    with dask_progress("reduce", progress):
-        da.store(sources, targets, lock=False)  # type: ignore[arg-type]  # zarr arrays are valid targets
+    with contextlib.ExitStack() as staging_groups:
+        finished = {}
+        for result in results:
+            final = store.path / REDUCTIONS_GROUP / reduction_name(result)
+            staging = staging_groups.enter_context(staged(final))
+            group = f"{REDUCTIONS_GROUP}/{staging.name}"
+            uniform = _uniform_chunks(result)
+            # xarray writes the metadata, coordinates and in-memory variables now; the dask variables
+            # of every result go to one da.store below, whose single graph reads each chunk once
+            uniform.to_zarr(store.path, group=group, mode="w-", compute=False, consolidated=False, zarr_format=3)
+            for name, variable in uniform.data_vars.items():
+                if isinstance(variable.data, da.Array):
+                    sources.append(variable.data)
+                    targets.append(zarr.open_array(str(store.path), path=f"{group}/{name}", mode="r+"))
+            finished[staging] = final
+        with dask_progress("reduce", progress):
+            da.store(sources, targets, lock=False)  # type: ignore[arg-type]  # zarr arrays are valid targets
+        for staging, final in finished.items():
+            publish(staging, final, replace=True, durable=store.durable)
     consolidate_metadata(store.path)
-    return paths
+    return [f"{REDUCTIONS_GROUP}/{final.name}" for final in finished.values()]
 
 
 def _uniform_chunks(result: xr.Dataset) -> xr.Dataset:

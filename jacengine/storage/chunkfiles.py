@@ -97,7 +97,7 @@ def write_files(files: Iterable[tuple[Path, bytes]], *, durable: bool, block_ind
         directories.add(path.parent)
     if durable:
         for directory in directories:
-            _fsync_directory(directory)
+            fsync_directory(directory)
 
 
 def remove_temporary_files(root: Path, min_age_s: float, now: float) -> int:
@@ -121,10 +121,10 @@ def fsync_files(paths: Iterable[Path]) -> None:
                 os.fsync(file.fileno())
         except FileNotFoundError:
             continue
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     """Make the renames in ``directory`` durable (where the platform can open directories)."""
     try:
         descriptor = os.open(directory, os.O_RDONLY)

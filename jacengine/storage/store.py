@@ -7,6 +7,7 @@ and the group attribute ``jacengine`` with the spec, plan and fingerprint that p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -27,9 +28,12 @@ from jacengine._version import __version__
 from jacengine.errors import StoreError, StoreMismatchError
 from jacengine.planning.blocks import Block, Plan
 from jacengine.planning.spec import JacobianSpec
-from jacengine.storage.chunkfiles import remove_temporary_files
+from jacengine.storage.chunkfiles import fsync_files, remove_temporary_files
 from jacengine.storage.ledger import ATTRIBUTE, MANIFEST, ROUNDING, BlockLedger
 from jacengine.storage.locking import store_lock
+from jacengine.storage.publishing import publish, staged
+
+MARKER = f"{MANIFEST}/jacengine-store"  # jacengine's own mark on its stores (beside the lock: not a zarr member)
 
 FORMAT_VERSION = 3
 # format 1: a compressed manifest without row checks; format 2: chunks without their CRC-32C.
@@ -99,31 +103,30 @@ class JacobianStore:
     ) -> JacobianStore:
         """Create an empty store; refuses to touch anything that is not a jacengine store.
 
+        The store is built beside ``path`` and renamed into place whole
+        (:mod:`jacengine.storage.publishing`): a creation that dies, or runs out of disk, leaves
+        nothing under ``path``, and an overwritten store stays whole until the new one is.
         ``sources`` records the model and inputs file paths (when they were files), so that
         ``jacengine verify`` can find them again; they are not part of the fingerprint.
         """
         path = Path(path)
         plan.check_alignment(spec)
         check_writable_target(path, overwrite=overwrite)
-        if path.exists() and overwrite:
-            _remove_unless_in_use(path)
-        group = zarr.open_group(str(path), mode="w-", zarr_format=3)
-        _create_arrays(group, spec, plan)
-        # The attribute goes last: a directory without it is not (yet) a jacengine store, so a
-        # creation interrupted half-way is never mistaken for a valid empty store.
-        group.attrs[ATTRIBUTE] = {
-            "format": FORMAT_VERSION,
-            "version": __version__,
-            "layout": spec.layout,
-            "causal": spec.causal,
-            "spec": spec.to_dict(),
-            "plan": plan.to_dict(),
-            "fingerprint": fingerprint,
-            "sources": sources or {},
-            "generation": uuid.uuid4().hex,  # new on every creation: see jacengine.storage.locking
-        }
-        consolidate_metadata(path)
+        with staged(path) as staging:
+            _build(staging, spec, plan, {
+                "format": FORMAT_VERSION,
+                "version": __version__,
+                "layout": spec.layout,
+                "causal": spec.causal,
+                "spec": spec.to_dict(),
+                "plan": plan.to_dict(),
+                "fingerprint": fingerprint,
+                "sources": sources or {},
+                "generation": uuid.uuid4().hex,  # new on every creation: see jacengine.storage.locking
+            })
+            _publish_store(staging, path, overwrite=overwrite, durable=durable)
         return cls(path, mode="r+", durable=durable)
+
 
     # -- metadata ---------------------------------------------------------------------------
     @property
@@ -308,6 +311,10 @@ def check_writable_target(path: Path, *, overwrite: bool) -> None:
             if not overwrite:
                 raise StoreError(f"{path} is already a jacengine store; pass overwrite=True (--overwrite) to replace it, "
                              "or compute into it without overwrite to resume it.")
+        elif (path / MARKER).is_file():
+            if not overwrite:
+                raise StoreError(f"{path} is a jacengine store whose metadata cannot be read (damaged: its zarr.json is "
+                                 "missing or not valid); pass overwrite=True (--overwrite) to replace it with a new one.")
         elif (path / "zarr.json").exists():
             raise StoreError(f"{path} is a zarr store that jacengine did not write; refusing to touch it.")
         elif any(path.iterdir()):
@@ -331,6 +338,7 @@ def consolidate_metadata(path: str | Path) -> None:
     with warnings.catch_warnings():  # "not part of the Zarr format 3 specification": known, and readers fall back
         warnings.filterwarnings("ignore", "Consolidated metadata", category=UserWarning)
         zarr.consolidate_metadata(str(path))
+    fsync_files([Path(path) / "zarr.json"])  # zarr renames it into place, without an fsync
 
 
 def has_consolidated_metadata(path: str | Path) -> bool:
@@ -341,13 +349,27 @@ def has_consolidated_metadata(path: str | Path) -> bool:
         return False
 
 
-def _remove_unless_in_use(path: Path) -> None:
-    """Remove the store at ``path`` (to overwrite it), refusing while another run holds it."""
-    with store_lock(path, exclusive=True) as alone:
+def _build(folder: Path, spec: JacobianSpec, plan: Plan, attributes: dict[str, Any]) -> None:
+    """A new store's content in ``folder``: the arrays, the group attribute, consolidated
+    metadata, and jacengine's marker (a store whose metadata is damaged is still recognised)."""
+    group = zarr.open_group(str(folder), mode="w", zarr_format=3)
+    _create_arrays(group, spec, plan)
+    group.attrs[ATTRIBUTE] = attributes
+    consolidate_metadata(folder)
+    (folder / MARKER).write_text(json.dumps({"jacengine_store_format": attributes["format"]}))
+
+
+def _publish_store(staging: Path, path: Path, *, overwrite: bool, durable: bool) -> None:
+    """Rename the built store into place; replacing a store only while no other run holds it."""
+    with store_lock(path, exclusive=True) if overwrite and path.exists() else contextlib.nullcontext(True) as alone:
         if alone is False:
             raise StoreError(f"another jacengine run is writing to {path}; refusing to overwrite it under that run. "
                              "Wait for it to finish (or stop it), then overwrite.")
-        shutil.rmtree(path)
+        try:
+            publish(staging, path, replace=overwrite, durable=durable)
+        except FileExistsError:
+            raise StoreError(f"another run created {path} while this one was creating it; rerun this command without "
+                             "overwrite to resume that store (or with overwrite to replace it).") from None
 
 
 def _create_arrays(group: zarr.Group, spec: JacobianSpec, plan: Plan) -> None:
