@@ -246,7 +246,9 @@ def _run(prepared: Prepared, target: JacobianStore, task: BlockTask, executor: E
                                  prepared.measured_peak() if executor.in_process else None, prepared.budget_bytes,
                                  target.nbytes_on_disk())
     log.info(target.last_run.line())
-    _stop_if_asked(flag, target.path, target)
+    if flag():
+        left = {b.index for b in target.pending_blocks()} & {b.index for b in executor.assigned(task, pending)}
+        _stop_if_asked(flag, target.path, target, finished=not left)
     return target
 
 
@@ -304,9 +306,14 @@ def _shard(shard: tuple[int, int] | str | None) -> tuple[int, int] | None:
     return parse_shard(shard) if isinstance(shard, str) else shard
 
 
-def _stop_if_asked(stop: StopFlag, path: Path, target: JacobianStore | None) -> None:
-    """Raise :class:`RunInterrupted` (exit status 75, resumable) when a signal asked to stop."""
+def _stop_if_asked(stop: StopFlag, path: Path, target: JacobianStore | None, *, finished: bool = False) -> None:
+    """Raise :class:`RunInterrupted` (exit status 75, resumable) when a signal asked to stop,
+    unless the run had ``finished`` its blocks meanwhile: it succeeded (a job array must not
+    requeue a finished shard). ``target``: the store, once blocks have run."""
     if not stop():
+        return
+    if finished:
+        log.info("%s arrived as this run's last block finished; nothing is left to resume", stop.signal_name)
         return
     if target is None:
         raise RunInterrupted(f"stopped by {stop.signal_name} before the first block; rerun the same command to start again.")

@@ -209,3 +209,28 @@ def test_status_is_a_typed_result_that_the_cli_prints_in_words(model, x, tmp_pat
     assert "computed in float64, stored as float32" in printed.output
     assert "dtypes=" not in printed.output
 
+
+
+def test_a_stop_as_the_last_block_finishes_is_a_success(model, x, tmp_path, monkeypatch) -> None:
+    """SIGTERM arriving while the last block is written: nothing is left to resume, so the run
+    succeeds (a job array must not requeue a finished shard), and a stop with blocks left does not."""
+    import os
+    import signal
+
+    from jacengine.executors import LocalExecutor
+
+    original = LocalExecutor.run
+
+    def run_then_signal(self, task, blocks, should_stop=lambda: False):
+        done = original(self, task, blocks, should_stop)
+        os.kill(os.getpid(), signal.SIGTERM)  # after the last block, before the run ends
+        return done
+
+    longer = np.random.default_rng(1).normal(size=(8, 48, 2)).astype("float32")  # many blocks under 2 MiB
+    monkeypatch.setattr(LocalExecutor, "run", run_then_signal)
+    store = jacengine.compute(model, longer, tmp_path / "j.zarr", progress=False, budget="2MiB")
+    assert store.is_complete and store.last_run.computed > 1
+    monkeypatch.setattr(LocalExecutor, "run", lambda self, task, blocks, should_stop=None: (
+        os.kill(os.getpid(), signal.SIGTERM), 0)[1])  # stopped before any block
+    with pytest.raises(jacengine.RunInterrupted, match="blocks left"):
+        jacengine.compute(model, longer, tmp_path / "k.zarr", progress=False, budget="2MiB")

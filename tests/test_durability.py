@@ -321,3 +321,39 @@ def test_a_reduction_killed_at_random_points_leaves_the_earlier_result_whole(ref
         assert result.attrs["coverage"] == 1.0, attempt
         xr.testing.assert_identical(result, earlier)
     xr.testing.assert_identical(jacengine.reduce(path, "saliency").load(), earlier)
+
+
+DASK_RUN = RUN.replace('budget="2MiB", progress=False)', 'budget="2MiB", progress=False, executor="dask", workers=2)')
+STOPPED_CLEANLY = textwrap.dedent("""
+    try:
+        exec(compile({run!r}, "run", "exec"))
+    except jacengine.RunInterrupted as stopped:  # as the command line exits
+        raise SystemExit(stopped.exit_status) from None
+""")
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_dask_run_within_30_s_and_it_resumes_identically(reference, tmp_path) -> None:
+    """SIGINT to the whole process group (Ctrl-C in a terminal: the client and its workers) once
+    blocks are being written: the client exits 75 within 30 s every time (workers ignore SIGINT;
+    the client polls), and a resume gives a store bit-identical to the reference."""
+    import signal
+    import time
+
+    assert 'executor="dask"' in DASK_RUN
+    script = STOPPED_CLEANLY.format(run=DASK_RUN)
+    env = dict(os.environ, LINEAR_BLOCK_SECONDS="0.3")
+    for attempt in range(RANDOM_KILLS):
+        path = tmp_path / f"j{attempt}.zarr"
+        process = subprocess.Popen([sys.executable, "-c", script, str(path)], env=env, start_new_session=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while not (path.exists() and jacengine.status(path).blocks_done >= 1) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGINT)
+        stopped = time.monotonic()
+        _, stderr = process.communicate(timeout=90)
+        waited = time.monotonic() - stopped
+        assert process.returncode == 75 and waited < 30, (attempt, process.returncode, waited, stderr.decode()[-2000:])
+        assert run(path) == 0
+        assert files_hash(path) == reference[1]

@@ -44,7 +44,11 @@ class Executor(Protocol):
     in_process: bool
 
     def run(self, task: Task, blocks: Sequence[Block], should_stop: ShouldStop = lambda: False) -> int:
-        """Compute and write ``blocks``; returns how many completed."""
+        """Compute and write the :meth:`assigned` part of ``blocks``; returns how many completed."""
+        ...
+
+    def assigned(self, task: Task, blocks: Sequence[Block]) -> list[Block]:
+        """The part of ``blocks`` that :meth:`run` computes (all of them, but for a shard)."""
         ...
 
 

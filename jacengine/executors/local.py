@@ -25,6 +25,9 @@ class LocalExecutor:
     def __init__(self, progress: bool | None = None) -> None:
         self.progress = progress
 
+    def assigned(self, task: Task, blocks: Sequence[Block]) -> list[Block]:
+        return list(blocks)
+
     def run(self, task: Task, blocks: Sequence[Block], should_stop: ShouldStop = lambda: False) -> int:
         done = 0
         pending: tuple[Future, Block] | None = None  # the write in flight, and its block

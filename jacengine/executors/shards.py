@@ -88,6 +88,9 @@ class ShardExecutor:
         self.in_process = inner.in_process
         self.index, self.count = check_shard(index, count)
 
-    def run(self, task: Task, blocks: Sequence[Block], should_stop: ShouldStop = lambda: False) -> int:
+    def assigned(self, task: Task, blocks: Sequence[Block]) -> list[Block]:
         mine = {b.index for b in shard_blocks(task.spec, task.plan, self.index, self.count)}
-        return self.inner.run(task, [b for b in blocks if b.index in mine], should_stop)
+        return [b for b in blocks if b.index in mine]
+
+    def run(self, task: Task, blocks: Sequence[Block], should_stop: ShouldStop = lambda: False) -> int:
+        return self.inner.run(task, self.assigned(task, blocks), should_stop)
