@@ -155,13 +155,13 @@ class TestDaskExecutor(ExecutorTests):
         return DaskExecutor(cluster=self.cluster, progress=False)
 
     def test_stops_between_blocks_leaving_whole_blocks(self, tmp_path) -> None:
-        """The base test's promise on dask: the run returns after the first block it hears of and
-        cancels the rest. Blocks already running on the workers (one per worker thread, and one
-        each that may start before the cancel reaches it) finish whole; the others never run."""
+        """The base test's promise on dask: the client sees the stop at its first poll and cancels
+        the blocks. Blocks already running on the workers (one per worker thread, and one each
+        that may start before the cancel reaches it) finish whole; the others never run."""
         store = new_store(tmp_path / "s.zarr")
         done = self.executor().run(SlowTask(store.path), store.plan.blocks, should_stop=lambda: True)
         written = store.done_blocks()
-        assert done == 1 and 1 <= len(written) <= 2 * self.WORKERS < len(store.plan.blocks), written
+        assert done <= 1 and len(written) <= 2 * self.WORKERS < len(store.plan.blocks), written
         for block in store.plan.blocks:
             if block.index in store.done_blocks():
                 np.testing.assert_array_equal(store.read_block(block), reference_values(block))
