@@ -171,9 +171,10 @@ def _refuse_untrusted_config_model(parameter: str, model: Any, trust_model: bool
 
 class _Commands(click.Group):
     """The command group, the one place errors become exit statuses: a stop exits with
-    :class:`RunInterrupted`'s status (75: resumable), jacengine's errors with a one-paragraph
-    message and 2, and an unexpected exception (a bug, not bad input) with its traceback, a
-    line saying it is a bug, and :data:`EXIT_CRASH`."""
+    :class:`RunInterrupted`'s status (75: resumable), a full disk with :class:`DiskFullError`'s
+    (74), jacengine's other errors with a one-paragraph message and 2, and an unexpected
+    exception (a bug, not bad input) with its traceback, a line saying it is a bug, and
+    :data:`EXIT_CRASH`."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -183,7 +184,7 @@ class _Commands(click.Group):
             sys.exit(exc.exit_status)
         except JacengineError as exc:
             click.echo(f"jacengine: error: {exc}", err=True)
-            sys.exit(EXIT_BAD_INPUT)
+            sys.exit(getattr(exc, "exit_status", EXIT_BAD_INPUT))
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
             raise
         except Exception:

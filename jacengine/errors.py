@@ -53,6 +53,13 @@ class StoreError(JacengineError):
     """The store path is unusable: foreign data, unwritable, incomplete or corrupt."""
 
 
+class DiskFullError(StoreError):
+    """The store's file system ran out of space (or quota) while writing; every block recorded
+    done is whole, and a rerun after freeing space resumes."""
+
+    exit_status = 74  # EX_IOERR: not resumable by requeueing alone, unlike RunInterrupted
+
+
 class StoreMismatchError(StoreError):
     """An existing store was produced by a different model, inputs or settings."""
 

@@ -357,3 +357,32 @@ def test_ctrl_c_stops_a_dask_run_within_30_s_and_it_resumes_identically(referenc
         assert process.returncode == 75 and waited < 30, (attempt, process.returncode, waited, stderr.decode()[-2000:])
         assert run(path) == 0
         assert files_hash(path) == reference[1]
+
+
+def test_a_full_disk_stops_the_run_with_its_own_error_and_a_resume_finishes_it(reference, tmp_path, monkeypatch) -> None:
+    """The disk fills up after 5 chunk files (the sixth is half written): the run raises
+    DiskFullError (exit status 74, not a crash), leaves no temporary file, and once there is
+    room a rerun finishes a store bit-identical to the reference."""
+    import errno
+
+    from jacengine.storage import chunkfiles
+
+    register_backend("linear", "linear_backend:BACKEND")
+    x = np.random.default_rng(1).normal(size=(8, 48, 2)).astype("float32")
+    path = tmp_path / "j.zarr"
+    original, written = chunkfiles._write_temporary, []
+
+    def filling_up(temporary: Path, data: bytes, durable: bool) -> None:
+        if len(written) == 5:
+            temporary.write_bytes(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(temporary)
+        original(temporary, data, durable)
+
+    monkeypatch.setattr(chunkfiles, "_write_temporary", filling_up)
+    with pytest.raises(jacengine.DiskFullError, match="free space .* rerun the same command") as full:
+        jacengine.compute(LinearRecurrence.random(), x, path, budget="2MiB", progress=False)
+    assert full.value.exit_status == 74 and not list(path.rglob(f"*{TEMPORARY_SUFFIX}"))
+    monkeypatch.undo()  # the disk has room again
+    assert run(path) == 0
+    assert files_hash(path) == reference[1]

@@ -14,6 +14,7 @@ the key ``c/<i>/<j>/...`` of the default chunk key encoding; with the ``crc32c``
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import uuid
@@ -26,6 +27,8 @@ import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec
 from zarr.codecs.bytes import Endian
 from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
+
+from jacengine.errors import DiskFullError
 
 TEMPORARY_SUFFIX = ".jacengine-tmp"
 FAULT_VARIABLE = "JACENGINE_FAULT"  # tests only: "<point>" or "<point>:<block index>"
@@ -74,7 +77,8 @@ def encode_chunk(values: np.ndarray, chunk_shape: tuple[int, ...], dtype: np.dty
 
 def write_files(files: Iterable[tuple[Path, bytes]], *, durable: bool, block_index: int) -> None:
     """Write each (path, bytes) through a temporary file renamed over ``path``; with
-    ``durable`` each file is fsynced before its rename and each directory after."""
+    ``durable`` each file is fsynced before its rename and each directory after. A full disk
+    raises :class:`DiskFullError` with the temporary file removed."""
     directories: set[Path] = set()
     for path, data in files:
         # a directory created here is an entry in its parent: that parent is fsynced too
@@ -86,11 +90,12 @@ def write_files(files: Iterable[tuple[Path, bytes]], *, durable: bool, block_ind
         path.parent.mkdir(parents=True, exist_ok=True)
         directories.update(parent.parent for parent in created)
         temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{TEMPORARY_SUFFIX}")
-        with open(temporary, "wb") as file:
-            file.write(data)
-            if durable:
-                file.flush()
-                os.fsync(file.fileno())
+        try:
+            _write_temporary(temporary, data, durable)
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            raise_if_disk_full(exc, path)
+            raise
         fault_point("after-temp", block_index)
         os.replace(temporary, path)
         fault_point("after-rename", block_index)
@@ -98,6 +103,21 @@ def write_files(files: Iterable[tuple[Path, bytes]], *, durable: bool, block_ind
     if durable:
         for directory in directories:
             fsync_directory(directory)
+
+
+def _write_temporary(temporary: Path, data: bytes, durable: bool) -> None:
+    with open(temporary, "wb") as file:
+        file.write(data)
+        if durable:
+            file.flush()
+            os.fsync(file.fileno())
+
+
+def raise_if_disk_full(error: OSError, path: Path) -> None:
+    """Raise :class:`DiskFullError` from ``error`` when it is a full disk (or quota) at ``path``."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise DiskFullError(f"no space left to write {path} ({error.strerror}). Every block recorded done is whole: free "
+                            "space (or raise the quota) and rerun the same command to resume.") from error
 
 
 def remove_temporary_files(root: Path, min_age_s: float, now: float) -> int:

@@ -15,7 +15,7 @@ import time
 import uuid
 import warnings
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from jacengine._version import __version__
 from jacengine.errors import StoreError, StoreMismatchError
 from jacengine.planning.blocks import Block, Plan
 from jacengine.planning.spec import JacobianSpec
-from jacengine.storage.chunkfiles import fsync_files, remove_temporary_files
+from jacengine.storage.chunkfiles import fsync_files, raise_if_disk_full, remove_temporary_files
 from jacengine.storage.ledger import ATTRIBUTE, MANIFEST, ROUNDING, BlockLedger
 from jacengine.storage.locking import store_lock
 from jacengine.storage.publishing import publish, staged
@@ -112,7 +112,7 @@ class JacobianStore:
         path = Path(path)
         plan.check_alignment(spec)
         check_writable_target(path, overwrite=overwrite)
-        with staged(path) as staging:
+        with staged(path) as staging, _disk_full_is_said(path):
             _build(staging, spec, plan, {
                 "format": FORMAT_VERSION,
                 "version": __version__,
@@ -347,6 +347,16 @@ def has_consolidated_metadata(path: str | Path) -> bool:
         return json.loads((Path(path) / "zarr.json").read_text()).get("consolidated_metadata") is not None
     except (OSError, ValueError):
         return False
+
+
+@contextlib.contextmanager
+def _disk_full_is_said(path: Path) -> Iterator[None]:
+    """A full disk while creating ``path`` as :class:`DiskFullError` (nothing was created)."""
+    try:
+        yield
+    except OSError as exc:
+        raise_if_disk_full(exc, path)
+        raise
 
 
 def _build(folder: Path, spec: JacobianSpec, plan: Plan, attributes: dict[str, Any]) -> None:
