@@ -531,7 +531,8 @@ def directional(model_path: str, inputs_path: str, over: str, t_in: str | None, 
 @main.command()
 @common_options
 @click.option("--out", "store", default="jacengine-demo.zarr", show_default=True, type=click.Path(),
-              help="store directory for the demo's Jacobian (a jacengine store already there is replaced)")
+              help="store directory for the demo's Jacobian")
+@click.option("--overwrite", is_flag=True, help="replace a jacengine store already at --out")
 @click.option("--batch", default=DEMO.batch, show_default=True, type=click.IntRange(min=1), help="sequences (B)")
 @click.option("--steps", default=DEMO.steps, show_default=True, type=click.IntRange(min=max(TRUE_LAGS) + 1),
               help=f"time steps per sequence (T; above the longest true lag, {max(TRUE_LAGS)})")
@@ -539,7 +540,7 @@ def directional(model_path: str, inputs_path: str, over: str, t_in: str | None, 
               help=f"memory budget ({BUDGET_DEFINITION})")
 @click.option("--epochs", default=DEMO.epochs, show_default=True, help="training epochs before the Jacobian (0: untrained)")
 @click.option("--plot", type=click.Path(dir_okay=False), help="write a summary figure (PNG; needs matplotlib)")
-def demo(store: str, batch: int, steps: int, budget: str, epochs: int, plot: str | None) -> None:
+def demo(store: str, overwrite: bool, batch: int, steps: int, budget: str, epochs: int, plot: str | None) -> None:
     """The seed problem on a built-in LSTM trained on data with known lags; no files needed.
 
     \b
@@ -547,4 +548,4 @@ def demo(store: str, batch: int, steps: int, budget: str, epochs: int, plot: str
     """
     from jacengine.demo import run_demo
 
-    run_demo(store, batch=batch, steps=steps, budget=budget, epochs=epochs, plot=plot, echo=click.echo)
+    run_demo(store, batch=batch, steps=steps, budget=budget, epochs=epochs, plot=plot, overwrite=overwrite, echo=click.echo)

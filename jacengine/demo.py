@@ -20,7 +20,7 @@ from jacengine.analysis.reductions import reduce_many
 from jacengine.api import compute
 from jacengine.backends import get_backend
 from jacengine.backends.base import ExampleBackend
-from jacengine.errors import InputError
+from jacengine.errors import InputError, StoreError
 from jacengine.options import RunOptions
 from jacengine.storage.store import JacobianStore, is_jacengine_store
 
@@ -64,8 +64,14 @@ def run_demo(
     budget: str | int = RunOptions.default("budget"),
     epochs: int = DEFAULTS.epochs,
     plot: str | Path | None = None,
+    overwrite: bool = False,
     echo: Callable[[str], None] = print,
 ) -> DemoResult:
+    """Train the built-in model, compute its Jacobian into ``store`` (an existing store is
+    replaced only with ``overwrite``), reduce it, and say what it found."""
+    if is_jacengine_store(store) and not overwrite:  # before training, not after
+        raise StoreError(f"{store} is already a jacengine store; pass overwrite=True (--overwrite) to replace it with "
+                         "the demo's, or write the demo elsewhere (--out).")
     if plot:  # before training, not after
         from jacengine.analysis.plots import check_matplotlib
 
@@ -82,7 +88,7 @@ def run_demo(
              f"{time.perf_counter() - started:.1f} s, final MSE {loss:.3f}")
     inputs = rng.normal(size=(batch, steps, 1)).astype("float32")
     started = time.perf_counter()
-    result = compute(model, inputs, store, budget=budget, overwrite=is_jacengine_store(store))
+    result = compute(model, inputs, store, budget=budget, overwrite=overwrite)
     seconds = time.perf_counter() - started
     echo(f"jacobian {result.shape} {result.dims} in {seconds:.1f} s, {len(result.plan.blocks)} block(s), "
          f"causal={result.attrs['causal']} -> {result.path}")

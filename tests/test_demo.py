@@ -56,3 +56,7 @@ def test_reduce_cli_writes_results_and_refuses_incomplete(tmp_path) -> None:
     assert result.exit_code == 2 and "blocks pending (0)" in result.output
     result = runner.invoke(main, ["reduce", str(store.path), "--op", "saliency", "--partial"])
     assert result.exit_code == 0 and "coverage 67%" in result.output
+    hash_before = sorted((p.relative_to(store.path), p.stat().st_mtime_ns) for p in store.path.rglob("*"))
+    result = runner.invoke(main, ["demo", "--out", str(store.path)])  # refused before training: no --overwrite
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    assert sorted((p.relative_to(store.path), p.stat().st_mtime_ns) for p in store.path.rglob("*")) == hash_before
