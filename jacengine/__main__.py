@@ -1,5 +1,5 @@
 """``python -m jacengine`` is the ``jacengine`` command."""
 
-from jacengine.cli import main
+from jacengine.entry import main
 
 main()

@@ -133,3 +133,23 @@ def test_every_command_shows_an_example_and_takes_v_q_and_progress() -> None:
         assert f"Example: jacengine {name}" in shown, name
         flags = {flag for parameter in command.params for flag in getattr(parameter, "opts", [])}
         assert {"-v", "-q", "--progress"} <= flags, name
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT"])
+def test_a_stop_while_the_command_loads_exits_resumable(stop: str, tmp_path) -> None:
+    """A signal during the command's imports (a second or more): exit 75 with one line, not 143
+    or a KeyboardInterrupt traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    for delay in (0.3,):
+        process = subprocess.Popen([sys.executable, "-m", "jacengine", "status", str(tmp_path / "none.zarr")],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        os.kill(process.pid, getattr(signal, stop))
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 75 and f"stopped by {stop} while starting" in stderr, (delay, stderr)
+        assert "Traceback" not in stderr
