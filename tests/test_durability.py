@@ -386,3 +386,22 @@ def test_a_full_disk_stops_the_run_with_its_own_error_and_a_resume_finishes_it(r
     monkeypatch.undo()  # the disk has room again
     assert run(path) == 0
     assert files_hash(path) == reference[1]
+
+
+def test_the_scratch_folder_of_a_killed_process_is_removed_by_the_next_one() -> None:
+    """jacobian() in a process killed with -9 leaves its scratch store (in /dev/shm): the next
+    scratch store made on the machine removes it, and leaves those of live processes."""
+    import shutil
+
+    from jacengine.storage.scratch import scratch_store_path
+
+    code = ("import os, signal; from jacengine.storage.scratch import scratch_store_path; "
+            "print(scratch_store_path(1000).parent, flush=True); os.kill(os.getpid(), signal.SIGKILL)")
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    orphan = Path(killed.stdout.strip())
+    assert killed.returncode == -9 and orphan.is_dir()
+    mine = scratch_store_path(1000).parent
+    try:
+        assert not orphan.exists() and mine.is_dir()
+    finally:
+        shutil.rmtree(mine)
