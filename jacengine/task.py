@@ -25,6 +25,7 @@ from jacengine.memory import peak_resident_bytes
 from jacengine.options import RunOptions
 from jacengine.planning.blocks import Block, Plan
 from jacengine.planning.spec import JacobianSpec
+from jacengine.storage.ledger import BlockClaim
 from jacengine.storage.store import JacobianStore
 
 
@@ -79,10 +80,23 @@ class BlockTask:
     def write(self, block: Block, values: np.ndarray) -> None:
         self._loaded().store.write_block(block, values)
 
+    def claim(self, block: Block, *, wait: bool) -> BlockClaim | None:
+        return self._loaded().store.ledger.claim(block, wait=wait)
+
+    def recorded_done(self, block: Block) -> bool:
+        return self._loaded().store.ledger.recorded_done(block)
+
     def __call__(self, index: int) -> dict[str, Any]:
-        """Compute block ``index``, write it, and return its timing and the process's peak memory."""
+        """Compute block ``index`` and write it, unless another run resuming the same store did
+        meanwhile (its claim is waited for); return the timing and the process's peak memory."""
         block = self.plan.blocks[index]
         started = time.perf_counter()
-        self.write(block, self.compute(block))
+        claim = self.claim(block, wait=True)
+        try:
+            if not self.recorded_done(block):
+                self.write(block, self.compute(block))
+        finally:
+            if claim is not None:
+                claim.release()
         return {"index": index, "seconds": time.perf_counter() - started, "pid": os.getpid(),
                 "peak_rss_bytes": peak_resident_bytes()}

@@ -405,3 +405,23 @@ def test_the_scratch_folder_of_a_killed_process_is_removed_by_the_next_one() -> 
         assert not orphan.exists() and mine.is_dir()
     finally:
         shutil.rmtree(mine)
+
+
+@pytest.mark.slow
+def test_two_runs_resuming_one_store_share_its_blocks(reference, tmp_path) -> None:
+    """Two runs started together on one initialised store: each block is computed by exactly one
+    of them (block claims), both take part, and the store is bit-identical to the reference."""
+    path = tmp_path / "j.zarr"
+    init = RUN.replace("jacengine.compute(", "jacengine.init(").replace(", progress=False)", ")")
+    assert subprocess.run([sys.executable, "-c", init, str(path)], capture_output=True, timeout=120).returncode == 0
+    pending = len(jacengine.open_store(path).pending_blocks())
+    counting = RUN.replace("jacengine.compute(", "print(jacengine.compute(").replace(
+        "progress=False)", "progress=False).last_run.computed)")
+    env = dict(os.environ, LINEAR_BLOCK_SECONDS="0.2")
+    runs = [subprocess.Popen([sys.executable, "-c", counting, str(path)], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert all(run.returncode == 0 for run in runs), [err[-2000:] for _, err in outputs]
+    computed = [int(out.strip()) for out, _ in outputs]
+    assert sum(computed) == pending and min(computed) > 0, (computed, pending)
+    assert files_hash(path) == reference[1]

@@ -61,6 +61,12 @@ class FakeTask:
     def write(self, block: Block, values: np.ndarray) -> None:
         self.store.write_block(block, values)
 
+    def claim(self, block: Block, *, wait: bool) -> Any:
+        return self.store.ledger.claim(block, wait=wait)
+
+    def recorded_done(self, block: Block) -> bool:
+        return self.store.ledger.recorded_done(block)
+
     def __call__(self, index: int) -> dict[str, Any]:
         block = self.plan.blocks[index]
         self.write(block, self.compute(block))

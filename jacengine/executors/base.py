@@ -32,7 +32,18 @@ class Task(Protocol):
 
     def write(self, block: Block, values: np.ndarray) -> None: ...
 
+    def claim(self, block: Block, *, wait: bool) -> Claim | None:
+        """This process's claim on ``block`` (None: another run holds it; see
+        :meth:`jacengine.storage.ledger.BlockLedger.claim`)."""
+        ...
+
+    def recorded_done(self, block: Block) -> bool: ...
+
     def __call__(self, index: int) -> dict[str, Any]: ...
+
+
+class Claim(Protocol):
+    def release(self) -> None: ...
 
 
 class Executor(Protocol):

@@ -10,8 +10,10 @@ their CRC-32C, so a flipped bit makes its block pending and a resume recomputes 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
@@ -37,6 +39,7 @@ from jacengine.timing import phase
 ATTRIBUTE = "jacengine"  # the store's group attribute: spec, plan, fingerprint, generation id
 MANIFEST = "block_manifest"  # (n_blocks, 3) uint64: [1 when done, checksum of the block's bytes, row check]
 ROUNDING = "rounding_error"  # float16 stores: (n_blocks,) float64, largest |stored - computed| per block
+CLAIMS = "claims"  # block_manifest/claims/<index>: the lock files of blocks being computed
 
 
 def block_checksum(data: np.ndarray) -> int:
@@ -224,6 +227,32 @@ class BlockLedger:
         done = sorted(self.completion()[0])
         return float(np.asarray(self._rounding[:])[done].max()) if done else 0.0
 
+    def claim(self, block: Block, *, wait: bool) -> BlockClaim | None:
+        """Claim ``block`` for this process (an exclusive ``flock`` on its claim file,
+        ``block_manifest/claims/<index>``), so that another run resuming the same store
+        computes other blocks meanwhile. None when another process holds it (only without
+        ``wait``). A claim ends with :meth:`BlockClaim.release`, or with the process."""
+        folder = self.path / MANIFEST / CLAIMS
+        folder.mkdir(exist_ok=True)
+        descriptor = os.open(folder / str(block.index), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(descriptor)
+            return None
+        except OSError:  # a file system without locks: every run computes every block it sees pending
+            pass
+        return BlockClaim(descriptor)
+
+    def recorded_done(self, block: Block) -> bool:
+        """Whether ``block``'s manifest row says done (one row read: for a run that waited on
+        another's claim, to skip what that run just finished)."""
+        try:
+            row = np.asarray(self._manifest[block.index])
+        except Exception:  # an unreadable row is not done
+            return False
+        return bool(row[0] == 1) and (len(row) == 2 or int(row[2]) == row_check(block.index, 1, int(row[1])))
+
     def forget(self, indices: Iterable[int]) -> None:
         """Mark blocks pending again (e.g. after verify found them corrupt)."""
         for index in indices:
@@ -238,6 +267,18 @@ class BlockLedger:
         if on_disk != self.generation:
             raise StoreError(f"{self.path} was replaced (overwritten or deleted) by another run since this run opened it; "
                              "this run stops without writing into the new store.")
+
+
+class BlockClaim:
+    """A held claim on one block (see :meth:`BlockLedger.claim`)."""
+
+    def __init__(self, descriptor: int) -> None:
+        self._descriptor: int | None = descriptor
+
+    def release(self) -> None:
+        if self._descriptor is not None:
+            os.close(self._descriptor)  # closing drops the flock
+            self._descriptor = None
 
 
 def _identity(path: Path) -> tuple[int, int, int]:
