@@ -83,8 +83,8 @@ class BlockTask:
     def claim(self, block: Block, *, wait: bool) -> BlockClaim | None:
         return self._loaded().store.ledger.claim(block, wait=wait)
 
-    def recorded_done(self, block: Block) -> bool:
-        return self._loaded().store.ledger.recorded_done(block)
+    def is_done(self, block: Block) -> bool:
+        return self._loaded().store.ledger.is_done(block)
 
     def __call__(self, index: int) -> dict[str, Any]:
         """Compute block ``index`` and write it, unless another run resuming the same store did
@@ -93,7 +93,7 @@ class BlockTask:
         started = time.perf_counter()
         claim = self.claim(block, wait=True)
         try:
-            if not self.recorded_done(block):
+            if not self.is_done(block):
                 self.write(block, self.compute(block))
         finally:
             if claim is not None:

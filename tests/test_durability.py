@@ -37,11 +37,12 @@ RUN = textwrap.dedent("""
 
 
 def files_hash(path: Path) -> str:
-    """SHA-256 over every chunk file of the jacobian and the manifest, with relative paths."""
+    """SHA-256 over every chunk file of the jacobian and the manifest, with relative paths (not
+    the lock and claim files beside the manifest's chunks)."""
     digest = hashlib.sha256()
     for name in ("jacobian", MANIFEST):
         for chunk in sorted((path / name).rglob("*")):
-            if chunk.is_file() and chunk.name != "zarr.json":
+            if chunk.is_file() and chunk.name != "zarr.json" and chunk.parent.name != "claims" and chunk.suffix != ".lock":
                 digest.update(str(chunk.relative_to(path)).encode())
                 digest.update(chunk.read_bytes())
     return digest.hexdigest()

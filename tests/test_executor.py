@@ -64,8 +64,8 @@ class FakeTask:
     def claim(self, block: Block, *, wait: bool) -> Any:
         return self.store.ledger.claim(block, wait=wait)
 
-    def recorded_done(self, block: Block) -> bool:
-        return self.store.ledger.recorded_done(block)
+    def is_done(self, block: Block) -> bool:
+        return self.store.ledger.is_done(block)
 
     def __call__(self, index: int) -> dict[str, Any]:
         block = self.plan.blocks[index]

@@ -67,7 +67,7 @@ class LocalExecutor:
                     if claim is None:
                         claimed_elsewhere.append(block)
                         continue
-                    if task.recorded_done(block):  # by another run since this one listed it
+                    if task.is_done(block):  # by another run since this one listed it
                         claim.release()
                         bar.advance(block)
                         continue

@@ -1,1 +1,1 @@
-"""Data in and out: the (B, T, F) inputs a run reads and the zarr store it writes (format 2; format 1 is still read)."""
+"""Data in and out: the (B, T, F) inputs a run reads and the zarr store it writes (format 3; formats 1 and 2 are still read)."""

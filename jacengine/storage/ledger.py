@@ -244,14 +244,15 @@ class BlockLedger:
             pass
         return BlockClaim(descriptor)
 
-    def recorded_done(self, block: Block) -> bool:
-        """Whether ``block``'s manifest row says done (one row read: for a run that waited on
-        another's claim, to skip what that run just finished)."""
+    def is_done(self, block: Block) -> bool:
+        """Whether ``block`` is done: its manifest row says so and its chunk files are whole (one
+        row and one block read: for a run holding a claim, to skip what another run finished)."""
         try:
             row = np.asarray(self._manifest[block.index])
         except Exception:  # an unreadable row is not done
             return False
-        return bool(row[0] == 1) and (len(row) == 2 or int(row[2]) == row_check(block.index, 1, int(row[1])))
+        recorded = bool(row[0] == 1) and (len(row) == 2 or int(row[2]) == row_check(block.index, 1, int(row[1])))
+        return recorded and self.intact(block)
 
     def forget(self, indices: Iterable[int]) -> None:
         """Mark blocks pending again (e.g. after verify found them corrupt)."""
