@@ -426,3 +426,20 @@ def test_two_runs_resuming_one_store_share_its_blocks(reference, tmp_path) -> No
     computed = [int(out.strip()) for out, _ in outputs]
     assert sum(computed) == pending and min(computed) > 0, (computed, pending)
     assert files_hash(path) == reference[1]
+
+
+def test_a_store_with_a_truncated_root_zarr_json_is_replaced_by_overwrite(reference, tmp_path) -> None:
+    """Damaged metadata (a truncated root zarr.json): compute refuses to guess, naming the
+    damage and --overwrite; overwrite recovers it into a store bit-identical to the reference."""
+    import shutil
+
+    register_backend("linear", "linear_backend:BACKEND")
+    path = tmp_path / "j.zarr"
+    shutil.copytree(reference[0], path)
+    root = path / "zarr.json"
+    root.write_bytes(root.read_bytes()[:40])
+    x = np.random.default_rng(1).normal(size=(8, 48, 2)).astype("float32")
+    with pytest.raises(jacengine.StoreError, match="damaged.*overwrite"):
+        jacengine.compute(LinearRecurrence.random(), x, path, budget="2MiB", progress=False)
+    jacengine.compute(LinearRecurrence.random(), x, path, budget="2MiB", progress=False, overwrite=True)
+    assert files_hash(path) == reference[1] and not list(tmp_path.glob(".*jacengine-*"))
