@@ -104,7 +104,8 @@ class ModelReference(click.ParamType):
 MODEL = ModelReference()
 MODEL_HELP = "a .keras or .h5 file, a SavedModel directory, or an import path package.module:name"
 TRUST_MODEL = click.option("--trust-model", is_flag=True, default=RunOptions.default("trust_model"),
-                           help="allow model files that carry Python code (Keras Lambda layers): only from authors you trust")
+                           help="allow models that run their author's code (Lambda layers, SavedModels, import paths "
+                                "named by a config file or store): only from authors you trust")
 
 
 # The run settings as flags: types and choices from RunOptions' vocabularies, defaults from

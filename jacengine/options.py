@@ -45,7 +45,9 @@ class RunOptions:
         store_dtype: "float32", "float64" (with float64 computation, for verification) or
             "float16" (half the disk; the largest rounding error is recorded in the store).
         precision: "model" (compute in the model's dtype) or "float64" (a float64 copy of the model).
-        trust_model: allow loading model files that carry Python code (Keras Lambda layers).
+        trust_model: allow loading models that run their author's code: files with Keras Lambda
+            layers, SavedModels (any TensorFlow op), and import paths named by a config file or
+            a store (docs/guide.md, "Security").
         signature: for a SavedModel, the signature or function to call (default
             "serving_default", else ``__call__``).
         model_id: for a model without a layer graph (SavedModel object, ``tf.Module``,
